@@ -1,0 +1,1 @@
+"""Mailhost shared core: settings, database, models, Maildir store and services."""

@@ -1,0 +1,63 @@
+"""The one settings class, built at the entry point and passed down (never a module global)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of Mailhost. Environment variables use the prefix ``MAILHOST_``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILHOST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- storage -----------------------------------------------------------------------------
+    database_url: str = "sqlite:///./var/mailhost.db"
+    maildir_root: Path = Path("./var/mail")
+    hostname: str = Field(default_factory=socket.getfqdn)
+    # The host name customers publish as their MX (shown in the portal's DNS panel).
+    mx_hostname: str = "mx.mailhost.example"
+
+    # --- TLS (SMTP STARTTLS, POP3 STLS and implicit TLS) -------------------------------------
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # --- SMTP ingress ------------------------------------------------------------------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_workers: int = 1
+    smtp_max_message_size: int = 50 * 1024 * 1024
+    smtp_max_recipients: int = 100
+    smtp_max_connections: int = 1000
+    smtp_max_connections_per_ip: int = 50
+    smtp_idle_timeout: float = 300.0
+    smtp_data_timeout: float = 600.0
+    smtp_max_junk_commands: int = 20
+
+    # --- POP3 --------------------------------------------------------------------------------
+    pop3_host: str = "127.0.0.1"
+    pop3_port: int = 1110
+    pop3s_port: int | None = None
+    pop3_workers: int = 1
+    pop3_idle_timeout: float = 600.0
+    pop3_require_tls: bool = False
+    pop3_max_unknown_commands: int = 10
+
+    # --- portal / API ------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    web_workers: int = 1
+    session_max_age: int = 8 * 3600
+    # Set true behind HTTPS so the session cookie gets the Secure flag.
+    cookie_secure: bool = False
+
+    log_level: str = "INFO"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,305 @@
+"""The Maildir store: the only code that builds message paths or touches message files.
+
+Layout: ``<root>/<domain>/<local part>/{tmp,new,cur}``. Delivery follows the Maildir protocol
+(write into ``tmp/``, fsync, rename into ``new/``, fsync the directory), so a message is either
+complete in ``new/`` or not there at all. File names use Dovecot's form::
+
+    {sec}.M{usec}P{pid}Q{n}.{host},S={size},W={wire size}
+
+where ``S`` is the size on disk (LF line endings) and ``W`` the size with CRLF line endings as
+POP3 sends it; both let listing and usage work without opening files. Maildirs written by
+Postfix or Dovecot (names without ``S=``/``W=``, ``:2,FLAGS`` suffixes in ``cur/``) are read too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+# Refuse path components that could escape the root or hide files; database values are
+# validated long before this, this is the last line of defence.
+_SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~.\-]+$")
+_SIZE_FIELD = re.compile(r",([SW])=(\d+)")
+# Files in tmp/ older than this are debris of a crashed delivery (the DATA deadline is far
+# shorter), never something still being written.
+DEFAULT_STALE_TMP_SECONDS = 3600.0
+# RFC 1939 section 7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
+_UIDL_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
+
+
+class MaildirError(Exception):
+    """A path or file operation the store refuses or could not complete."""
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxRef:
+    """Where a mailbox lives: validated domain (IDNA, lower case) and local part from the DB."""
+
+    domain: str
+    local_part: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message as listed, without its contents having been read."""
+
+    uid: str  # stable unique id (RFC 1939 UIDL-safe), derived from the file name
+    path: Path
+    size: int  # octets on disk (LF line endings)
+    wire_size: int | None  # octets with CRLF line endings, when known from the name
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    bytes: int
+    messages: int
+
+
+def _sanitise_host(host: str) -> str:
+    # Dovecot's encoding of the characters that are special in Maildir names.
+    return host.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054") or "localhost"
+
+
+def uid_from_name(name: str) -> str:
+    """The message's unique id: its base name (before ``:2,`` flags and ``,S=`` fields)."""
+    base = name.split(":", 1)[0].split(",", 1)[0]
+    if _UIDL_OK.match(base):
+        return base
+    return hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()  # noqa: S324
+
+
+def _sizes_from_name(name: str) -> tuple[int | None, int | None]:
+    fields = dict(_SIZE_FIELD.findall(name.split(":", 1)[0]))
+    s = int(fields["S"]) if "S" in fields else None
+    w = int(fields["W"]) if "W" in fields else None
+    return s, w
+
+
+def lf_to_wire_size(data: bytes) -> int:
+    """Size of ``data`` (LF line endings) once every LF is sent as CRLF."""
+    return len(data) + data.count(b"\n")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MaildirStore:
+    """All message-file operations. Thread-safe; safe across processes sharing the volume."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        hostname: str | None = None,
+        clock: Callable[[], float] = time.time,
+        fsync: bool = True,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self._host = _sanitise_host(hostname or socket.gethostname())
+        self._clock = clock
+        self._fsync = fsync
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+        self._known_dirs: set[Path] = set()
+
+    # ---------------------------------------------------------------- paths
+    def mailbox_path(self, mailbox: MailboxRef) -> Path:
+        """The Maildir of ``mailbox``; refuses anything that is not a plain name under root."""
+        for part in (mailbox.domain, mailbox.local_part):
+            if (
+                not part
+                or part in (".", "..")
+                or part.startswith(".")
+                or not _SAFE_COMPONENT.match(part)
+            ):
+                raise MaildirError(f"refused unsafe Maildir path component {part!r}")
+        path = self.root / mailbox.domain / mailbox.local_part
+        if path.resolve().parent.parent != self.root:
+            raise MaildirError("refused Maildir path outside the root")
+        return path
+
+    def ensure(self, mailbox: MailboxRef) -> Path:
+        """Create the Maildir (tmp, new, cur) if missing and return its path."""
+        path = self.mailbox_path(mailbox)
+        if path in self._known_dirs:
+            return path
+        for sub in ("tmp", "new", "cur"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        self._known_dirs.add(path)
+        return path
+
+    def _unique_base(self) -> str:
+        now = self._clock()
+        sec = int(now)
+        usec = int((now - sec) * 1_000_000)
+        with self._lock:
+            n = next(self._counter)
+        return f"{sec}.M{usec}P{os.getpid()}Q{n}.{self._host}"
+
+    # ---------------------------------------------------------------- delivery
+    def deliver(
+        self, copies: Sequence[tuple[MailboxRef, Sequence[bytes]]]
+    ) -> list[MessageInfo]:
+        """Store each copy (chunks already with LF line endings) in its mailbox's ``new/``.
+
+        All or nothing: when this returns, every copy is fsync'd and renamed into ``new/`` and
+        each ``new/`` directory is fsync'd; if anything fails, every file this call created is
+        removed again and the error propagates, so a retried delivery never duplicates.
+        """
+        staged: list[tuple[Path, Path, int, int]] = []  # tmp path, final path, size, wire size
+        renamed: list[Path] = []
+        try:
+            for mailbox, chunks in copies:
+                path = self.ensure(mailbox)
+                size = sum(len(c) for c in chunks)
+                wire = size + sum(c.count(b"\n") for c in chunks)
+                name = f"{self._unique_base()},S={size},W={wire}"
+                tmp = path / "tmp" / name
+                staged.append((tmp, path / "new" / name, size, wire))
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    view_chunks = [memoryview(c) for c in chunks]
+                    while view_chunks:
+                        written = os.writev(fd, view_chunks)
+                        while written and view_chunks:
+                            if written >= len(view_chunks[0]):
+                                written -= len(view_chunks[0])
+                                view_chunks.pop(0)
+                            else:
+                                view_chunks[0] = view_chunks[0][written:]
+                                written = 0
+                    if self._fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for tmp, final, _, _ in staged:
+                os.rename(tmp, final)
+                renamed.append(final)
+            if self._fsync:
+                for directory in {final.parent for final in renamed}:
+                    _fsync_dir(directory)
+        except BaseException:
+            for final in renamed:
+                with contextlib.suppress(OSError):
+                    final.unlink()
+            for tmp, _, _, _ in staged:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise
+        now = self._clock()
+        return [
+            MessageInfo(uid_from_name(final.name), final, size, wire, now)
+            for _, final, size, wire in staged
+        ]
+
+    # ---------------------------------------------------------------- reading
+    def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
+        """Messages in ``new/`` and ``cur/``, oldest first (by name, then mtime)."""
+        path = self.mailbox_path(mailbox)
+        found: list[MessageInfo] = []
+        for sub in ("new", "cur"):
+            directory = path / sub
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                s, w = _sizes_from_name(entry.name)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # expunged meanwhile by another process
+                    continue
+                found.append(
+                    MessageInfo(
+                        uid=uid_from_name(entry.name),
+                        path=Path(entry.path),
+                        size=s if s is not None else st.st_size,
+                        wire_size=w,
+                        mtime=st.st_mtime,
+                    )
+                )
+        found.sort(key=lambda m: (m.mtime, m.path.name))
+        return found
+
+    def wire_size(self, message: MessageInfo) -> int:
+        """Octets with CRLF line endings; read from the name, or counted for foreign files."""
+        if message.wire_size is not None:
+            return message.wire_size
+        total = 0
+        with open(message.path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                total += len(block) + block.count(b"\n") - block.count(b"\r\n")
+        return total
+
+    def open_message(self, message: MessageInfo) -> BinaryIO:
+        """Open a listed message for reading (raises FileNotFoundError if it is gone)."""
+        self._check_inside(message.path)
+        return open(message.path, "rb")
+
+    def usage(self, mailbox: MailboxRef) -> Usage:
+        """Bytes and messages stored, from file names (stat only for foreign files)."""
+        messages = self.list_messages(mailbox)
+        return Usage(bytes=sum(m.size for m in messages), messages=len(messages))
+
+    # ---------------------------------------------------------------- removal
+    def expunge(self, mailbox: MailboxRef, uids: Iterable[str]) -> int:
+        """Delete the messages with these uids; returns how many files were removed."""
+        wanted = set(uids)
+        removed = 0
+        dirs: set[Path] = set()
+        for message in self.list_messages(mailbox):
+            if message.uid in wanted:
+                try:
+                    message.path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed += 1
+                dirs.add(message.path.parent)
+        if self._fsync:
+            for directory in dirs:
+                _fsync_dir(directory)
+        return removed
+
+    def remove_mailbox(self, mailbox: MailboxRef) -> None:
+        """Delete a whole Maildir (used when a mailbox is deleted)."""
+        import shutil
+
+        path = self.mailbox_path(mailbox)
+        self._known_dirs.discard(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+    def clean_tmp(self, *, older_than: float = DEFAULT_STALE_TMP_SECONDS) -> int:
+        """Remove stale files in every ``tmp/`` (crash debris); they are never delivered."""
+        cutoff = self._clock() - older_than
+        removed = 0
+        for tmp in self.root.glob("*/*/tmp"):
+            for entry in os.scandir(tmp):
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
+
+    def _check_inside(self, path: Path) -> None:
+        if self.root not in path.resolve().parents:
+            raise MaildirError("refused path outside the Maildir root")

@@ -1,0 +1,330 @@
+"""The database schema: every table of Mailhost as typed SQLAlchemy 2 models."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from app.db import Base
+
+# SQLite has no 64-bit autoincrement for BIGINT; use INTEGER there (it is 64-bit anyway).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes on every backend (SQLite would otherwise hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+
+STATUS_ACTIVE = "active"
+STATUS_SUSPENDED = "suspended"
+STATUSES = (STATUS_ACTIVE, STATUS_SUSPENDED)
+
+
+class Customer(Base):
+    """The organisation that subscribes and is billed per mailbox."""
+
+    __tablename__ = "customers"
+    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=STATUS_ACTIVE)
+    price_per_mailbox: Mapped[Decimal] = mapped_column(Numeric(12, 4), default=Decimal("0"))
+    currency: Mapped[str] = mapped_column(String(3), default="EUR")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    domains: Mapped[list[Domain]] = relationship(back_populates="customer")
+
+
+class Domain(Base):
+    """A hosted mail domain; ``name`` is lower-case IDNA (punycode)."""
+
+    __tablename__ = "domains"
+    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=STATUS_ACTIVE)
+    max_mailboxes: Mapped[int | None] = mapped_column(Integer, default=None)
+    default_quota_bytes: Mapped[int] = mapped_column(BigInteger, default=1024**3)
+    total_quota_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Full address (local@domain) that receives mail for unknown users of this domain.
+    catchall_target: Mapped[str | None] = mapped_column(String(320), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    customer: Mapped[Customer] = relationship(back_populates="domains")
+    mailboxes: Mapped[list[Mailbox]] = relationship(back_populates="domain")
+    aliases: Mapped[list[Alias]] = relationship(back_populates="domain")
+    domain_aliases: Mapped[list[DomainAlias]] = relationship(back_populates="target_domain")
+
+
+class DomainAlias(Base):
+    """An alias domain: mail to user@alias goes to user@target (same users)."""
+
+    __tablename__ = "domain_aliases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    target_domain_id: Mapped[int] = mapped_column(
+        ForeignKey("domains.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    target_domain: Mapped[Domain] = relationship(back_populates="domain_aliases")
+
+
+class Mailbox(Base):
+    """One person's mailbox. Deleting it keeps its lifecycle events (billing history)."""
+
+    __tablename__ = "mailboxes"
+    __table_args__ = (
+        UniqueConstraint("domain_id", "local_part"),
+        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        CheckConstraint("quota_bytes >= 0", name="quota_nonnegative"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"), index=True)
+    local_part: Mapped[str] = mapped_column(String(64))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    quota_bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=STATUS_ACTIVE)
+    pop3_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    domain: Mapped[Domain] = relationship(back_populates="mailboxes")
+
+    @property
+    def address(self) -> str:
+        return f"{self.local_part}@{self.domain.name}"
+
+
+class Alias(Base):
+    """One address delivering to one or more addresses (mailboxes or other aliases)."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("domain_id", "local_part"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"), index=True)
+    local_part: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    domain: Mapped[Domain] = relationship(back_populates="aliases")
+    targets: Mapped[list[AliasTarget]] = relationship(
+        back_populates="alias", cascade="all, delete-orphan", order_by="AliasTarget.address"
+    )
+
+    @property
+    def address(self) -> str:
+        return f"{self.local_part}@{self.domain.name}"
+
+
+class AliasTarget(Base):
+    __tablename__ = "alias_targets"
+    __table_args__ = (UniqueConstraint("alias_id", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alias_id: Mapped[int] = mapped_column(ForeignKey("aliases.id", ondelete="CASCADE"))
+    # Normalised full address: local@idna-domain.
+    address: Mapped[str] = mapped_column(String(320))
+
+    alias: Mapped[Alias] = relationship(back_populates="targets")
+
+
+ROLE_ADMIN = "admin"
+ROLE_SUPPORT = "support"
+
+
+class Operator(Base):
+    """An ISP staff member who logs in to the portal."""
+
+    __tablename__ = "operators"
+    __table_args__ = (CheckConstraint("role IN ('admin', 'support')", name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default=ROLE_ADMIN)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+SCOPE_PROVISIONING = "provisioning"
+SCOPE_READ = "read"
+SCOPE_BILLING_READ = "billing:read"
+SCOPES = (SCOPE_PROVISIONING, SCOPE_READ, SCOPE_BILLING_READ)
+
+
+class ApiToken(Base):
+    """A bearer token for the REST API; only a SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    # First characters of the token, stored in clear to find the row and show it in lists.
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(200))  # space-separated
+    owner: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()
+
+
+class LifecycleEvent(Base):
+    """Append-only: a mailbox or domain was created / suspended / resumed / deleted.
+
+    Denormalised on purpose (address, domain, customer copied in) so that billing history
+    survives deletion of the objects. Ids are assigned in commit order (see services.events).
+    """
+
+    __tablename__ = "lifecycle_events"
+    __table_args__ = (
+        CheckConstraint("entity IN ('mailbox', 'domain')", name="entity"),
+        CheckConstraint(
+            "action IN ('created', 'suspended', 'resumed', 'deleted')", name="action"
+        ),
+        Index("ix_lifecycle_events_customer_time", "customer_id", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    entity: Mapped[str] = mapped_column(String(16))
+    entity_id: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    customer_id: Mapped[int] = mapped_column(Integer)
+    domain_name: Mapped[str] = mapped_column(String(253))
+    address: Mapped[str | None] = mapped_column(String(320), default=None)
+
+
+class AuditEntry(Base):
+    """Who (operator, token, cli, system) did what to which object, when, from where."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_object", "object_type", "object_id"),
+        Index("ix_audit_log_actor", "actor_type", "actor"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    object_name: Mapped[str | None] = mapped_column(String(320), default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class MaildropLease(Base):
+    """A POP3 maildrop lock as a lease row, shared by every host using the database."""
+
+    __tablename__ = "maildrop_leases"
+
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class WebSession(Base):
+    """A portal login session; only a hash of the cookie value is stored."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operator_id: Mapped[int] = mapped_column(
+        ForeignKey("operators.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class AuthFailure(Base):
+    """Failed-login counters shared by all processes (key: 'pop3:ip:1.2.3.4', 'web:user:x')."""
+
+    __tablename__ = "auth_failures"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    """A stored API response for a POST retried with the same Idempotency-Key."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("token_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DailyStat(Base):
+    """Per-day counters for the dashboard (deliveries, pop3_logins), upserted by the edges."""
+
+    __tablename__ = "daily_stats"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
