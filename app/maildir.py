@@ -153,9 +153,7 @@ class MaildirStore:
         return f"{sec}.M{usec}P{os.getpid()}Q{n}.{self._host}"
 
     # ---------------------------------------------------------------- delivery
-    def deliver(
-        self, copies: Sequence[tuple[MailboxRef, Sequence[bytes]]]
-    ) -> list[MessageInfo]:
+    def deliver(self, copies: Sequence[tuple[MailboxRef, Sequence[bytes]]]) -> list[MessageInfo]:
         """Store each copy (chunks already with LF line endings) in its mailbox's ``new/``.
 
         All or nothing: when this returns, every copy is fsync'd and renamed into ``new/`` and

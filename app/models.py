@@ -230,9 +230,7 @@ class LifecycleEvent(Base):
     __tablename__ = "lifecycle_events"
     __table_args__ = (
         CheckConstraint("entity IN ('mailbox', 'domain')", name="entity"),
-        CheckConstraint(
-            "action IN ('created', 'suspended', 'resumed', 'deleted')", name="action"
-        ),
+        CheckConstraint("action IN ('created', 'suspended', 'resumed', 'deleted')", name="action"),
         Index("ix_lifecycle_events_customer_time", "customer_id", "occurred_at"),
     )
 

@@ -80,7 +80,9 @@ def authenticate_operator(session: Session, *, username: str, password: str) -> 
     raise NotImplementedError
 
 
-def throttle_delay(session: Session, *, keys: Sequence[str], now: dt.datetime | None = None) -> float:
+def throttle_delay(
+    session: Session, *, keys: Sequence[str], now: dt.datetime | None = None
+) -> float:
     """Seconds to wait before answering a login attempt for these keys (e.g. 'pop3:ip:1.2.3.4',
     'pop3:user:a@b.example'): 0 for no recent failures, doubling per failure from 1s, capped at
     30s; failures older than 15 minutes are forgotten, so real users are never locked out

@@ -10,9 +10,7 @@ from app.models import Alias
 from app.services.audit import Actor
 
 
-def create_alias(
-    session: Session, *, actor: Actor, address: str, targets: Sequence[str]
-) -> Alias:
+def create_alias(session: Session, *, actor: Actor, address: str, targets: Sequence[str]) -> Alias:
     """Domain must be hosted; address must not be a mailbox or alias already (ConflictError);
     at least one target; each target a valid address of a hosted domain that exists (mailbox
     or alias); duplicates removed."""

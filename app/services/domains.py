@@ -64,9 +64,7 @@ def set_domain_status(session: Session, *, actor: Actor, domain_id: int, status:
     raise NotImplementedError
 
 
-def set_catchall(
-    session: Session, *, actor: Actor, domain_id: int, target: str | None
-) -> Domain:
+def set_catchall(session: Session, *, actor: Actor, domain_id: int, target: str | None) -> Domain:
     """``target`` is a full address that must resolve to a local mailbox or alias; None clears."""
     raise NotImplementedError
 

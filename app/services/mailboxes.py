@@ -81,9 +81,7 @@ def update_mailbox(
     raise NotImplementedError
 
 
-def set_mailbox_status(
-    session: Session, *, actor: Actor, mailbox_id: int, status: str
-) -> Mailbox:
+def set_mailbox_status(session: Session, *, actor: Actor, mailbox_id: int, status: str) -> Mailbox:
     """Records 'suspended' / 'resumed' lifecycle events (no event if unchanged)."""
     raise NotImplementedError
 
