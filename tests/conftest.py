@@ -90,3 +90,20 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 @pytest.fixture
 def store(settings: Settings) -> MaildirStore:
     return MaildirStore(settings.maildir_root, hostname=settings.hostname)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 / mx.test.example, made per run."""
+    from app.tls import generate_self_signed
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    generate_self_signed(cert, key, hostname="mx.test.example")
+    return cert, key
+
+
+@pytest.fixture
+def tls_settings(settings: Settings, tls_files: tuple[Path, Path]) -> Settings:
+    """``settings`` with the test certificate configured (enables STARTTLS / STLS / POP3S)."""
+    return settings.model_copy(update={"tls_cert_file": tls_files[0], "tls_key_file": tls_files[1]})
