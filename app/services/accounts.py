@@ -3,44 +3,165 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
 from collections.abc import Sequence
 
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
-from app.models import ApiToken, Mailbox, Operator
-from app.services.audit import Actor
+from app.errors import (
+    ConflictError,
+    NotFoundError,
+    TemporaryError,
+    ValidationError,
+)
+from app.models import (
+    ROLE_ADMIN,
+    ROLE_SUPPORT,
+    SCOPES,
+    STATUS_ACTIVE,
+    ApiToken,
+    AuthFailure,
+    Mailbox,
+    Operator,
+    utcnow,
+)
+from app.passwords import dummy_verify, hash_password, verify_password
+from app.services.audit import SYSTEM_ACTOR, Actor, audit
+from app.services.mailboxes import check_password, find_mailbox, generate_password
+
+_USERNAME = re.compile(r"^[a-z0-9._-]{1,64}$")
+ROLES = (ROLE_ADMIN, ROLE_SUPPORT)
+TOKEN_PREFIX = "mh_"  # noqa: S105 - a label, not a secret
+# last_used_at is a hint for operators, not an access log: write it at most once a minute so a
+# busy API client does not turn every read into a write.
+_LAST_USED_GRANULARITY = dt.timedelta(minutes=1)
+_TOKEN = re.compile(r"^mh_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,128})$")
+
+THROTTLE_BASE_SECONDS = 1.0
+THROTTLE_MAX_SECONDS = 30.0
+THROTTLE_WINDOW = dt.timedelta(minutes=15)
+
+
+# ------------------------------------------------------------------------------ operators
+def _clean_username(username: str) -> str:
+    clean = username.strip().lower()
+    if not _USERNAME.match(clean):
+        raise ValidationError(
+            "username must be 1-64 characters of a-z, 0-9, '.', '_' and '-'", field="username"
+        )
+    return clean
 
 
 def create_operator(
     session: Session, *, actor: Actor, username: str, password: str, role: str = "admin"
 ) -> Operator:
     """username: 1-64 of [a-z0-9._-] (lower-cased); role admin|support; password >= 8."""
-    raise NotImplementedError
+    clean = _clean_username(username)
+    if role not in ROLES:
+        raise ValidationError(f"role must be admin or support, not {role!r}", field="role")
+    check_password(password)
+    if session.scalar(select(Operator.id).where(Operator.username == clean)) is not None:
+        raise ConflictError(f"operator {clean!r} already exists", field="username")
+    operator = Operator(
+        username=clean, password_hash=hash_password(password), role=role, active=True
+    )
+    session.add(operator)
+    session.flush()
+    audit(
+        session,
+        actor=actor,
+        action="operator.create",
+        object_type="operator",
+        object_id=operator.id,
+        object_name=clean,
+        detail=f"role={role}",
+    )
+    return operator
 
 
 def get_operator_by_username(session: Session, *, username: str) -> Operator:
-    raise NotImplementedError
+    operator = session.scalar(select(Operator).where(Operator.username == username.strip().lower()))
+    if operator is None:
+        raise NotFoundError(f"no operator {username.strip().lower()!r}", field="username")
+    return operator
 
 
 def list_operators(session: Session) -> list[Operator]:
-    raise NotImplementedError
+    return list(session.scalars(select(Operator).order_by(Operator.id)))
+
+
+def _get_operator(session: Session, operator_id: int) -> Operator:
+    operator = session.get(Operator, operator_id)
+    if operator is None:
+        raise NotFoundError(f"no operator with id {operator_id}", field="operator_id")
+    return operator
 
 
 def set_operator_password(
     session: Session, *, actor: Actor, operator_id: int, password: str
 ) -> Operator:
-    raise NotImplementedError
+    operator = _get_operator(session, operator_id)
+    check_password(password)
+    operator.password_hash = hash_password(password)
+    session.flush()
+    audit(
+        session,
+        actor=actor,
+        action="operator.password",
+        object_type="operator",
+        object_id=operator.id,
+        object_name=operator.username,
+    )
+    return operator
 
 
 def delete_operator(session: Session, *, actor: Actor, operator_id: int) -> None:
     """Refused (ConflictError) for the last active admin."""
-    raise NotImplementedError
+    operator = _get_operator(session, operator_id)
+    if operator.role == ROLE_ADMIN and operator.active:
+        other_admins = session.scalar(
+            select(func.count(Operator.id)).where(
+                Operator.role == ROLE_ADMIN, Operator.active.is_(True), Operator.id != operator.id
+            )
+        )
+        if not other_admins:
+            raise ConflictError(
+                f"{operator.username!r} is the last active admin and cannot be deleted",
+                field="operator_id",
+            )
+    audit(
+        session,
+        actor=actor,
+        action="operator.delete",
+        object_type="operator",
+        object_id=operator.id,
+        object_name=operator.username,
+    )
+    session.delete(operator)
+    session.flush()
 
 
 def ensure_first_operator(session: Session) -> tuple[Operator, str] | None:
     """If there is no operator at all, create 'admin' with a generated password and return
     (operator, password) so ``mailhost serve`` can print it once; otherwise None."""
-    raise NotImplementedError
+    if session.scalar(select(Operator.id).limit(1)) is not None:
+        return None
+    password = generate_password()
+    operator = create_operator(
+        session, actor=SYSTEM_ACTOR, username="admin", password=password, role=ROLE_ADMIN
+    )
+    return operator, password
+
+
+# ------------------------------------------------------------------------------ API tokens
+def _token_digest(secret_token: str) -> str:
+    return hashlib.sha256(secret_token.encode("utf-8")).hexdigest()
 
 
 def create_token(
@@ -48,23 +169,92 @@ def create_token(
 ) -> tuple[ApiToken, str]:
     """Returns (row, plaintext token 'mh_<prefix>_<secret>'); only a SHA-256 is stored.
     Unknown scopes raise ValidationError."""
-    raise NotImplementedError
+    clean_name = " ".join(name.split())
+    if not clean_name or len(clean_name) > 100:
+        raise ValidationError("token name must be 1-100 characters", field="name")
+    if isinstance(scopes, str):
+        scopes = scopes.split()
+    wanted: list[str] = []
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise ValidationError(
+                f"unknown scope {scope!r} (known: {', '.join(SCOPES)})", field="scopes"
+            )
+        if scope not in wanted:
+            wanted.append(scope)
+    if not wanted:
+        raise ValidationError("a token needs at least one scope", field="scopes")
+    token_owner = (owner or actor.name)[:100]
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    # 12 random characters of prefix (71 bits) make a clash practically impossible; the 256-bit
+    # secret is what authenticates.
+    prefix = "".join(secrets.choice(alphabet) for _ in range(12))
+    plaintext = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    token = ApiToken(
+        name=clean_name,
+        prefix=prefix,
+        token_hash=_token_digest(plaintext),
+        scopes=" ".join(wanted),
+        owner=token_owner,
+    )
+    session.add(token)
+    session.flush()
+    audit(
+        session,
+        actor=actor,
+        action="token.create",
+        object_type="token",
+        object_id=token.id,
+        object_name=clean_name,
+        detail=f"scopes={token.scopes} prefix={prefix}",
+    )
+    return token, plaintext
 
 
 def list_tokens(session: Session) -> list[ApiToken]:
-    raise NotImplementedError
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
 
 
 def revoke_token(session: Session, *, actor: Actor, token_id: int) -> ApiToken:
-    raise NotImplementedError
+    token = session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFoundError(f"no token with id {token_id}", field="token_id")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        session.flush()
+        audit(
+            session,
+            actor=actor,
+            action="token.revoke",
+            object_type="token",
+            object_id=token.id,
+            object_name=token.name,
+        )
+    return token
 
 
 def verify_token(session: Session, *, token: str) -> ApiToken | None:
     """The active token matching ``token`` (constant-time compare), last_used_at updated
     (at most once a minute); None for unknown, malformed or revoked tokens."""
-    raise NotImplementedError
+    match = _TOKEN.match(token.strip())
+    if not match:
+        return None
+    row = session.scalar(select(ApiToken).where(ApiToken.prefix == match.group(1)))
+    # Compare digests in constant time even when the prefix is unknown, so response time
+    # does not tell which prefixes exist.
+    expected = row.token_hash if row is not None else "0" * 64
+    if not hmac.compare_digest(expected, _token_digest(token.strip())) or row is None:
+        return None
+    if row.revoked_at is not None:
+        return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= _LAST_USED_GRANULARITY:
+        row.last_used_at = now
+        session.flush()
+    return row
 
 
+# ------------------------------------------------------------------------------ logins
 def authenticate_mailbox(
     session: Session, *, address: str, password: str, now: dt.datetime | None = None
 ) -> Mailbox | None:
@@ -72,12 +262,55 @@ def authenticate_mailbox(
     POP3 is enabled; else None. Same time spent for unknown users (dummy verify). Re-hashes
     deprecated hashes on success and records last_login_at. Raises TemporaryError only for
     server-side failures."""
-    raise NotImplementedError
+    try:
+        try:
+            mailbox = find_mailbox(session, address=address)
+        except ValidationError:
+            mailbox = None
+        if mailbox is None:
+            dummy_verify(password)
+            return None
+        ok, new_hash = verify_password(password, mailbox.password_hash)
+        if not ok:
+            return None
+        # Checked after the password so a wrong password and a suspended account look alike
+        # to a guesser, and both cost one verification.
+        domain = mailbox.domain
+        if (
+            mailbox.status != STATUS_ACTIVE
+            or domain.status != STATUS_ACTIVE
+            or domain.customer.status != STATUS_ACTIVE
+            or not mailbox.pop3_enabled
+        ):
+            return None
+        if new_hash is not None:
+            mailbox.password_hash = new_hash
+        mailbox.last_login_at = now or utcnow()
+        session.flush()
+        return mailbox
+    except (OperationalError, PoolTimeoutError) as exc:
+        raise TemporaryError("the account database is unavailable, try again later") from exc
 
 
 def authenticate_operator(session: Session, *, username: str, password: str) -> Operator | None:
     """Like authenticate_mailbox, for active operators; records last_login_at."""
-    raise NotImplementedError
+    try:
+        operator = session.scalar(
+            select(Operator).where(Operator.username == username.strip().lower())
+        )
+        if operator is None:
+            dummy_verify(password)
+            return None
+        ok, new_hash = verify_password(password, operator.password_hash)
+        if not ok or not operator.active:
+            return None
+        if new_hash is not None:
+            operator.password_hash = new_hash
+        operator.last_login_at = utcnow()
+        session.flush()
+        return operator
+    except (OperationalError, PoolTimeoutError) as exc:
+        raise TemporaryError("the account database is unavailable, try again later") from exc
 
 
 def throttle_delay(
@@ -87,12 +320,52 @@ def throttle_delay(
     'pop3:user:a@b.example'): 0 for no recent failures, doubling per failure from 1s, capped at
     30s; failures older than 15 minutes are forgotten, so real users are never locked out
     for long."""
-    raise NotImplementedError
+    if not keys:
+        return 0.0
+    moment = now or utcnow()
+    rows = session.execute(
+        select(AuthFailure.failures, AuthFailure.last_failure_at).where(
+            AuthFailure.key.in_(list(keys))
+        )
+    ).all()
+    worst = 0
+    for failures, last_failure_at in rows:
+        if moment - last_failure_at < THROTTLE_WINDOW:
+            worst = max(worst, failures)
+    if worst <= 0:
+        return 0.0
+    # 1, 2, 4, 8, 16, 30, 30... (the exponent is capped so huge counters cannot overflow)
+    return min(THROTTLE_MAX_SECONDS, THROTTLE_BASE_SECONDS * 2.0 ** min(worst - 1, 16))
 
 
-def record_login_failure(session: Session, *, keys: Sequence[str]) -> None:
-    raise NotImplementedError
+def record_login_failure(
+    session: Session, *, keys: Sequence[str], now: dt.datetime | None = None
+) -> None:
+    moment = now or utcnow()
+    for key in dict.fromkeys(keys):
+        row = session.get(AuthFailure, key)
+        if row is None:
+            # Two processes may insert the same key at once; a nested transaction keeps the
+            # loser's outer transaction usable, and it then updates the winner's row.
+            try:
+                with session.begin_nested():
+                    session.add(AuthFailure(key=key, failures=1, last_failure_at=moment))
+                continue
+            except Exception:  # noqa: BLE001 - IntegrityError or its dialect wrapper
+                row = session.get(AuthFailure, key, populate_existing=True)
+                if row is None:
+                    raise
+        if moment - row.last_failure_at >= THROTTLE_WINDOW:
+            row.failures = 1
+        else:
+            row.failures += 1
+        row.last_failure_at = moment
+    session.flush()
 
 
 def clear_login_failures(session: Session, *, keys: Sequence[str]) -> None:
-    raise NotImplementedError
+    if keys:
+        session.execute(
+            delete(AuthFailure).where(AuthFailure.key.in_(list(keys))),
+            execution_options={"synchronize_session": "fetch"},
+        )

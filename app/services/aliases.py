@@ -4,25 +4,112 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload, selectinload
 
-from app.models import Alias
-from app.services.audit import Actor
+from app.errors import ConflictError, NotFoundError, ValidationError
+from app.models import Alias, AliasTarget, Domain, DomainAlias, Mailbox
+from app.services.addresses import split_address
+from app.services.audit import Actor, audit
+from app.services.domains import get_domain_by_name
+
+# An alias is a small distribution list, not a mailing-list manager.
+MAX_TARGETS = 1000
+
+
+def _target_exists(session: Session, local: str, domain_name: str) -> bool:
+    domain_id = session.scalar(select(Domain.id).where(Domain.name == domain_name))
+    if domain_id is None:
+        # user@alias-domain names the same user as user@target-domain.
+        domain_id = session.scalar(
+            select(DomainAlias.target_domain_id).where(DomainAlias.name == domain_name)
+        )
+    if domain_id is None:
+        return False
+    for model in (Mailbox, Alias):
+        if session.scalar(
+            select(model.id).where(model.domain_id == domain_id, model.local_part == local)
+        ):
+            return True
+    return False
+
+
+def _clean_targets(session: Session, targets: Sequence[str], *, own: str | None) -> list[str]:
+    if isinstance(targets, str):
+        targets = [targets]
+    cleaned: list[str] = []
+    for raw in targets:
+        local, domain_name = split_address(raw, field="targets")
+        address = f"{local}@{domain_name}"
+        if address == own:
+            raise ValidationError(f"alias {own} cannot deliver to itself", field="targets")
+        if address in cleaned:
+            continue
+        if not _target_exists(session, local, domain_name):
+            raise ValidationError(
+                f"target {address} is not a mailbox or alias hosted here", field="targets"
+            )
+        cleaned.append(address)
+    if not cleaned:
+        raise ValidationError("an alias needs at least one target", field="targets")
+    if len(cleaned) > MAX_TARGETS:
+        raise ValidationError(f"an alias may have at most {MAX_TARGETS} targets", field="targets")
+    return cleaned
 
 
 def create_alias(session: Session, *, actor: Actor, address: str, targets: Sequence[str]) -> Alias:
     """Domain must be hosted; address must not be a mailbox or alias already (ConflictError);
     at least one target; each target a valid address of a hosted domain that exists (mailbox
     or alias); duplicates removed."""
-    raise NotImplementedError
+    local, domain_name = split_address(address)
+    normalised = f"{local}@{domain_name}"
+    domain = get_domain_by_name(session, name=domain_name)
+    if session.scalar(
+        select(Mailbox.id).where(Mailbox.domain_id == domain.id, Mailbox.local_part == local)
+    ):
+        raise ConflictError(f"{normalised} is already a mailbox", field="address")
+    if session.scalar(
+        select(Alias.id).where(Alias.domain_id == domain.id, Alias.local_part == local)
+    ):
+        raise ConflictError(f"alias {normalised} already exists", field="address")
+    cleaned = _clean_targets(session, targets, own=normalised)
+    alias = Alias(
+        domain=domain,
+        local_part=local,
+        targets=[AliasTarget(address=target) for target in cleaned],
+    )
+    session.add(alias)
+    session.flush()
+    audit(
+        session,
+        actor=actor,
+        action="alias.create",
+        object_type="alias",
+        object_id=alias.id,
+        object_name=normalised,
+        detail="-> " + ", ".join(cleaned),
+    )
+    return alias
 
 
 def get_alias(session: Session, *, alias_id: int) -> Alias:
-    raise NotImplementedError
+    alias = session.get(Alias, alias_id)
+    if alias is None:
+        raise NotFoundError(f"no alias with id {alias_id}", field="alias_id")
+    return alias
 
 
 def get_alias_by_address(session: Session, *, address: str) -> Alias:
-    raise NotImplementedError
+    local, domain_name = split_address(address)
+    alias = session.scalar(
+        select(Alias)
+        .join(Domain, Alias.domain_id == Domain.id)
+        .where(Domain.name == domain_name, Alias.local_part == local)
+        .options(joinedload(Alias.domain), selectinload(Alias.targets))
+    )
+    if alias is None:
+        raise NotFoundError(f"no alias {local}@{domain_name}", field="address")
+    return alias
 
 
 def list_aliases(
@@ -34,14 +121,65 @@ def list_aliases(
     after_id: int | None = None,
     limit: int = 50,
 ) -> list[Alias]:
-    raise NotImplementedError
+    query = (
+        select(Alias)
+        .join(Domain, Alias.domain_id == Domain.id)
+        .options(joinedload(Alias.domain), selectinload(Alias.targets))
+        .order_by(Alias.id)
+    )
+    if domain_id is not None:
+        query = query.where(Alias.domain_id == domain_id)
+    if customer_id is not None:
+        query = query.where(Domain.customer_id == customer_id)
+    if search:
+        needle = search.strip().lower()
+        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(
+            (Alias.local_part + "@" + Domain.name).like(f"%{escaped}%", escape="\\")
+        )
+    if after_id is not None:
+        query = query.where(Alias.id > after_id)
+    return list(session.scalars(query.limit(max(0, limit))).unique())
 
 
 def set_alias_targets(
     session: Session, *, actor: Actor, alias_id: int, targets: Sequence[str]
 ) -> Alias:
-    raise NotImplementedError
+    alias = get_alias(session, alias_id=alias_id)
+    cleaned = _clean_targets(session, targets, own=alias.address)
+    before = [t.address for t in alias.targets]
+    if sorted(before) == sorted(cleaned):
+        return alias
+    keep = set(cleaned)
+    alias.targets = [t for t in alias.targets if t.address in keep]
+    # Flush the removals first so re-adding cannot trip the (alias_id, address) unique key.
+    session.flush()
+    existing = {t.address for t in alias.targets}
+    for address in cleaned:
+        if address not in existing:
+            alias.targets.append(AliasTarget(address=address))
+    session.flush()
+    audit(
+        session,
+        actor=actor,
+        action="alias.update",
+        object_type="alias",
+        object_id=alias.id,
+        object_name=alias.address,
+        detail="-> " + ", ".join(cleaned),
+    )
+    return alias
 
 
 def delete_alias(session: Session, *, actor: Actor, alias_id: int) -> None:
-    raise NotImplementedError
+    alias = get_alias(session, alias_id=alias_id)
+    audit(
+        session,
+        actor=actor,
+        action="alias.delete",
+        object_type="alias",
+        object_id=alias.id,
+        object_name=alias.address,
+    )
+    session.delete(alias)
+    session.flush()
