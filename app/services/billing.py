@@ -1,0 +1,414 @@
+"""Per-mailbox billing: usage computed from lifecycle events, and the event feed.
+
+Theory of operation
+-------------------
+Billing never reads the live ``mailboxes`` table to decide what to charge: it replays the
+append-only ``lifecycle_events`` (which survive deletion of mailboxes, domains and customers),
+so a report for a past period gives the same answer tomorrow as today.
+
+Each mailbox's events are replayed in ``(occurred_at, id)`` order into *segments*: half-open
+time intervals ``[start, end)`` in which it existed and was either active or suspended. A
+mailbox whose domain was suspended (domain lifecycle events) counts as suspended for that time.
+Customer suspension has no lifecycle event and therefore does not change billing.
+
+Day rule (UTC days, documented in the API):
+
+* a **billable day** is a day on which the mailbox was active at any instant; so a mailbox
+  created on the 20th of a 30-day month counts 11 days (20..30), the day of a suspension and
+  the day of a resumption are billed, and a mailbox created and deleted on the same day is
+  billed one day;
+* a **suspended day** is a day on which the mailbox existed but was never active; reported,
+  never billed;
+* each mailbox contributes at most one billable day per calendar day (no double counting);
+* the period is the half-open range of days ``[start, end)``; time after ``now`` is never
+  counted (a report for the running month is "so far").
+
+Money: ``amount = price_per_mailbox * mailbox_days / days_in_period`` per line item (per
+domain), rounded half-up to cents; the customer's amount is the sum of its rounded line items,
+so an invoice always adds up. The customer's *current* price applies (prices have no history).
+``peak`` is the largest number of mailboxes billable on one day of the period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import ValidationError
+from app.maildir import MailboxRef, MaildirError, MaildirStore
+from app.models import Customer, Domain, LifecycleEvent, Mailbox, utcnow
+
+CENT = Decimal("0.01")
+# A report over more than a year of days is almost certainly a typo; refuse it early.
+MAX_PERIOD_DAYS = 366
+_PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
+
+_ACTIVE = "active"
+_SUSPENDED = "suspended"
+
+
+# ------------------------------------------------------------------------------ periods
+def month_period(period: str) -> tuple[dt.date, dt.date]:
+    """``'YYYY-MM'`` -> (first day of the month, first day of the next month)."""
+    match = _PERIOD.match(period.strip())
+    if not match:
+        raise ValidationError(f"period must look like 2026-03, not {period!r}", field="period")
+    year, month = int(match.group(1)), int(match.group(2))
+    if not (1 <= month <= 12 and 1 <= year <= 9998):
+        raise ValidationError(f"no such month: {period!r}", field="period")
+    start = dt.date(year, month, 1)
+    end = dt.date(year + 1, 1, 1) if month == 12 else dt.date(year, month + 1, 1)
+    return start, end
+
+
+def check_period(start: dt.date, end: dt.date) -> None:
+    """Refuse empty, reversed or over-long periods (``end`` is exclusive)."""
+    if end <= start:
+        raise ValidationError("'to' must be after 'from' (it is exclusive)", field="to")
+    if (end - start).days > MAX_PERIOD_DAYS:
+        raise ValidationError(f"a period spans at most {MAX_PERIOD_DAYS} days", field="to")
+
+
+def prorate(price: Decimal, mailbox_days: int, days_in_period: int) -> Decimal:
+    """``price * mailbox_days / days_in_period``, rounded half-up to cents."""
+    return (price * mailbox_days / Decimal(days_in_period)).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+# ------------------------------------------------------------------------------ report types
+@dataclass(slots=True)
+class UsageLine:
+    """One domain of one customer."""
+
+    domain: str
+    mailboxes_active_end: int = 0
+    mailboxes_suspended_end: int = 0
+    peak_mailboxes: int = 0
+    mailbox_days: int = 0
+    suspended_days: int = 0
+    storage_bytes: int = 0
+    storage_messages: int = 0
+    amount: Decimal | None = None
+
+
+@dataclass(slots=True)
+class CustomerUsage:
+    customer_id: int
+    customer_name: str | None  # None once the customer was deleted (its events remain)
+    currency: str | None
+    price_per_mailbox: Decimal | None
+    mailboxes_active_end: int = 0
+    mailboxes_suspended_end: int = 0
+    peak_mailboxes: int = 0
+    mailbox_days: int = 0
+    suspended_days: int = 0
+    storage_bytes: int = 0
+    storage_messages: int = 0
+    amount: Decimal | None = None
+    lines: list[UsageLine] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class UsageReport:
+    start: dt.date
+    end: dt.date  # exclusive
+    days: int
+    generated_at: dt.datetime
+    customers: list[CustomerUsage]
+
+
+# ------------------------------------------------------------------------------ intervals
+@dataclass(slots=True)
+class _Segment:
+    start: dt.datetime
+    end: dt.datetime
+    state: str
+
+
+def _subtract(
+    start: dt.datetime, end: dt.datetime, holes: Sequence[tuple[dt.datetime, dt.datetime]]
+) -> tuple[list[tuple[dt.datetime, dt.datetime]], list[tuple[dt.datetime, dt.datetime]]]:
+    """Split ``[start, end)`` into (parts outside every hole, parts inside a hole)."""
+    outside: list[tuple[dt.datetime, dt.datetime]] = []
+    inside: list[tuple[dt.datetime, dt.datetime]] = []
+    cursor = start
+    for hole_start, hole_end in sorted(holes):
+        if hole_end <= cursor or hole_start >= end:
+            continue
+        if hole_start > cursor:
+            outside.append((cursor, hole_start))
+        inside.append((max(cursor, hole_start), min(end, hole_end)))
+        cursor = max(cursor, hole_end)
+        if cursor >= end:
+            break
+    if cursor < end:
+        outside.append((cursor, end))
+    return outside, inside
+
+
+class _DayRanges:
+    """Maps instants to day indices of the period and counts distinct days."""
+
+    def __init__(self, start: dt.date, days: int) -> None:
+        self.start = start
+        self.days = days
+        self.start_at = _midnight(start)
+        self.end_at = self.start_at + dt.timedelta(days=days)
+
+    def days_of(self, a: dt.datetime, b: dt.datetime) -> tuple[int, int] | None:
+        """Inclusive day-index range touched by ``[a, b)`` inside the period, or None."""
+        a, b = max(a, self.start_at), min(b, self.end_at)
+        if a >= b:
+            return None
+        first = (a.date() - self.start).days
+        # The last instant inside [a, b) is just before b: b at midnight touches the day before.
+        last = ((b - dt.timedelta(microseconds=1)).date() - self.start).days
+        return first, last
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def _count(ranges: Sequence[tuple[int, int]]) -> int:
+    return sum(last - first + 1 for first, last in ranges)
+
+
+def _mailbox_segments(
+    events: Sequence[LifecycleEvent], until: dt.datetime
+) -> list[tuple[str, _Segment]]:
+    """Replay one mailbox id's events into (domain, segment) pairs, open ones closed at until.
+
+    An id may be reused after deletion (SQLite without AUTOINCREMENT), so a 'created' after a
+    'deleted' simply starts a new life, possibly in another domain.
+    """
+    segments: list[tuple[str, _Segment]] = []
+    state: str | None = None
+    since = until
+    domain = ""
+    for event in events:
+        at = event.occurred_at
+        if event.action == "deleted":
+            if state is not None:
+                segments.append((domain, _Segment(since, at, state)))
+            state = None
+            continue
+        new_state = _SUSPENDED if event.action == "suspended" else _ACTIVE
+        if state is None:
+            domain = event.domain_name
+        elif state != new_state:
+            segments.append((domain, _Segment(since, at, state)))
+        else:
+            continue  # no change (a repeated event): the segment goes on
+        state, since = new_state, at
+    if state is not None:
+        segments.append((domain, _Segment(since, until, state)))
+    return segments
+
+
+def _domain_suspensions(
+    events: Sequence[LifecycleEvent], until: dt.datetime
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    holes: list[tuple[dt.datetime, dt.datetime]] = []
+    since: dt.datetime | None = None
+    for event in events:
+        if event.action == "suspended" and since is None:
+            since = event.occurred_at
+        elif event.action in ("resumed", "deleted", "created") and since is not None:
+            holes.append((since, event.occurred_at))
+            since = None
+    if since is not None:
+        holes.append((since, until))
+    return holes
+
+
+# ------------------------------------------------------------------------------ the report
+@dataclass(slots=True)
+class _LineAcc:
+    daily: list[int]
+    active_end: int = 0
+    suspended_end: int = 0
+    mailbox_days: int = 0
+    suspended_days: int = 0
+
+
+def usage_report(
+    session: Session,
+    *,
+    start: dt.date,
+    end: dt.date,
+    customer_id: int | None = None,
+    store: MaildirStore | None = None,
+    now: dt.datetime | None = None,
+) -> UsageReport:
+    """Usage of every customer (or one) for the days ``[start, end)``; see the module doc."""
+    check_period(start, end)
+    now = now or utcnow()
+    days = (end - start).days
+    ranges = _DayRanges(start, days)
+    # Nothing after "now" is billed: the running month is reported so far.
+    until = min(ranges.end_at, now)
+
+    query = select(LifecycleEvent).where(LifecycleEvent.occurred_at < until)
+    if customer_id is not None:
+        query = query.where(LifecycleEvent.customer_id == customer_id)
+    events = session.scalars(query.order_by(LifecycleEvent.occurred_at, LifecycleEvent.id)).all()
+
+    by_mailbox: dict[int, list[LifecycleEvent]] = defaultdict(list)
+    by_domain: dict[tuple[int, str], list[LifecycleEvent]] = defaultdict(list)
+    owner_of_mailbox: dict[int, int] = {}
+    for event in events:
+        if event.entity == "mailbox":
+            by_mailbox[event.entity_id].append(event)
+            owner_of_mailbox[event.entity_id] = event.customer_id
+        else:
+            by_domain[(event.customer_id, event.domain_name)].append(event)
+    holes = {key: _domain_suspensions(evs, until) for key, evs in by_domain.items()}
+
+    lines: dict[tuple[int, str], _LineAcc] = {}
+
+    def line(cid: int, domain: str) -> _LineAcc:
+        acc = lines.get((cid, domain))
+        if acc is None:
+            acc = lines[(cid, domain)] = _LineAcc(daily=[0] * (days + 1))
+        return acc
+
+    for mailbox_id, mailbox_events in by_mailbox.items():
+        cid = owner_of_mailbox[mailbox_id]
+        per_domain_active: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        per_domain_existing: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for domain, seg in _mailbox_segments(mailbox_events, until):
+            if seg.state == _ACTIVE:
+                active, suspended = _subtract(seg.start, seg.end, holes.get((cid, domain), []))
+            else:
+                active, suspended = [], [(seg.start, seg.end)]
+            for a, b in active:
+                if (r := ranges.days_of(a, b)) is not None:
+                    per_domain_active[domain].append(r)
+            for a, b in active + suspended:
+                if (r := ranges.days_of(a, b)) is not None:
+                    per_domain_existing[domain].append(r)
+            if seg.end == until:  # still open at the end of the period
+                if active and active[-1][1] == until:
+                    line(cid, domain).active_end += 1
+                else:
+                    line(cid, domain).suspended_end += 1
+        for domain, existing in per_domain_existing.items():
+            acc = line(cid, domain)
+            billable = _merge(per_domain_active.get(domain, []))
+            acc.mailbox_days += _count(billable)
+            acc.suspended_days += _count(_merge(existing)) - _count(billable)
+            for first, last in billable:
+                acc.daily[first] += 1
+                acc.daily[last + 1] -= 1
+
+    customers = _customer_rows(session, customer_id)
+    storage = _storage(session, store, customer_id) if store is not None else {}
+    for cid, domain in storage:
+        line(cid, domain)
+
+    report: dict[int, CustomerUsage] = {}
+    for cid in sorted(set(customers) | {cid for cid, _ in lines}):
+        row = customers.get(cid)
+        report[cid] = CustomerUsage(
+            customer_id=cid,
+            customer_name=row.name if row else None,
+            currency=row.currency if row else None,
+            price_per_mailbox=row.price_per_mailbox if row else None,
+            amount=Decimal("0.00") if row else None,
+        )
+    customer_daily: dict[int, list[int]] = defaultdict(lambda: [0] * days)
+    for (cid, domain), acc in sorted(lines.items()):
+        cust = report[cid]
+        daily, running = [], 0
+        for delta in acc.daily[:days]:
+            running += delta
+            daily.append(running)
+        totals = customer_daily[cid]
+        for i, count in enumerate(daily):
+            totals[i] += count
+        used_bytes, used_messages = storage.get((cid, domain), (0, 0))
+        item = UsageLine(
+            domain=domain,
+            mailboxes_active_end=acc.active_end,
+            mailboxes_suspended_end=acc.suspended_end,
+            peak_mailboxes=max(daily, default=0),
+            mailbox_days=acc.mailbox_days,
+            suspended_days=acc.suspended_days,
+            storage_bytes=used_bytes,
+            storage_messages=used_messages,
+            amount=(
+                prorate(cust.price_per_mailbox, acc.mailbox_days, days)
+                if cust.price_per_mailbox is not None
+                else None
+            ),
+        )
+        cust.lines.append(item)
+        cust.mailboxes_active_end += item.mailboxes_active_end
+        cust.mailboxes_suspended_end += item.mailboxes_suspended_end
+        cust.mailbox_days += item.mailbox_days
+        cust.suspended_days += item.suspended_days
+        cust.storage_bytes += item.storage_bytes
+        cust.storage_messages += item.storage_messages
+        if cust.amount is not None and item.amount is not None:
+            cust.amount += item.amount
+    for cid, totals in customer_daily.items():
+        report[cid].peak_mailboxes = max(totals, default=0)
+    return UsageReport(
+        start=start, end=end, days=days, generated_at=now, customers=list(report.values())
+    )
+
+
+def _customer_rows(session: Session, customer_id: int | None) -> dict[int, Customer]:
+    query = select(Customer)
+    if customer_id is not None:
+        query = query.where(Customer.id == customer_id)
+    return {c.id: c for c in session.scalars(query)}
+
+
+def _storage(
+    session: Session, store: MaildirStore, customer_id: int | None
+) -> dict[tuple[int, str], tuple[int, int]]:
+    """Current bytes and messages stored per (customer, domain), from the Maildir store."""
+    query = select(Domain.customer_id, Domain.name, Mailbox.local_part).join(
+        Mailbox, Mailbox.domain_id == Domain.id
+    )
+    if customer_id is not None:
+        query = query.where(Domain.customer_id == customer_id)
+    totals: dict[tuple[int, str], tuple[int, int]] = {}
+    for cid, domain, local_part in session.execute(query):
+        try:
+            used = store.usage(MailboxRef(domain=domain, local_part=local_part))
+        except (MaildirError, OSError):
+            continue  # an unreadable Maildir must not make the whole report fail
+        old_bytes, old_messages = totals.get((cid, domain), (0, 0))
+        totals[(cid, domain)] = (old_bytes + used.bytes, old_messages + used.messages)
+    return totals
+
+
+# ------------------------------------------------------------------------------ the feed
+def list_events(
+    session: Session, *, after_id: int = 0, limit: int = 100, customer_id: int | None = None
+) -> list[LifecycleEvent]:
+    """Events with id > ``after_id`` in id order, which is commit order (see
+    ``audit.record_lifecycle``): a reader that has seen id X never later finds a new id < X."""
+    query = select(LifecycleEvent).where(LifecycleEvent.id > after_id)
+    if customer_id is not None:
+        query = query.where(LifecycleEvent.customer_id == customer_id)
+    return list(session.scalars(query.order_by(LifecycleEvent.id).limit(limit)))
