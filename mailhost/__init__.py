@@ -1,0 +1,1 @@
+"""The composition root: the ``mailhost`` command that builds settings and wires the edges."""

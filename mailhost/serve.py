@@ -1,0 +1,301 @@
+"""Running the edges: all three in one event loop, or one edge in N prefork worker processes.
+
+Theory of operation. ``run_services`` builds the engine, session factory and Maildir store from
+settings, starts the requested edges on one asyncio loop and waits for SIGINT or SIGTERM. Then
+it drains: every edge stops accepting at once, SMTP lets transactions in progress finish (a
+message is only ever answered 250 after it is fsync'd, so nothing accepted is lost), the portal
+finishes its requests, and the process exits 0.
+
+``run_prefork`` is a small supervisor for ``mailhost smtp|pop3|web --workers N``: it forks N
+workers that each run ``run_services`` for one edge. SMTP and POP3 workers each bind their own
+listening socket with SO_REUSEPORT (the kernel spreads connections over them); web workers share
+one socket the supervisor bound before forking. A worker that dies is restarted; SIGTERM is
+passed on to every worker and the supervisor waits for all of them to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.maildir import MaildirStore
+
+log = logging.getLogger("mailhost.serve")
+
+KINDS = ("smtp", "pop3", "web")
+# Seconds the portal gives requests in flight before cancelling them on shutdown.
+WEB_GRACEFUL_SECONDS = 30
+# A worker that dies this soon after starting counts as a crash loop.
+_QUICK_DEATH_SECONDS = 5.0
+_MAX_QUICK_DEATHS = 5
+
+
+def bind_tcp(
+    host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """A bound (and listening) TCP socket for ``host:port``, IPv4 or IPv6."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if listen:
+            sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _web_server(app: Any, settings: Settings) -> Any:
+    """A uvicorn Server that leaves signal handling to us (we drain all edges together)."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level.lower(),
+        lifespan="auto",
+        timeout_graceful_shutdown=WEB_GRACEFUL_SECONDS,
+        server_header=False,
+    )
+    return _Server(config)
+
+
+def _edge_ports(edge: Any) -> list[int]:
+    ports = getattr(edge, "ports", None)
+    if ports is not None:
+        return [int(p) for p in ports]
+    return [int(edge.port)]
+
+
+async def run_services(
+    settings: Settings,
+    kinds: Sequence[str],
+    *,
+    web_socket: socket.socket | None = None,
+    on_ready: Callable[[dict[str, list[int]]], None] | None = None,
+) -> int:
+    """Run the edges in ``kinds`` until SIGINT/SIGTERM; returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    engine = make_engine(settings)
+    factory = make_session_factory(engine)
+    store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
+    stoppers: list[Callable[[], Awaitable[None]]] = []
+    listening: dict[str, list[int]] = {}
+    web_task: asyncio.Task[None] | None = None
+    status = 0
+    try:
+        # Edges are imported here, not at module level, so provisioning commands work without
+        # pulling in aiosmtpd or FastAPI.
+        if "smtp" in kinds:
+            from smtp_ingress.server import SmtpIngress
+
+            smtp = SmtpIngress(settings, session_factory=factory, store=store)
+            await smtp.start()
+            stoppers.append(smtp.stop)
+            listening["smtp"] = _edge_ports(smtp)
+        if "pop3" in kinds:
+            from pop3_service.server import Pop3Server
+
+            pop3 = Pop3Server(settings, session_factory=factory, store=store)
+            await pop3.start()
+            stoppers.append(pop3.stop)
+            listening["pop3"] = _edge_ports(pop3)
+        if "web" in kinds:
+            from web.app import create_app
+
+            sock = web_socket or bind_tcp(settings.web_host, settings.web_port)
+            web_port = int(sock.getsockname()[1])
+            server = _web_server(
+                create_app(settings, session_factory=factory, store=store), settings
+            )
+            web_task = asyncio.create_task(server.serve(sockets=[sock]), name="web")
+            while not server.started:
+                if web_task.done():
+                    web_task.result()  # raises what went wrong
+                    raise RuntimeError("the portal stopped during startup")
+                await asyncio.sleep(0.02)
+
+            async def stop_web() -> None:
+                server.should_exit = True
+                assert web_task is not None
+                await web_task
+
+            stoppers.append(stop_web)
+            listening["web"] = [web_port]
+
+        _announce(settings, listening)
+        if on_ready is not None:
+            on_ready(listening)
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        if web_task is not None:
+            waiters.append(web_task)
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if web_task is not None and web_task in done:
+            log.error("the portal stopped unexpectedly; shutting down")
+            status = 1
+        for waiter in waiters:
+            if waiter is not web_task:
+                waiter.cancel()
+        log.info("shutting down: no new connections, draining those in progress")
+    finally:
+        results = await asyncio.gather(*(s() for s in stoppers), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("error while stopping: %r", result)
+                status = 1
+        await asyncio.to_thread(engine.dispose)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return status
+
+
+def _announce(settings: Settings, listening: dict[str, list[int]]) -> None:
+    hosts = {"smtp": settings.smtp_host, "pop3": settings.pop3_host, "web": settings.web_host}
+    for kind, ports in listening.items():
+        for port in ports:
+            where = f"http://{hosts[kind]}:{port}/" if kind == "web" else f"{hosts[kind]}:{port}"
+            log.info("%s listening on %s", kind, where)
+    print(
+        "mailhost: ready: "
+        + ", ".join(f"{k} {hosts[k]}:{','.join(map(str, p))}" for k, p in listening.items()),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run(settings: Settings, kinds: Sequence[str]) -> int:
+    """Run ``kinds`` in this process until a signal; the exit status."""
+    return asyncio.run(run_services(settings, kinds))
+
+
+# ---------------------------------------------------------------------------- prefork
+def _reserve_ports(settings: Settings, kind: str) -> tuple[Settings, list[socket.socket]]:
+    """Pin port 0 to one real port that every worker then binds with SO_REUSEPORT.
+
+    The reserving socket is bound but never listens, so the kernel hands it no connections;
+    it keeps the port ours while workers come and go.
+    """
+    fields = {"smtp": ["smtp_port"], "pop3": ["pop3_port", "pop3s_port"]}[kind]
+    host = settings.smtp_host if kind == "smtp" else settings.pop3_host
+    update: dict[str, int] = {}
+    held: list[socket.socket] = []
+    for name in fields:
+        port = getattr(settings, name)
+        if port is None:
+            continue
+        sock = bind_tcp(host, int(port), reuse_port=True, listen=False)
+        held.append(sock)
+        update[name] = int(sock.getsockname()[1])
+    return settings.model_copy(update=update), held
+
+
+def _worker_main(settings: Settings, kind: str, web_socket: socket.socket | None) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    sys.exit(asyncio.run(run_services(settings, (kind,), web_socket=web_socket)))
+
+
+def run_prefork(settings: Settings, kind: str, workers: int) -> int:
+    """Run one edge in ``workers`` processes (in this process when ``workers`` is 1)."""
+    if kind not in KINDS:
+        raise ValueError(kind)
+    if workers <= 1:
+        return run(settings, (kind,))
+
+    held: list[socket.socket] = []
+    web_socket: socket.socket | None = None
+    if kind == "web":
+        web_socket = bind_tcp(settings.web_host, settings.web_port)
+        held.append(web_socket)
+    else:
+        settings, held = _reserve_ports(settings, kind)
+
+    mp = multiprocessing.get_context("fork")
+    children: dict[int, tuple[multiprocessing.process.BaseProcess, float]] = {}
+    stopping = False
+    quick_deaths = 0
+    status = 0
+
+    def start(slot: int) -> None:
+        proc = mp.Process(
+            target=_worker_main,
+            args=(settings, kind, web_socket),
+            name=f"mailhost-{kind}-{slot}",
+            daemon=False,
+        )
+        proc.start()
+        children[slot] = (proc, time.monotonic())
+        log.info("started %s worker %d (pid %s)", kind, slot, proc.pid)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping and signum == signal.SIGINT:
+            # A second Ctrl-C: the operator wants out now.
+            for proc, _ in children.values():
+                if proc.pid is not None and proc.is_alive():
+                    os.kill(proc.pid, signal.SIGKILL)
+            return
+        stopping = True
+        for proc, _ in children.values():
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for slot in range(workers):
+            start(slot)
+        while children:
+            sentinels = [proc.sentinel for proc, _ in children.values()]
+            multiprocessing.connection.wait(sentinels, timeout=1.0)
+            for slot, (proc, started) in list(children.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                del children[slot]
+                code = proc.exitcode
+                if stopping:
+                    if code != 0:
+                        status = 1
+                    continue
+                log.error("%s worker %d exited with status %s; restarting", kind, slot, code)
+                if time.monotonic() - started < _QUICK_DEATH_SECONDS:
+                    quick_deaths += 1
+                    if quick_deaths >= _MAX_QUICK_DEATHS:
+                        log.error("workers keep dying at start; giving up")
+                        on_signal(signal.SIGTERM, None)
+                        status = 1
+                        continue
+                    time.sleep(1.0)
+                start(slot)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sock in held:
+            sock.close()
+    return status
