@@ -1,0 +1,62 @@
+"""A POP3 worker process: ``python -m pop3_service`` (settings from MAILHOST_* variables).
+
+Several workers can share one port (the listener uses SO_REUSEPORT); the composition root
+(``mailhost pop3``) starts them, and tests start two to check the cross-process maildrop lock.
+Prints ``READY <port> [<pop3s port>]`` on stdout once listening; stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.maildir import MaildirStore
+from pop3_service.locking import DEFAULT_LEASE_SECONDS
+from pop3_service.server import Pop3Server
+
+
+async def _run(settings: Settings, lease_seconds: float) -> None:
+    engine = make_engine(settings)
+    store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
+    server = Pop3Server(
+        settings,
+        session_factory=make_session_factory(engine),
+        store=store,
+        lease_seconds=lease_seconds,
+    )
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ports = server.ports
+    print("READY", ports["pop3"], ports.get("pop3s", ""), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pop3_service", description=__doc__)
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=DEFAULT_LEASE_SECONDS,
+        help="maildrop lease length (renewed every third of it)",
+    )
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+    asyncio.run(_run(settings, args.lease_seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,576 @@
+"""The asyncio adapter: sockets, TLS, login, maildrop lock and message streaming for POP3.
+
+The protocol itself lives in ``session.py`` and never does I/O; this module feeds it lines and
+carries out the events it returns.  Blocking work (database, password hashing, opening large
+files) runs in worker threads; small messages are read on the loop thread because measuring
+showed that a page-cached 4 KiB read costs less than handing it to a thread (see
+bench/pop3_download.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import transaction
+from app.errors import MailhostError, TemporaryError
+from app.maildir import MailboxRef, MaildirError, MaildirStore, MessageInfo
+from app.services import accounts, stats
+from app.tls import server_context
+from pop3_service.encoding import encode_whole, iter_message, iter_top
+from pop3_service.locking import DEFAULT_LEASE_SECONDS, LeaseLost, MaildropLocks
+from pop3_service.session import (
+    MAX_LINE_BUFFER,
+    Authenticate,
+    AuthFailure,
+    Close,
+    Event,
+    Expunge,
+    Pop3Session,
+    Reply,
+    SendMessage,
+    StartTls,
+    State,
+)
+
+log = logging.getLogger(__name__)
+
+# Messages up to this wire size are read and encoded in one go on the loop thread.
+SMALL_MESSAGE = 128 * 1024
+# Stop reading from a client that pipelines more than this without reading our replies.
+READ_BUFFER_LIMIT = 256 * 1024
+# Transport write buffer high-water mark: bounds memory per connection while streaming.
+WRITE_BUFFER_HIGH = 1024 * 1024
+# Flush pipelined replies once this much is queued even if more commands are waiting.
+FLUSH_THRESHOLD = 256 * 1024
+TLS_HANDSHAKE_TIMEOUT = 30.0
+# The longest plausible address (RFC 5321 section 4.5.3.1: 64 + 1 + 255).
+MAX_USERNAME = 320
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEntry:
+    """One message of a login snapshot: what the session sees, plus where it is."""
+
+    uid: str
+    size: int
+    info: MessageInfo
+
+
+@dataclass(slots=True)
+class MaildirMaildrop:
+    """The maildrop handed to the session after login (the session reads only ``messages``)."""
+
+    mailbox_id: int
+    ref: MailboxRef
+    messages: list[SnapshotEntry]
+
+
+class _Shutdown(Exception):
+    pass
+
+
+class _Connection(asyncio.Protocol):
+    """Buffers input lines and output bytes for one client; flow control both ways."""
+
+    def __init__(self, server: Pop3Server, *, implicit_tls: bool) -> None:
+        self._server = server
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self._in = bytearray()
+        self._out = bytearray()
+        self._skipping_overlong = False
+        self._reading_paused = False
+        self._eof = False
+        self._lost = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self.idle = False
+        self.peer_ip = "unknown"
+
+    # ------------------------------------------------------------- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer_ip = str(peer[0])
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server._spawn(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._skipping_overlong:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            data = data[newline + 1 :]
+            self._skipping_overlong = False
+        self._in += data
+        if len(self._in) > READ_BUFFER_LIMIT and self.transport and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self._wake()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # ------------------------------------------------------------- used by the handler
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def interrupt(self) -> None:
+        """Wake an idle reader so it notices the server is stopping."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(_Shutdown())
+
+    @property
+    def closed(self) -> bool:
+        return self._lost
+
+    def has_line(self) -> bool:
+        return b"\n" in self._in or len(self._in) > MAX_LINE_BUFFER
+
+    async def readline(self, timeout: float) -> bytes | None:
+        """The next line (CRLF included), an over-long prefix, or None at end of input."""
+        while True:
+            newline = self._in.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._in[: newline + 1])
+                del self._in[: newline + 1]
+                self._maybe_resume_reading()
+                return line
+            if len(self._in) > MAX_LINE_BUFFER:
+                # Keep a prefix for the session to refuse; drop the rest up to the next LF.
+                line = bytes(self._in[:MAX_LINE_BUFFER])
+                self._in.clear()
+                self._skipping_overlong = True
+                self._maybe_resume_reading()
+                return line
+            if self._eof or self._lost:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            self.idle = True
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            finally:
+                self.idle = False
+                self._waiter = None
+
+    def _maybe_resume_reading(self) -> None:
+        if self._reading_paused and len(self._in) < READ_BUFFER_LIMIT // 2 and self.transport:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def discard_input(self) -> None:
+        self._in.clear()
+
+    def queue(self, data: bytes) -> None:
+        self._out += data
+
+    @property
+    def queued(self) -> int:
+        return len(self._out)
+
+    async def flush(self, timeout: float) -> None:
+        if self._out and self.transport is not None and not self._lost:
+            self.transport.write(bytes(self._out))
+        self._out.clear()
+        await self.drain(timeout)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.write(data)
+
+    async def drain(self, timeout: float) -> None:
+        if not self._write_paused or self._lost:
+            return
+        self._drain_waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+@dataclass(slots=True)
+class _Context:
+    conn: _Connection
+    session: Pop3Session
+    maildrop: MaildirMaildrop | None = None
+
+
+def _plausible(text: str, *, limit: int) -> bool:
+    """False for strings no mailbox login can contain (control characters, broken UTF-8)."""
+    if not text or len(text) > limit:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate-escaped bytes that were not UTF-8
+        return False
+    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def throttle_keys(ip: str, username: str) -> list[str]:
+    """Failed-login counter keys: per client address and per account (escaped, bounded)."""
+    user = ascii(username.strip().lower())[1:-1][:300]
+    return [f"pop3:ip:{ip}", f"pop3:user:{user}"]
+
+
+class Pop3Server:
+    """The POP3 listener(s): plain port with STLS, and implicit TLS when configured."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session_factory: sessionmaker[Session],
+        store: MaildirStore,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        shutdown_deadline: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.store = store
+        self.locks = MaildropLocks(session_factory, lease_seconds=lease_seconds)
+        self.shutdown_deadline = shutdown_deadline
+        self.tls_context: ssl.SSLContext | None = server_context(settings)
+        self._servers: list[asyncio.Server] = []
+        self._ports: dict[str, int] = {}
+        self._tasks: dict[asyncio.Task[None], _Connection] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        plain = await loop.create_server(
+            lambda: _Connection(self, implicit_tls=False),
+            host=s.pop3_host,
+            port=s.pop3_port,
+            reuse_port=True,
+            start_serving=True,
+        )
+        self._servers.append(plain)
+        self._ports["pop3"] = plain.sockets[0].getsockname()[1]
+        if s.pop3s_port is not None and self.tls_context is not None:
+            secure = await loop.create_server(
+                lambda: _Connection(self, implicit_tls=True),
+                host=s.pop3_host,
+                port=s.pop3s_port,
+                reuse_port=True,
+                ssl=self.tls_context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                start_serving=True,
+            )
+            self._servers.append(secure)
+            self._ports["pop3s"] = secure.sockets[0].getsockname()[1]
+        self._heartbeat = asyncio.create_task(self._renew_leases())
+        log.info("POP3 listening on %s", self._ports)
+
+    @property
+    def port(self) -> int:
+        return self._ports["pop3"]
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """{"pop3": port, "pop3s": port (only with implicit TLS)}."""
+        return dict(self._ports)
+
+    async def stop(self) -> None:
+        """Stop accepting; idle sessions are told and closed at once (deleting nothing), busy
+        ones finish their command; whatever is left at the deadline is cancelled."""
+        self._stopping = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self._tasks.values()):
+            if conn.idle:
+                conn.interrupt()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=self.shutdown_deadline)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for server in self._servers:
+            await server.wait_closed()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.locks.renew_interval)
+            try:
+                lost = await asyncio.to_thread(self.locks.renew_all)
+            except Exception:  # database briefly down: try again next period
+                log.exception("renewing POP3 maildrop leases failed")
+                continue
+            if lost:
+                # Those sessions cannot expunge any more (confirm() fails at QUIT).
+                log.warning("POP3 maildrop leases lost for mailboxes %s", sorted(lost))
+
+    # ------------------------------------------------------------------ connections
+    def _spawn(self, conn: _Connection) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(conn))
+        self._tasks[task] = conn
+        task.add_done_callback(self._tasks.pop)
+
+    async def _handle(self, conn: _Connection) -> None:
+        s = self.settings
+        session = Pop3Session(
+            hostname=s.hostname,
+            tls_available=self.tls_context is not None,
+            tls_active=conn.implicit_tls,
+            require_tls=s.pop3_require_tls,
+            max_unknown_commands=s.pop3_max_unknown_commands,
+        )
+        ctx = _Context(conn=conn, session=session)
+        timeout = s.pop3_idle_timeout
+        try:
+            await self._dispatch(ctx, session.greeting())
+            while session.state is not State.CLOSED and not conn.closed:
+                if self._stopping:
+                    await self._dispatch(ctx, session.shutting_down())
+                    break
+                if conn.queued and (not conn.has_line() or conn.queued >= FLUSH_THRESHOLD):
+                    await conn.flush(timeout)
+                try:
+                    line = await conn.readline(timeout)
+                except TimeoutError:
+                    await self._dispatch(ctx, session.timed_out())
+                    break
+                except _Shutdown:
+                    await self._dispatch(ctx, session.shutting_down())
+                    break
+                if line is None:
+                    break
+                await self._dispatch(ctx, session.receive_line(line))
+            await conn.flush(timeout)
+        except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            log.info("POP3 connection from %s ended: %r", conn.peer_ip, exc)
+        except asyncio.CancelledError:
+            log.info("POP3 connection from %s cancelled at shutdown", conn.peer_ip)
+        except Exception:
+            log.exception("POP3 session from %s failed", conn.peer_ip)
+        finally:
+            # Whatever happened, nothing was expunged unless QUIT asked for it.
+            session.connection_lost()
+            conn.close()
+            if ctx.maildrop is not None:
+                await self._release(ctx.maildrop.mailbox_id)
+
+    async def _release(self, mailbox_id: int) -> None:
+        try:
+            await asyncio.shield(asyncio.to_thread(self.locks.release, mailbox_id))
+        except Exception:  # the lease lapses by itself
+            log.exception("releasing the POP3 lease of mailbox %s failed", mailbox_id)
+
+    async def _dispatch(self, ctx: _Context, events: list[Event]) -> None:
+        conn = ctx.conn
+        timeout = self.settings.pop3_idle_timeout
+        for event in events:
+            if isinstance(event, Reply):
+                conn.queue(event.data)
+            elif isinstance(event, SendMessage):
+                await self._send_message(ctx, event)
+            elif isinstance(event, Authenticate):
+                await conn.flush(timeout)
+                await self._dispatch(ctx, await self._login(ctx, event))
+            elif isinstance(event, Expunge):
+                await self._dispatch(ctx, await self._expunge(ctx, event))
+            elif isinstance(event, StartTls):
+                await self._start_tls(ctx)
+            elif isinstance(event, Close):
+                await conn.flush(timeout)
+                conn.close()
+
+    # ------------------------------------------------------------------ login
+    async def _login(self, ctx: _Context, event: Authenticate) -> list[Event]:
+        session = ctx.session
+        keys = throttle_keys(ctx.conn.peer_ip, event.username)
+        try:
+            delay = await asyncio.to_thread(self._throttle_delay, keys)
+            if delay > 0:
+                # Slow down guessing without blocking anyone else (the loop keeps serving).
+                await asyncio.sleep(delay)
+            outcome = await asyncio.to_thread(
+                self._login_blocking, event.username, event.password, keys
+            )
+        except (TemporaryError, SQLAlchemyError, OSError, MaildirError):
+            log.exception("POP3 login failed on the server side")
+            return session.auth_failed(AuthFailure.TEMPORARY)
+        if isinstance(outcome, AuthFailure):
+            return session.auth_failed(outcome)
+        if ctx.conn.closed:  # client went away meanwhile: give the lease back at once
+            await self._release(outcome.mailbox_id)
+            return session.auth_failed(AuthFailure.TEMPORARY)
+        ctx.maildrop = outcome
+        return session.auth_succeeded(outcome, username=event.username)
+
+    def _throttle_delay(self, keys: list[str]) -> float:
+        with transaction(self.session_factory) as db:
+            return float(accounts.throttle_delay(db, keys=keys))
+
+    def _login_blocking(
+        self, username: str, password: str, keys: list[str]
+    ) -> MaildirMaildrop | AuthFailure:
+        found: tuple[int, MailboxRef] | None = None
+        if _plausible(username, limit=MAX_USERNAME) and _plausible(password, limit=1024):
+            try:
+                with transaction(self.session_factory) as db:
+                    mailbox = accounts.authenticate_mailbox(
+                        db, address=username.strip(), password=password
+                    )
+                    if mailbox is not None:
+                        found = (
+                            mailbox.id,
+                            MailboxRef(domain=mailbox.domain.name, local_part=mailbox.local_part),
+                        )
+                        accounts.clear_login_failures(db, keys=keys)
+                        stats.bump(db, metric="pop3_logins")
+            except TemporaryError:
+                raise
+            except MailhostError:  # e.g. ValidationError on a malformed address
+                found = None
+        if found is None:
+            with transaction(self.session_factory) as db:
+                accounts.record_login_failure(db, keys=keys)
+            return AuthFailure.BAD_CREDENTIALS
+        mailbox_id, ref = found
+        if not self.locks.acquire(mailbox_id):
+            return AuthFailure.IN_USE
+        try:
+            messages = [
+                SnapshotEntry(uid=m.uid, size=self.store.wire_size(m), info=m)
+                for m in self.store.list_messages(ref)
+            ]
+        except BaseException:
+            self.locks.release(mailbox_id)
+            raise
+        return MaildirMaildrop(mailbox_id=mailbox_id, ref=ref, messages=messages)
+
+    # ------------------------------------------------------------------ STLS
+    async def _start_tls(self, ctx: _Context) -> None:
+        conn = ctx.conn
+        assert self.tls_context is not None and conn.transport is not None
+        await conn.flush(self.settings.pop3_idle_timeout)
+        # RFC 2595 section 4 / CVE-2011-0411: nothing sent before the handshake may be taken
+        # as a command sent after it.
+        conn.discard_input()
+        loop = asyncio.get_running_loop()
+        new_transport = await loop.start_tls(
+            conn.transport,
+            conn,
+            self.tls_context,
+            server_side=True,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+        )
+        if new_transport is None:
+            raise ConnectionError("TLS negotiation failed")
+        new_transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        conn.transport = new_transport
+        conn.discard_input()
+        ctx.session.tls_started()
+
+    # ------------------------------------------------------------------ RETR / TOP
+    async def _send_message(self, ctx: _Context, event: SendMessage) -> None:
+        assert ctx.maildrop is not None
+        conn = ctx.conn
+        timeout = self.settings.pop3_idle_timeout
+        entry = ctx.maildrop.messages[event.index]
+        crlf_source = entry.info.wire_size is None
+        if event.body_lines is None and entry.size <= SMALL_MESSAGE:
+            try:
+                with self.store.open_message(entry.info) as fh:
+                    data = fh.read()
+            except (OSError, MaildirError):
+                conn.queue(event.unavailable)
+                return
+            conn.queue(event.status)
+            conn.queue(encode_whole(data, crlf_source=crlf_source))
+            if conn.queued >= FLUSH_THRESHOLD:
+                await conn.flush(timeout)
+            return
+        try:
+            fh = await asyncio.to_thread(self.store.open_message, entry.info)
+        except (OSError, MaildirError):
+            conn.queue(event.unavailable)
+            return
+        chunks: Iterator[bytes]
+        if event.body_lines is None:
+            chunks = iter_message(fh, crlf_source=crlf_source)
+        else:
+            chunks = iter_top(fh, event.body_lines, crlf_source=crlf_source)
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[bytes | None] | None = None
+        try:
+            conn.queue(event.status)
+            await conn.flush(timeout)
+            # Read (and encode) the next block in a thread while the current one is sent.
+            pending = loop.run_in_executor(None, next, chunks, None)
+            while True:
+                chunk = await pending
+                pending = None
+                if chunk is None:
+                    break
+                pending = loop.run_in_executor(None, next, chunks, None)
+                conn.write(chunk)
+                await conn.drain(timeout)
+                if conn.closed:
+                    raise ConnectionError("client went away during RETR")
+        finally:
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await pending
+            fh.close()
+
+    # ------------------------------------------------------------------ QUIT
+    async def _expunge(self, ctx: _Context, event: Expunge) -> list[Event]:
+        assert ctx.maildrop is not None
+        maildrop = ctx.maildrop
+        try:
+            # Still ours?  A session whose lease lapsed must not delete (another may be live).
+            await asyncio.to_thread(self.locks.confirm, maildrop.mailbox_id)
+            removed = await asyncio.to_thread(self.store.expunge, maildrop.ref, event.uids)
+        except (LeaseLost, OSError, MaildirError, SQLAlchemyError, TemporaryError):
+            log.exception("POP3 expunge failed for mailbox %s", maildrop.mailbox_id)
+            return ctx.session.expunge_failed()
+        return ctx.session.expunge_succeeded(removed)
