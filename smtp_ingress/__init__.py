@@ -1,0 +1,5 @@
+"""SMTP ingress: the MX for every hosted domain (aiosmtpd protocol + Mailhost policy)."""
+
+from smtp_ingress.server import SmtpIngress
+
+__all__ = ["SmtpIngress"]

@@ -1,0 +1,56 @@
+"""``python -m smtp_ingress``: one ingress worker process, settings from the environment.
+
+Prints ``ready pid=<pid> port=<port>`` on stdout once listening (the tests and the bench wait
+for it) and stops gracefully on SIGTERM / SIGINT. Several such processes may share a fixed
+port (SO_REUSEPORT); the ``mailhost`` CLI supervises them in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.maildir import MaildirStore
+from smtp_ingress.server import SmtpIngress
+
+
+async def _serve(settings: Settings) -> None:
+    engine = make_engine(settings)
+    store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
+    greet = os.environ.get("MAILHOST_SMTP_GREET_DELAY")
+    ingress = SmtpIngress(
+        settings,
+        session_factory=make_session_factory(engine),
+        store=store,
+        greet_delay=float(greet) if greet else None,
+    )
+    await ingress.start()
+    print(f"ready pid={os.getpid()} port={ingress.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await ingress.stop()
+    engine.dispose()
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    # aiosmtpd logs every command line at INFO; our own transaction lines are enough.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

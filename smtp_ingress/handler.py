@@ -1,0 +1,322 @@
+"""Recipient policy and delivery: aiosmtpd handler hooks that decide replies, never do I/O on
+the socket, and run database and file work off the event loop.
+
+Address policy decisions (written down as the brief asks):
+
+* Domains are matched case-insensitively (``USER@HOSTED.EXAMPLE`` is delivered).
+* A trailing-dot domain (``user@hosted.example.``) is not RFC 5321 syntax (section 4.1.2,
+  ``Domain`` has no final dot); aiosmtpd's address parser refuses it, and we answer
+  ``553 5.1.3`` (bad address syntax) rather than guessing. It is never relayed.
+* Source routes (``<@hosted.example:user@foreign.example>``) are ignored as RFC 5321 section
+  4.1.1.3 / appendix C says: the address is ``user@foreign.example``, i.e. relay -> 554 5.7.1.
+* ``%`` / ``!`` hacks, quoted local parts and address literals are never hosted addresses:
+  554 5.7.1 without asking the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import logging
+import secrets
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import transaction
+from app.errors import TemporaryError
+from app.maildir import MailboxRef, MaildirStore
+from app.services import stats
+from app.services.resolution import Resolution, Target, Verdict, resolve_recipient
+from smtp_ingress import replies
+
+log = logging.getLogger("smtp_ingress")
+T = TypeVar("T")
+
+
+class ServerLike(Protocol):
+    """What the hooks need from the protocol object (``IngressSMTP``)."""
+
+    hostname: str
+
+    def note_junk(self) -> None: ...
+
+    def transaction_done(self) -> None: ...
+
+
+@dataclass
+class Transaction:
+    """Per-transaction state kept on the aiosmtpd envelope (reset by MAIL / RSET / DATA)."""
+
+    queue_id: str = field(default_factory=lambda: secrets.token_hex(6).upper())
+    sender: str = ""  # "" is the null reverse-path <>
+    # mailbox id -> (target, the RCPT address that led to it, for the Received "for" clause)
+    targets: dict[int, tuple[Target, str]] = field(default_factory=dict)
+    accepted: list[str] = field(default_factory=list)
+    # Resolutions are cached per transaction: the same RCPT twice asks the database once.
+    cache: dict[str, Resolution] = field(default_factory=dict)
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+
+
+def _peer_ip(session: Any) -> str:
+    peer = getattr(session, "peer", None)
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "unknown"
+
+
+def _relay_trick(address: str) -> bool:
+    local, _, domain = address.rpartition("@")
+    return (
+        not local
+        or not domain
+        or any(ch in local for ch in '%!"@:')
+        or domain.startswith("[")
+        or _has_control(address)
+    )
+
+
+class StatsBatcher:
+    """Counts stored copies in memory and adds them to the 'deliveries' counter in batches.
+
+    Why batched: one database write per message would serialise every delivery on the
+    database (SQLite has one writer) for a dashboard figure. Why a failure is only logged:
+    the message is already stored and answered; turning a counter failure into a 451 would
+    make the sender retry and duplicate the message. At most one interval of counts is lost
+    if the process dies.
+    """
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], executor: Executor, interval: float = 1.0
+    ) -> None:
+        self._session_factory = session_factory
+        self._executor = executor
+        self._interval = interval
+        self._pending = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, count: int) -> None:
+        self._pending += count
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        count, self._pending = self._pending, 0
+        if not count:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._bump, count)
+        except Exception:
+            self._pending += count
+            log.warning("could not update the deliveries counter (+%d); will retry", count)
+
+    def _bump(self, count: int) -> None:
+        with transaction(self._session_factory) as session:
+            stats.bump(session, metric="deliveries", by=count)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+
+class IngressHandler:
+    """The aiosmtpd handler: HELO/EHLO, MAIL, RCPT policy, DATA delivery, error mapping."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session_factory: sessionmaker[Session],
+        store: MaildirStore,
+        executor: Executor,
+        stats_batcher: StatsBatcher,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.store = store
+        self.executor = executor
+        self.stats = stats_batcher
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # ------------------------------------------------------------------ greeting commands
+    async def handle_HELO(
+        self, server: ServerLike, session: Any, envelope: Any, hostname: str
+    ) -> str:
+        if _has_control(hostname) or " " in hostname.strip():
+            server.note_junk()
+            return "501 5.5.4 Syntax: HELO hostname"
+        session.host_name = hostname
+        envelope.txn = None
+        return f"250 {server.hostname}"
+
+    async def handle_EHLO(
+        self, server: ServerLike, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        if _has_control(hostname) or " " in hostname.strip():
+            server.note_junk()
+            return ["501 5.5.4 Syntax: EHLO hostname"]
+        session.host_name = hostname
+        # No AUTH on an MX (aiosmtpd would offer it after STARTTLS).
+        lines = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        lines += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+        return lines
+
+    async def handle_NOOP(self, server: ServerLike, session: Any, envelope: Any, arg: str) -> str:
+        server.note_junk()
+        return replies.NOOP_OK
+
+    async def handle_RSET(self, server: ServerLike, session: Any, envelope: Any) -> str:
+        server.note_junk()
+        return replies.RSET_OK
+
+    async def handle_VRFY(
+        self, server: ServerLike, session: Any, envelope: Any, address: str
+    ) -> str:
+        # No user enumeration (RFC 5321 section 3.5.3 allows 252).
+        server.note_junk()
+        return replies.VRFY_REPLY
+
+    # ------------------------------------------------------------------ envelope
+    async def handle_MAIL(
+        self, server: ServerLike, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        sender = "" if address == "<>" else address
+        if _has_control(sender) or (sender and "@" not in sender):
+            return replies.BAD_SENDER
+        envelope.mail_from = sender if sender else "<>"
+        envelope.mail_options.extend(options)
+        envelope.txn = Transaction(sender=sender)
+        return replies.SENDER_OK
+
+    async def handle_RCPT(
+        self, server: ServerLike, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        txn: Transaction = envelope.txn
+        if address == "<>":
+            return replies.BAD_RCPT
+        if len(txn.accepted) >= self.settings.smtp_max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        if _relay_trick(address):
+            self._log_reject(session, txn, address, replies.RELAY_DENIED)
+            return replies.RELAY_DENIED
+        key = address.lower()
+        resolution = txn.cache.get(key)
+        if resolution is None:
+            try:
+                resolution = await self._blocking(self._resolve, address)
+            except (SQLAlchemyError, TemporaryError, OSError):
+                # Database unreachable or similar: always temporary, never a 5xx.
+                log.warning("recipient lookup failed for %s", address, exc_info=True)
+                return replies.TEMPFAIL
+            txn.cache[key] = resolution
+        reply = replies.VERDICT_REPLIES[resolution.verdict]
+        if resolution.verdict is not Verdict.OK or not resolution.targets:
+            self._log_reject(session, txn, address, reply)
+            return reply if resolution.verdict is not Verdict.OK else replies.TEMPFAIL
+        for target in resolution.targets:
+            txn.targets.setdefault(target.mailbox_id, (target, address))
+        txn.accepted.append(address)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return reply
+
+    def _resolve(self, address: str) -> Resolution:
+        with transaction(self.session_factory) as session:
+            return resolve_recipient(session, address=address, store=self.store)
+
+    # ------------------------------------------------------------------ delivery
+    async def handle_DATA(self, server: ServerLike, session: Any, envelope: Any) -> str:
+        txn: Transaction = envelope.txn
+        content: bytes = envelope.content
+        copies = [
+            (target.ref, [self._trace_headers(server, session, txn, target, rcpt), content])
+            for target, rcpt in txn.targets.values()
+        ]
+        try:
+            await self._blocking(self._deliver, copies)
+        except Exception:
+            cid = secrets.token_hex(4)
+            log.exception("delivery failed id=%s qid=%s", cid, txn.queue_id)
+            self._log_transaction(session, txn, len(content), f"451 4.3.0 ref={cid}")
+            return replies.TEMPFAIL
+        self.stats.add(len(copies))
+        server.transaction_done()
+        reply = replies.delivered(txn.queue_id)
+        self._log_transaction(session, txn, len(content), reply[:9])
+        return reply
+
+    def _deliver(self, copies: list[tuple[MailboxRef, list[bytes]]]) -> None:
+        self.store.deliver(copies)
+
+    def _trace_headers(
+        self, server: ServerLike, session: Any, txn: Transaction, target: Target, rcpt: str
+    ) -> bytes:
+        """Return-Path, Delivered-To and an RFC 5321 section 4.4 Received header."""
+        helo = session.host_name or "unknown"
+        tls = session.ssl is not None
+        protocol = ("ESMTPS" if tls else "ESMTP") if session.extended_smtp else "SMTP"
+        tls_comment = ""
+        if tls:
+            cipher = session.ssl.get("cipher") if isinstance(session.ssl, dict) else None
+            if cipher:
+                tls_comment = f"\n\t(using {cipher[1]} with cipher {cipher[0]})"
+        date = email.utils.format_datetime(dt.datetime.now(dt.UTC))
+        return (
+            f"Return-Path: <{txn.sender}>\n"
+            f"Delivered-To: {target.address}\n"
+            f"Received: from {helo} ([{_peer_ip(session)}])\n"
+            f"\tby {server.hostname} (Mailhost) with {protocol} id {txn.queue_id}{tls_comment}\n"
+            f"\tfor <{rcpt}>; {date}\n"
+        ).encode("utf-8", "surrogateescape")
+
+    # ------------------------------------------------------------------ errors and logs
+    async def handle_exception(self, error: Exception) -> str:
+        cid = secrets.token_hex(4)
+        log.error("handler error id=%s", cid, exc_info=error)
+        return replies.internal_error(cid)
+
+    def _log_reject(self, session: Any, txn: Transaction, rcpt: str, reply: str) -> None:
+        log.info(
+            "reject qid=%s client=%s from=<%s> to=<%s> result=%s",
+            txn.queue_id,
+            _peer_ip(session),
+            txn.sender,
+            rcpt,
+            reply[:9],
+        )
+
+    def _log_transaction(self, session: Any, txn: Transaction, size: int, result: str) -> None:
+        log.info(
+            "qid=%s client=%s helo=%s from=<%s> to=%s copies=%d size=%d result=%s",
+            txn.queue_id,
+            _peer_ip(session),
+            session.host_name,
+            txn.sender,
+            ",".join(f"<{a}>" for a in txn.accepted),
+            len(txn.targets),
+            size,
+            result,
+        )

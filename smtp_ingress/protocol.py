@@ -1,0 +1,244 @@
+"""The SMTP protocol object: aiosmtpd's ``SMTP`` with Mailhost's limits and a fast DATA path.
+
+What this subclass changes, and why:
+
+* ``push`` gives every reply an enhanced status code (``replies.with_enhanced_code``) and
+  counts errors towards the junk-command limit (``421 4.7.0`` past it).
+* Connection limits are checked in ``connection_made`` (``421 4.7.0``), early talkers (a
+  command before the greeting, RFC 5321 section 4.3.1 says the client waits) get ``554``.
+* Idle timeout and the DATA deadline answer ``421 4.4.2`` before closing (aiosmtpd closes
+  silently).
+* ``smtp_DATA`` reads the body with one ``readuntil(CRLF.CRLF)`` instead of aiosmtpd's loop
+  per line (the profile's top item for large messages), then validates whole buffers
+  (``data.decode_body``). Only ``CRLF.CRLF`` ends DATA; ``LF.LF`` and friends are part of the
+  body and make it refused (SMTP smuggling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, Envelope
+
+from smtp_ingress import replies
+from smtp_ingress.data import BodyError, decode_body
+from smtp_ingress.handler import Transaction
+
+if TYPE_CHECKING:
+    from smtp_ingress.server import ConnectionTracker
+
+log = logging.getLogger("smtp_ingress")
+
+# Separator searched in the DATA stream; the stream is given a virtual leading CRLF so an
+# empty body (".\r\n" right after 354) is found by the same search (RFC 5321 4.1.1.4).
+_END_OF_DATA = b"\r\n.\r\n"
+# After a size overrun the rest of the body is discarded in pieces of this size.
+_DISCARD_CHUNK = 64 * 1024
+
+_BODY_ERROR_REPLIES = {
+    BodyError.BARE_NEWLINE: replies.BARE_NEWLINE,
+    BodyError.NUL: replies.NUL_IN_DATA,
+    BodyError.LINE_TOO_LONG: replies.DATA_LINE_TOO_LONG,
+}
+
+
+class IngressEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.txn: Transaction | None = None
+
+
+class _CommandTable(dict[str, Any]):
+    """aiosmtpd's command table; unknown verbs go to our handler instead of aiosmtpd's
+    fixed budget of 5 (the configurable junk limit applies instead)."""
+
+    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Any]):
+        super().__init__(methods)
+        self._unknown = unknown
+
+    def get(self, key: str, default: Any = None) -> Any:  # noqa: D401
+        method = super().get(key)
+        return method if method is not None else functools.partial(self._unknown, key)
+
+
+class IngressSMTP(SMTP):
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        tracker: ConnectionTracker,
+        max_junk: int,
+        data_timeout: float,
+        greet_delay: float,
+        **kwargs: Any,
+    ) -> None:
+        # aiosmtpd keeps command_size_limits on the class and mutates it in EHLO, so
+        # concurrent sessions would raise each other's MAIL limit: give each its own.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        super().__init__(handler, **kwargs)
+        self._smtp_methods = _CommandTable(self._smtp_methods, self._smtp_unknown)
+        self._tracker = tracker
+        self._max_junk = max_junk
+        self._data_timeout = data_timeout
+        self._greet_delay = greet_delay
+        self._junk = 0
+        self._greeted = False
+        self._early_talker = False
+        self._refused = False
+        self._client_ip = ""
+        self.busy = False  # inside DATA or delivery: stop() lets it finish
+        self.closing = False  # the server is stopping: close after the current transaction
+
+    # ------------------------------------------------------------------ connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # first call (a second one follows STARTTLS)
+            peer = transport.get_extra_info("peername")
+            self._client_ip = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+            refusal = self._tracker.acquire(self._client_ip)
+            if refusal is not None:
+                self._refused = True
+                self._tracker.protocols.discard(self)
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        self._tracker.release(self._client_ip, self)
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._greeted:
+            self._early_talker = True
+        super().data_received(data)
+
+    def _create_envelope(self) -> IngressEnvelope:
+        return IngressEnvelope()
+
+    async def _handle_client(self) -> None:
+        if self._greet_delay > 0:
+            await asyncio.sleep(self._greet_delay)
+        if self._early_talker:
+            # RFC 5321 section 3.1: 554 instead of the greeting; pipelining before the
+            # greeting is the signature of spam software that does not wait for replies.
+            log.info("early talker client=%s", self._client_ip)
+            self._close_with(replies.EARLY_TALKER)
+            return
+        self._greeted = True
+        await super()._handle_client()
+
+    def _close_with(self, reply: str) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.write(reply.encode() + b"\r\n")
+            transport.close()
+
+    def _timeout_cb(self) -> None:
+        log.info("timeout client=%s busy=%s", self._client_ip, self.busy)
+        self._close_with(replies.DATA_TIMEOUT if self.busy else replies.IDLE_TIMEOUT)
+
+    def shutdown(self) -> None:
+        """Server stop: close now when idle, else after the transaction in progress."""
+        self.closing = True
+        if not self.busy:
+            self._close_with(replies.SHUTTING_DOWN)
+
+    # ------------------------------------------------------------------ replies and limits
+    async def push(self, status: str | bytes) -> None:
+        text = status.decode() if isinstance(status, bytes) else status
+        text = replies.with_enhanced_code(text, hostname=self.hostname)
+        await super().push(text)
+        if text[:1] == "5":
+            self.note_junk()
+
+    def note_junk(self) -> None:
+        self._junk += 1
+        if self._junk > self._max_junk:
+            log.info("junk limit client=%s", self._client_ip)
+            self._close_with(replies.TOO_MANY_ERRORS)
+
+    def transaction_done(self) -> None:
+        # Like Postfix, a delivered message clears the junk count of a long session.
+        self._junk = 0
+
+    async def _smtp_unknown(self, command: str, arg: str | None) -> None:
+        log.info("unknown command client=%s", self._client_ip)
+        await self.push(replies.UNKNOWN_COMMAND)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        self.note_junk()
+        await self.push(replies.HELP_REPLY)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        await self.push(replies.EXPN_REPLY)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push(replies.AUTH_REPLY)
+
+    # ------------------------------------------------------------------ DATA
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        envelope: Any = self.envelope
+        if not envelope.rcpt_tos:
+            await self.push(replies.NEED_RCPT)
+            return
+        if arg:
+            await self.push(replies.DATA_SYNTAX)
+            return
+        await self.push(replies.DATA_START)
+        self.busy = True
+        # One deadline for the whole DATA phase (and delivery), replacing the idle timer.
+        self._reset_timeout(self._data_timeout)
+        try:
+            body = await self._read_body()
+            if body is None:
+                reply = replies.TOO_BIG
+            else:
+                decoded = decode_body(body)
+                if decoded.error is not None:
+                    reply = _BODY_ERROR_REPLIES[decoded.error]
+                else:
+                    envelope.content = decoded.content
+                    reply = await self._call_handler_hook("DATA")
+        finally:
+            self.busy = False
+        self._reset_timeout()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(reply)
+        if self.closing:
+            self._close_with(replies.SHUTTING_DOWN)
+
+    async def _read_body(self) -> bytes | None:
+        """The wire body up to (without) the final ``.CRLF``, or None if over the size limit
+        (the rest is read and discarded so the session stays in sync, RFC 5321 4.2.5)."""
+        reader: Any = self._reader
+        limit: int = self.data_size_limit or (1 << 62)
+        # StreamReader's private buffer and limit: aiosmtpd itself manages the reader this
+        # way (``_buffer.clear()`` after STARTTLS). The virtual CRLF makes ".\r\n" as the
+        # first line end DATA; the larger limit lets one readuntil() take the whole body.
+        reader._buffer[0:0] = b"\r\n"
+        reader._limit = limit + 2 + len(_END_OF_DATA)
+        too_big = False
+        try:
+            while True:
+                try:
+                    block: bytes = await reader.readuntil(_END_OF_DATA)
+                    break
+                except asyncio.LimitOverrunError as exc:
+                    too_big = True
+                    reader._limit = _DISCARD_CHUNK
+                    await reader.read(exc.consumed)
+        finally:
+            reader._limit = self.line_length_limit
+        if too_big:
+            return None
+        body = block[2:-3]
+        return None if len(body) > limit else body

@@ -1,0 +1,163 @@
+"""The SMTP ingress server: binds the port (SO_REUSEPORT, so worker processes can share it),
+enforces connection limits, and shuts down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.maildir import MaildirStore
+from app.tls import server_context
+from smtp_ingress import replies
+from smtp_ingress.handler import IngressHandler, StatsBatcher
+from smtp_ingress.protocol import IngressSMTP
+
+log = logging.getLogger("smtp_ingress")
+
+# Seconds the server waits before greeting; a client that talks first is an early talker
+# (Postfix postscreen waits 6 s; we keep connection set-up cheap for legitimate MTAs).
+# Overridable by ``smtp_greet_delay`` in Settings once it exists there.
+DEFAULT_GREET_DELAY = 0.3
+# stop(): how long transactions in progress may take to finish before they are cut.
+DEFAULT_STOP_GRACE = 30.0
+# Threads for database look-ups and deliveries: enough that concurrent fsyncs overlap.
+IO_THREADS = 32
+
+
+class ConnectionTracker:
+    """Counts open connections in total and per client address (this process)."""
+
+    def __init__(self, *, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.per_ip: Counter[str] = Counter()
+        self.protocols: set[IngressSMTP] = set()
+        self._total = 0
+
+    def acquire(self, ip: str) -> str | None:
+        """Register a connection, or return the 421 reply refusing it."""
+        if self._total >= self.max_total:
+            log.warning("connection limit reached, refusing client=%s", ip)
+            return replies.TOO_MANY_CONNECTIONS
+        if self.per_ip[ip] >= self.max_per_ip:
+            log.warning("per-address connection limit reached, refusing client=%s", ip)
+            return replies.TOO_MANY_CONNECTIONS_IP
+        self._total += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def register(self, protocol: IngressSMTP) -> None:
+        self.protocols.add(protocol)
+
+    def release(self, ip: str, protocol: IngressSMTP) -> None:
+        if protocol in self.protocols:
+            self.protocols.discard(protocol)
+        self._total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+
+class SmtpIngress:
+    """The MX: ``await start()``, read ``port``, ``await stop()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session_factory: sessionmaker[Session],
+        store: MaildirStore,
+        greet_delay: float | None = None,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+    ) -> None:
+        self.settings = settings
+        self._greet_delay = (
+            greet_delay
+            if greet_delay is not None
+            else float(getattr(settings, "smtp_greet_delay", DEFAULT_GREET_DELAY))
+        )
+        self._stop_grace = stop_grace
+        self._executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="smtp-io")
+        self._stats = StatsBatcher(session_factory, self._executor)
+        self._handler = IngressHandler(
+            settings,
+            session_factory=session_factory,
+            store=store,
+            executor=self._executor,
+            stats_batcher=self._stats,
+        )
+        self._tracker = ConnectionTracker(
+            max_total=settings.smtp_max_connections,
+            max_per_ip=settings.smtp_max_connections_per_ip,
+        )
+        self._tls = server_context(settings)
+        self._server: asyncio.Server | None = None
+
+    def _make_protocol(self) -> IngressSMTP:
+        protocol = IngressSMTP(
+            self._handler,
+            tracker=self._tracker,
+            max_junk=self.settings.smtp_max_junk_commands,
+            data_timeout=self.settings.smtp_data_timeout,
+            greet_delay=self._greet_delay,
+            data_size_limit=self.settings.smtp_max_message_size,
+            enable_SMTPUTF8=False,
+            decode_data=False,
+            hostname=self.settings.hostname,
+            ident="ESMTP Mailhost",
+            tls_context=self._tls,
+            timeout=self.settings.smtp_idle_timeout,
+            loop=asyncio.get_running_loop(),
+        )
+        self._tracker.register(protocol)
+        return protocol
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._make_protocol,
+            host=self.settings.smtp_host,
+            port=self.settings.smtp_port,
+            reuse_port=True,
+        )
+        self._stats.start()
+        log.info("SMTP ingress listening on %s:%d", self.settings.smtp_host, self.port)
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("SmtpIngress is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        return self._tracker.total
+
+    async def stop(self) -> None:
+        """Stop accepting, let transactions in progress finish (up to a grace period), then
+        close every connection with ``421 4.3.2``."""
+        if self._server is None:
+            return
+        self._server.close()
+        for protocol in list(self._tracker.protocols):
+            protocol.shutdown()
+        deadline = time.monotonic() + self._stop_grace
+        while self._tracker.protocols and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for protocol in list(self._tracker.protocols):
+            protocol.busy = False
+            protocol.shutdown()
+        await asyncio.sleep(0)
+        self._server = None
+        await self._stats.stop()
+        self._executor.shutdown(wait=True)
