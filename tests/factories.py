@@ -43,9 +43,14 @@ def make_domain(
     default_quota_bytes: int | None = None,
     total_quota_bytes: int | None = None,
 ) -> Domain:
-    """A domain; a customer named after the domain is created when none is given."""
+    """A domain; when no customer is given, one named after the domain is used (or made)."""
     if customer is None:
-        customer = make_customer(session, name=f"Customer of {name}")
+        from app.errors import NotFoundError
+
+        try:
+            customer = customers.get_customer_by_name(session, name=f"Customer of {name}")
+        except NotFoundError:
+            customer = make_customer(session, name=f"Customer of {name}")
     domain = domains.create_domain(
         session,
         actor=CLI_ACTOR,

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Sequence
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,7 @@ from app.models import (
 )
 from app.passwords import dummy_verify, hash_password, verify_password
 from app.services.audit import SYSTEM_ACTOR, Actor, audit
+from app.services.customers import flush_or_conflict
 from app.services.mailboxes import check_password, find_mailbox, generate_password
 
 _USERNAME = re.compile(r"^[a-z0-9._-]{1,64}$")
@@ -72,7 +73,7 @@ def create_operator(
         username=clean, password_hash=hash_password(password), role=role, active=True
     )
     session.add(operator)
-    session.flush()
+    flush_or_conflict(session, f"operator {clean!r} already exists", field="username")
     audit(
         session,
         actor=actor,
@@ -351,7 +352,7 @@ def record_login_failure(
                 with session.begin_nested():
                     session.add(AuthFailure(key=key, failures=1, last_failure_at=moment))
                 continue
-            except Exception:  # noqa: BLE001 - IntegrityError or its dialect wrapper
+            except IntegrityError:
                 row = session.get(AuthFailure, key, populate_existing=True)
                 if row is None:
                     raise

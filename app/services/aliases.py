@@ -11,6 +11,7 @@ from app.errors import ConflictError, NotFoundError, ValidationError
 from app.models import Alias, AliasTarget, Domain, DomainAlias, Mailbox
 from app.services.addresses import split_address
 from app.services.audit import Actor, audit
+from app.services.customers import flush_or_conflict
 from app.services.domains import get_domain_by_name
 
 # An alias is a small distribution list, not a mailing-list manager.
@@ -76,10 +77,11 @@ def create_alias(session: Session, *, actor: Actor, address: str, targets: Seque
     alias = Alias(
         domain=domain,
         local_part=local,
-        targets=[AliasTarget(address=target) for target in cleaned],
+        # Sorted as the relationship loads them, so the object reads the same before a reload.
+        targets=[AliasTarget(address=target) for target in sorted(cleaned)],
     )
     session.add(alias)
-    session.flush()
+    flush_or_conflict(session, f"alias {normalised} already exists", field="address")
     audit(
         session,
         actor=actor,
@@ -159,6 +161,7 @@ def set_alias_targets(
         if address not in existing:
             alias.targets.append(AliasTarget(address=address))
     session.flush()
+    session.expire(alias, ["targets"])  # reload in the relationship's order
     audit(
         session,
         actor=actor,

@@ -6,6 +6,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import ConflictError, NotFoundError, ValidationError
@@ -58,6 +59,16 @@ def check_status(status: str) -> str:
     return status
 
 
+def flush_or_conflict(session: Session, message: str, *, field: str) -> None:
+    """Flush; a unique-key violation (a concurrent insert that won the race after our check)
+    becomes the same ConflictError the check would have raised. The session must then be
+    rolled back, which the edge's transaction does."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise ConflictError(message, field=field) from exc
+
+
 def _name_taken(session: Session, name: str, *, exclude_id: int | None = None) -> bool:
     query = select(Customer.id).where(func.lower(Customer.name) == name.lower())
     if exclude_id is not None:
@@ -82,7 +93,7 @@ def create_customer(
         raise ConflictError(f"customer {clean!r} already exists", field="name")
     customer = Customer(name=clean, price_per_mailbox=price, currency=cur, status="active")
     session.add(customer)
-    session.flush()
+    flush_or_conflict(session, f"customer {clean!r} already exists", field="name")
     audit(
         session,
         actor=actor,

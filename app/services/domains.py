@@ -11,7 +11,7 @@ from app.errors import ConflictError, LimitExceededError, NotFoundError, Validat
 from app.models import Alias, AliasTarget, Domain, DomainAlias, Mailbox
 from app.services.addresses import normalise_domain, split_address
 from app.services.audit import Actor, audit, record_lifecycle
-from app.services.customers import check_status, get_customer
+from app.services.customers import check_status, flush_or_conflict, get_customer
 
 # BigInteger columns: refuse anything a signed 64-bit integer cannot hold.
 MAX_BYTES = 2**63 - 1
@@ -76,7 +76,7 @@ def create_domain(
     if default_quota_bytes is not None:
         domain.default_quota_bytes = default_quota_bytes
     session.add(domain)
-    session.flush()
+    flush_or_conflict(session, f"{domain_name} is already a hosted domain", field="name")
     audit(
         session,
         actor=actor,
@@ -291,7 +291,7 @@ def add_domain_alias(
         raise ConflictError(f"{name} is already a hosted {taken}", field="alias_name")
     alias = DomainAlias(name=name, target_domain_id=domain.id)
     session.add(alias)
-    session.flush()
+    flush_or_conflict(session, f"{name} is already a hosted alias domain", field="alias_name")
     audit(
         session,
         actor=actor,

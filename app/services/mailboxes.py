@@ -13,7 +13,7 @@ from app.models import Alias, Domain, Mailbox
 from app.passwords import hash_password, is_supported_hash
 from app.services.addresses import split_address
 from app.services.audit import Actor, audit, record_lifecycle
-from app.services.customers import check_status
+from app.services.customers import check_status, flush_or_conflict
 from app.services.domains import MAX_BYTES, get_domain_by_name, usage_of
 
 MIN_PASSWORD_LENGTH = 8
@@ -145,7 +145,7 @@ def create_mailbox(
         pop3_enabled=bool(pop3_enabled),
     )
     session.add(mailbox)
-    session.flush()
+    flush_or_conflict(session, f"mailbox {normalised} already exists", field="address")
     audit(
         session,
         actor=actor,

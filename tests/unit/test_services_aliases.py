@@ -1,0 +1,113 @@
+"""Alias provisioning: clashes with mailboxes, target validation, updates, deletion."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.errors import ConflictError, NotFoundError, ValidationError
+from app.models import Alias, AliasTarget, AuditEntry
+from app.services import aliases, domains
+from app.services.audit import CLI_ACTOR
+from tests.factories import make_alias, make_domain, make_mailbox
+
+
+@pytest.fixture
+def hosted(session: Session) -> Session:
+    domain = make_domain(session, "hosted.example")
+    make_mailbox(session, "a@hosted.example")
+    make_mailbox(session, "b@hosted.example")
+    make_mailbox(session, "c@other.example")
+    domains.add_domain_alias(
+        session, actor=CLI_ACTOR, domain_id=domain.id, alias_name="alias.example"
+    )
+    return session
+
+
+def test_create_alias_normalises_and_dedupes_targets(hosted: Session) -> None:
+    alias = aliases.create_alias(
+        hosted,
+        actor=CLI_ACTOR,
+        address="Sales@HOSTED.example",
+        targets=["B@hosted.example", "a@hosted.example", "b@HOSTED.EXAMPLE", "c@other.example"],
+    )
+    assert alias.address == "sales@hosted.example"
+    assert [t.address for t in alias.targets] == [
+        "a@hosted.example",
+        "b@hosted.example",
+        "c@other.example",
+    ]
+    assert aliases.get_alias_by_address(hosted, address="SALES@hosted.example").id == alias.id
+    entry = hosted.scalars(select(AuditEntry).where(AuditEntry.object_type == "alias")).one()
+    assert entry.action == "alias.create"
+
+
+@pytest.mark.parametrize(
+    ("address", "targets", "error", "field"),
+    [
+        ("a@hosted.example", ["b@hosted.example"], ConflictError, "address"),
+        ("A@Hosted.Example", ["b@hosted.example"], ConflictError, "address"),
+        ("list@hosted.example", ["b@hosted.example"], ConflictError, "address"),
+        ("new@nowhere.example", ["a@hosted.example"], NotFoundError, "domain"),
+        ("new@alias.example", ["a@hosted.example"], NotFoundError, "domain"),
+        ("bad address@hosted.example", ["a@hosted.example"], ValidationError, "address"),
+        ("new@hosted.example", [], ValidationError, "targets"),
+        ("new@hosted.example", ["nobody@hosted.example"], ValidationError, "targets"),
+        ("new@hosted.example", ["x@gmail.example"], ValidationError, "targets"),
+        ("new@hosted.example", ["not-an-address"], ValidationError, "targets"),
+        ("new@hosted.example", ["new@hosted.example"], ValidationError, "targets"),
+        ("new@hosted.example", ["a%b@hosted.example"], ValidationError, "targets"),
+    ],
+)
+def test_create_alias_refuses(
+    hosted: Session, address: str, targets: list[str], error: type[Exception], field: str
+) -> None:
+    make_alias(hosted, "list@hosted.example", ["a@hosted.example"])
+    before = hosted.scalar(select(func.count(Alias.id)))
+    with pytest.raises(error) as info:
+        aliases.create_alias(hosted, actor=CLI_ACTOR, address=address, targets=targets)
+    assert info.value.field == field  # type: ignore[attr-defined]
+    assert hosted.scalar(select(func.count(Alias.id))) == before
+
+
+def test_target_through_alias_domain_and_other_alias(hosted: Session) -> None:
+    make_alias(hosted, "first@hosted.example", ["a@hosted.example"])
+    alias = make_alias(hosted, "second@hosted.example", ["first@hosted.example", "b@alias.example"])
+    assert [t.address for t in alias.targets] == ["b@alias.example", "first@hosted.example"]
+
+
+def test_set_targets_and_delete(hosted: Session) -> None:
+    alias = make_alias(hosted, "list@hosted.example", ["a@hosted.example", "b@hosted.example"])
+    aliases.set_alias_targets(
+        hosted, actor=CLI_ACTOR, alias_id=alias.id, targets=["b@hosted.example", "c@other.example"]
+    )
+    hosted.flush()
+    assert sorted(t.address for t in alias.targets) == ["b@hosted.example", "c@other.example"]
+    with pytest.raises(ValidationError):
+        aliases.set_alias_targets(hosted, actor=CLI_ACTOR, alias_id=alias.id, targets=[])
+    with pytest.raises(ValidationError):
+        aliases.set_alias_targets(
+            hosted, actor=CLI_ACTOR, alias_id=alias.id, targets=["list@hosted.example"]
+        )
+    listed = aliases.list_aliases(hosted, search="LIST@")
+    assert [a.id for a in listed] == [alias.id]
+    aliases.delete_alias(hosted, actor=CLI_ACTOR, alias_id=alias.id)
+    assert hosted.scalar(select(func.count(AliasTarget.id))) == 0
+    with pytest.raises(NotFoundError):
+        aliases.get_alias(hosted, alias_id=alias.id)
+    actions = hosted.scalars(
+        select(AuditEntry.action).where(AuditEntry.object_type == "alias").order_by(AuditEntry.id)
+    ).all()
+    assert actions == ["alias.create", "alias.update", "alias.delete"]
+    # The address is free again, even for a mailbox.
+    make_mailbox(hosted, "list@hosted.example")
+
+
+def test_list_aliases_by_domain_and_page(hosted: Session) -> None:
+    ids = [make_alias(hosted, f"l{i}@hosted.example", ["a@hosted.example"]).id for i in range(4)]
+    other = make_alias(hosted, "x@other.example", ["c@other.example"]).id
+    domain = domains.get_domain_by_name(hosted, name="hosted.example")
+    assert [a.id for a in aliases.list_aliases(hosted, domain_id=domain.id)] == ids
+    assert [a.id for a in aliases.list_aliases(hosted, after_id=ids[2])] == [ids[3], other]
+    assert [a.id for a in aliases.list_aliases(hosted, customer_id=domain.customer_id)] == ids
