@@ -1,0 +1,53 @@
+"""The FastAPI application factory: state, health check, static files, portal and API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.maildir import MaildirStore
+from web.api import install_api
+from web.portal import install_portal
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(
+    settings: Settings, *, session_factory: sessionmaker[Session], store: MaildirStore
+) -> FastAPI:
+    """Build one application; nothing is global, so a test can build as many as it likes."""
+    app = FastAPI(
+        title="Mailhost",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory
+    app.state.store = store
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz(request: Request) -> JSONResponse:
+        """Liveness plus database reachability (503 when the database does not answer)."""
+        factory: sessionmaker[Session] = request.app.state.session_factory
+        try:
+            with factory() as session:
+                session.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    install_api(app)
+    # After the API, so the portal's HTML error pages wrap (and delegate /api paths to)
+    # whatever JSON error handlers the API installed.
+    install_portal(app)
+    return app

@@ -1,0 +1,296 @@
+"""Operator login sessions, CSRF tokens and role checks for the portal.
+
+Theory of operation: the session cookie holds 32 random bytes; the database stores only
+their SHA-256 (``WebSession.id_hash``), so a leaked table cannot be replayed. A new id is
+issued at every login (no fixation) and the row is deleted at logout. Each session carries
+its own CSRF token, which every POST form must echo in a hidden field; the login form, used
+before a session exists, is protected by a double-submit cookie instead. Failed logins are
+slowed by ``accounts.throttle_delay`` with an ``asyncio.sleep`` so waiting costs no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from app.db import transaction
+from app.models import ROLE_ADMIN, Operator, WebSession, utcnow
+from app.services import accounts
+from app.services.audit import Actor, audit
+from web.deps import SessionDep, client_ip
+from web.portal.errors import LoginRequired, PortalError, forbidden_role
+from web.portal.forms import PostForm
+from web.portal.render import render
+
+SESSION_COOKIE = "mh_session"
+LOGIN_CSRF_COOKIE = "mh_login_csrf"
+
+
+def hash_session_id(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Me:
+    """Plain copy of the operator for templates: error pages render after the session is
+    closed, when the ORM object can no longer load anything."""
+
+    id: int
+    username: str
+    role: str
+
+
+@dataclass
+class Auth:
+    """The logged-in operator of this request."""
+
+    operator: Operator
+    web_session: WebSession
+    remote_addr: str | None
+    me: Me
+    csrf_token: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.me.role == ROLE_ADMIN
+
+    @property
+    def actor(self) -> Actor:
+        return Actor("operator", self.me.username, self.remote_addr)
+
+
+def _next_url(request: Request) -> str:
+    if request.method != "GET":
+        return "/"
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def current_auth(request: Request, session: SessionDep) -> Auth:
+    """The operator behind the session cookie, or a redirect to the login page."""
+    raw = request.cookies.get(SESSION_COOKIE)
+    if raw:
+        web_session = session.get(WebSession, hash_session_id(raw))
+        if web_session is not None and web_session.expires_at > utcnow():
+            operator = session.get(Operator, web_session.operator_id)
+            if operator is not None and operator.active:
+                auth = Auth(
+                    operator,
+                    web_session,
+                    client_ip(request),
+                    Me(operator.id, operator.username, operator.role),
+                    web_session.csrf_token,
+                )
+                request.state.auth = auth
+                return auth
+    raise LoginRequired(_next_url(request))
+
+
+AuthDep = Annotated[Auth, Depends(current_auth)]
+
+
+def require_admin(auth: AuthDep) -> Auth:
+    if not auth.is_admin:
+        raise forbidden_role(auth.me.role, "create, change or delete this")
+    return auth
+
+
+AdminDep = Annotated[Auth, Depends(require_admin)]
+
+CSRF_REFUSED = PortalError(
+    403,
+    "Form expired or forged",
+    "This form did not carry a valid security token (CSRF), so nothing was changed. "
+    "Go back, reload the page and submit it again.",
+)
+
+
+async def checked_form(request: Request, auth: AuthDep) -> PostForm:
+    """The submitted form, after checking its CSRF token against the session's."""
+    data = await request.form()
+    token = data.get("csrf_token")
+    if not isinstance(token, str) or not hmac.compare_digest(
+        token.encode(), auth.csrf_token.encode()
+    ):
+        raise CSRF_REFUSED
+    return PostForm(data)
+
+
+FormDep = Annotated[PostForm, Depends(checked_form)]
+
+
+def safe_next(url: str | None) -> str:
+    """Only same-site paths: never ``//evil.example`` or an absolute URL."""
+    if not url or not url.startswith("/") or url.startswith("//") or url.startswith("/\\"):
+        return "/"
+    return url
+
+
+router = APIRouter(include_in_schema=False)
+
+
+def _login_page(
+    request: Request, *, next_url: str, username: str = "", error: str | None = None, status: int
+) -> HTMLResponse:
+    token = secrets.token_urlsafe(32)
+    response = render(
+        request,
+        "auth/login.html",
+        {"login_csrf": token, "next_url": next_url, "username": username, "error": error},
+        status=status,
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.app.state.settings.cookie_secure,
+        path="/login",
+    )
+    return response
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "/") -> HTMLResponse:  # noqa: A002
+    return _login_page(request, next_url=safe_next(next), status=200)
+
+
+def _throttle_keys(username: str, ip: str | None) -> list[str]:
+    return [f"web:user:{username.lower()}", f"web:ip:{ip or 'unknown'}"]
+
+
+def _delay(factory: sessionmaker[Session], keys: list[str]) -> float:
+    with transaction(factory) as session:
+        return accounts.throttle_delay(session, keys=keys)
+
+
+def _login(
+    factory: sessionmaker[Session],
+    *,
+    username: str,
+    password: str,
+    keys: list[str],
+    remote_addr: str | None,
+    old_cookie: str | None,
+    max_age: int,
+) -> str | None:
+    """Check the password and open a session; the new cookie value, or None."""
+    with transaction(factory) as session:
+        operator = accounts.authenticate_operator(session, username=username, password=password)
+        if operator is None:
+            accounts.record_login_failure(session, keys=keys)
+            return None
+        accounts.clear_login_failures(session, keys=keys)
+        now = utcnow()
+        # Rotation: whatever session the browser had before is gone; expired rows go too.
+        if old_cookie:
+            session.execute(
+                delete(WebSession).where(WebSession.id_hash == hash_session_id(old_cookie))
+            )
+        session.execute(delete(WebSession).where(WebSession.expires_at < now))
+        raw = secrets.token_urlsafe(32)
+        session.add(
+            WebSession(
+                id_hash=hash_session_id(raw),
+                operator_id=operator.id,
+                csrf_token=secrets.token_urlsafe(32),
+                created_at=now,
+                expires_at=now + dt.timedelta(seconds=max_age),
+                remote_addr=remote_addr,
+            )
+        )
+        audit(
+            session,
+            actor=Actor("operator", operator.username, remote_addr),
+            action="login",
+            object_type="operator",
+            object_id=operator.id,
+            object_name=operator.username,
+        )
+        return raw
+
+
+@router.post("/login", response_model=None)
+async def login(request: Request) -> Response:
+    data = await request.form()
+    token = data.get("csrf_token")
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not isinstance(token, str) or not cookie or not hmac.compare_digest(token, cookie):
+        raise CSRF_REFUSED
+    username = str(data.get("username") or "").strip()
+    password = str(data.get("password") or "")
+    next_url = safe_next(str(data.get("next") or "/"))
+    if not username or not password:
+        return _login_page(
+            request,
+            next_url=next_url,
+            username=username,
+            error="Enter your user name and password.",
+            status=400,
+        )
+    ip = client_ip(request)
+    keys = _throttle_keys(username, ip)
+    factory = request.app.state.session_factory
+    settings = request.app.state.settings
+    delay = await run_in_threadpool(_delay, factory, keys)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    raw = await run_in_threadpool(
+        lambda: _login(
+            factory,
+            username=username,
+            password=password,
+            keys=keys,
+            remote_addr=ip,
+            old_cookie=request.cookies.get(SESSION_COOKIE),
+            max_age=settings.session_max_age,
+        )
+    )
+    if raw is None:
+        return _login_page(
+            request,
+            next_url=next_url,
+            username=username,
+            error="Wrong user name or password (or the account is disabled).",
+            status=400,
+        )
+    response = RedirectResponse(next_url, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        raw,
+        max_age=settings.session_max_age,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+def logout(session: SessionDep, auth: AuthDep, form: FormDep) -> RedirectResponse:
+    session.delete(auth.web_session)
+    audit(
+        session,
+        actor=auth.actor,
+        action="logout",
+        object_type="operator",
+        object_id=auth.me.id,
+        object_name=auth.me.username,
+    )
+    session.commit()
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response

@@ -1,0 +1,75 @@
+"""Small helpers shared by the portal's page modules: redirects, paging, message cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import TypeVar
+
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import ValidationError
+from app.maildir import MailboxRef, MaildirStore
+from app.models import Domain, Mailbox
+
+T = TypeVar("T")
+
+PAGE_SIZE = 50
+
+# Texts for ``?done=`` after a redirect (POST/redirect/GET); unknown keys show nothing.
+DONE_MESSAGES = {
+    "created": "Created.",
+    "saved": "Saved.",
+    "deleted": "Deleted.",
+    "suspended": "Suspended.",
+    "active": "Resumed: active again.",
+    "password": "Password changed.",
+    "revoked": "Revoked.",
+    "imported": "Import complete.",
+}
+
+
+def redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def split_page(rows: Sequence[T], limit: int) -> tuple[list[T], bool]:
+    """Rows fetched with ``limit + 1``: (the page, whether there is a next one)."""
+    return list(rows[:limit]), len(rows) > limit
+
+
+def parse_decimal(text: str, *, field_name: str) -> Decimal:
+    try:
+        value = Decimal(text.strip() or "0")
+    except InvalidOperation:
+        raise ValidationError("enter a number such as 2.50", field=field_name) from None
+    if not value.is_finite():
+        raise ValidationError("enter a number such as 2.50", field=field_name)
+    return value
+
+
+def preload_domains(session: Session, items: Sequence[Mailbox]) -> None:
+    """Load the domains of a page of mailboxes in one query (no N+1 lazy loads)."""
+    ids = {m.domain_id for m in items}
+    if ids:
+        session.scalars(select(Domain).where(Domain.id.in_(ids))).all()
+
+
+def mailbox_refs(session: Session, *, domain_ids: Sequence[int]) -> list[MailboxRef]:
+    """Where the messages of every mailbox of these domains live (read before deleting)."""
+    if not domain_ids:
+        return []
+    rows = session.execute(
+        select(Domain.name, Mailbox.local_part)
+        .join(Domain, Mailbox.domain_id == Domain.id)
+        .where(Domain.id.in_(domain_ids))
+    )
+    return [MailboxRef(name, local) for name, local in rows]
+
+
+def remove_maildirs(store: MaildirStore, refs: Sequence[MailboxRef]) -> None:
+    """After the deletion committed: the messages go too (a crash here leaves only files)."""
+    for ref in refs:
+        store.remove_mailbox(ref)

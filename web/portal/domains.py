@@ -1,0 +1,333 @@
+"""Domain pages: list and filters, create, limits, suspend/resume, catch-all, alias domains,
+the DNS records to publish, and delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.errors import MailhostError, NotFoundError, ValidationError
+from app.models import Domain, Mailbox
+from app.services import customers, domains, mailboxes
+from app.services.addresses import domain_to_unicode
+from web.deps import SessionDep, StoreDep
+from web.portal.auth import AdminDep, AuthDep, FormDep
+from web.portal.common import (
+    PAGE_SIZE,
+    mailbox_refs,
+    redirect,
+    remove_maildirs,
+    split_page,
+)
+from web.portal.forms import FormState, optional_int, optional_size, size_text
+from web.portal.render import render
+
+router = APIRouter()
+
+CREATE_FIELDS = ("name", "customer", "max_mailboxes", "default_quota_bytes", "total_quota_bytes")
+LIMIT_FIELDS = ("max_mailboxes", "default_quota_bytes", "total_quota_bytes")
+
+
+def dns_records(domain: Domain, mx_hostname: str) -> list[dict[str, str]]:
+    """What the customer publishes in its zone so that mail reaches us (RFC 5321 section 5.1
+    looks up MX first). SPF is only a suggestion: it depends on where the domain SENDS from."""
+    return [
+        {
+            "type": "MX",
+            "name": f"{domain.name}.",
+            "value": f"10 {mx_hostname}.",
+            "note": "required",
+        },
+        {
+            "type": "TXT",
+            "name": f"{domain.name}.",
+            "value": '"v=spf1 mx ~all"',
+            "note": "suggested SPF; add the servers the domain sends mail through",
+        },
+    ]
+
+
+@router.get("/domains")
+def domain_list(
+    request: Request,
+    session: SessionDep,
+    auth: AuthDep,
+    q: str = "",
+    status: str = "",
+    customer: int | None = None,
+    after: int | None = None,
+) -> HTMLResponse:
+    rows = domains.list_domains(
+        session,
+        customer_id=customer,
+        search=q.strip() or None,
+        status=status or None,
+        after_id=after,
+        limit=PAGE_SIZE + 1,
+    )
+    page, more = split_page(rows, PAGE_SIZE)
+    customer_ids = {d.customer_id for d in page}
+    names: dict[int, str] = {}
+    if customer_ids:
+        from app.models import Customer
+
+        names = dict(
+            session.execute(
+                select(Customer.id, Customer.name).where(Customer.id.in_(customer_ids))
+            ).all()
+        )
+    counts: dict[int, int] = {}
+    if page:
+        counts = {
+            domain_id: n
+            for domain_id, n in session.execute(
+                select(Mailbox.domain_id, func.count())
+                .where(Mailbox.domain_id.in_([d.id for d in page]))
+                .group_by(Mailbox.domain_id)
+            )
+        }
+    return render(
+        request,
+        "domains/list.html",
+        {
+            "domains": page,
+            "customer_names": names,
+            "mailbox_counts": counts,
+            "q": q,
+            "status": status,
+            "customer": customer,
+            "next_after": page[-1].id if more else None,
+        },
+    )
+
+
+def _customer_from_text(session: Session, text: str) -> int:
+    text = text.strip().lstrip("#")
+    if not text:
+        raise ValidationError("choose the customer (name or number)", field="customer")
+    try:
+        if text.isdigit():
+            return customers.get_customer(session, customer_id=int(text)).id
+        return customers.get_customer_by_name(session, name=text).id
+    except NotFoundError:
+        raise ValidationError(f"no customer {text!r}", field="customer") from None
+
+
+@router.get("/domains/new")
+def domain_new(
+    request: Request, session: SessionDep, auth: AdminDep, customer: int | None = None
+) -> HTMLResponse:
+    values = {}
+    if customer is not None:
+        values["customer"] = customers.get_customer(session, customer_id=customer).name
+    form = FormState(values=values, fields=CREATE_FIELDS)
+    return render(request, "domains/new.html", {"form": form})
+
+
+@router.post("/domains/new", response_model=None)
+def domain_create(request: Request, session: SessionDep, auth: AdminDep, data: FormDep) -> Response:
+    form = FormState(values=data.values(), fields=CREATE_FIELDS)
+    try:
+        customer_id = _customer_from_text(session, data.text("customer"))
+        domain = domains.create_domain(
+            session,
+            actor=auth.actor,
+            customer_id=customer_id,
+            name=data.text("name"),
+            max_mailboxes=optional_int(data.text("max_mailboxes"), field_name="max_mailboxes"),
+            default_quota_bytes=optional_size(
+                data.text("default_quota_bytes"), field_name="default_quota_bytes"
+            ),
+            total_quota_bytes=optional_size(
+                data.text("total_quota_bytes"), field_name="total_quota_bytes"
+            ),
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="name")
+        return render(request, "domains/new.html", {"form": form}, status=422)
+    return redirect(f"/domains/{domain.id}?done=created")
+
+
+def _detail(
+    request: Request, session: SessionDep, domain: Domain, *, status: int = 200, **forms: Any
+) -> HTMLResponse:
+    limits = forms.pop("limits", None) or FormState(
+        values={
+            "max_mailboxes": "" if domain.max_mailboxes is None else str(domain.max_mailboxes),
+            "default_quota_bytes": size_text(domain.default_quota_bytes),
+            "total_quota_bytes": size_text(domain.total_quota_bytes),
+        },
+        fields=LIMIT_FIELDS,
+    )
+    catchall = forms.pop("catchall", None) or FormState(
+        values={"target": domain.catchall_target or ""}, fields=("target",)
+    )
+    alias_form = forms.pop("alias_form", None) or FormState(fields=("alias_name",))
+    allocated = session.scalar(
+        select(func.coalesce(func.sum(Mailbox.quota_bytes), 0)).where(
+            Mailbox.domain_id == domain.id
+        )
+    )
+    return render(
+        request,
+        "domains/detail.html",
+        {
+            "domain": domain,
+            "unicode_name": domain_to_unicode(domain.name),
+            "customer": domain.customer,
+            "mailbox_count": mailboxes.count_mailboxes(session, domain_id=domain.id),
+            "allocated": allocated or 0,
+            "domain_aliases": sorted(domain.domain_aliases, key=lambda a: a.name),
+            "dns": dns_records(domain, request.app.state.settings.mx_hostname),
+            "limits": limits,
+            "catchall": catchall,
+            "alias_form": alias_form,
+        },
+        status=status,
+    )
+
+
+@router.get("/domains/{domain_id}")
+def domain_detail(
+    request: Request, session: SessionDep, auth: AuthDep, domain_id: int
+) -> HTMLResponse:
+    return _detail(request, session, domains.get_domain(session, domain_id=domain_id))
+
+
+@router.post("/domains/{domain_id}/limits", response_model=None)
+def domain_limits(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+) -> Response:
+    domain = domains.get_domain(session, domain_id=domain_id)
+    form = FormState(values=data.values(), fields=LIMIT_FIELDS)
+    try:
+        max_mailboxes = optional_int(data.text("max_mailboxes"), field_name="max_mailboxes")
+        total = optional_size(data.text("total_quota_bytes"), field_name="total_quota_bytes")
+        domains.update_domain(
+            session,
+            actor=auth.actor,
+            domain_id=domain_id,
+            max_mailboxes=max_mailboxes,
+            default_quota_bytes=optional_size(
+                data.text("default_quota_bytes"), field_name="default_quota_bytes"
+            ),
+            total_quota_bytes=total,
+            clear_max_mailboxes=max_mailboxes is None,
+            clear_total_quota=total is None,
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="max_mailboxes")
+        domain = domains.get_domain(session, domain_id=domain_id)
+        return _detail(request, session, domain, status=422, limits=form)
+    return redirect(f"/domains/{domain_id}?done=saved")
+
+
+@router.post("/domains/{domain_id}/status")
+def domain_status(session: SessionDep, auth: AuthDep, data: FormDep, domain_id: int) -> Response:
+    status = data.text("status")
+    domains.set_domain_status(session, actor=auth.actor, domain_id=domain_id, status=status)
+    session.commit()
+    return redirect(f"/domains/{domain_id}?done={status}")
+
+
+@router.post("/domains/{domain_id}/catchall", response_model=None)
+def domain_catchall(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+) -> Response:
+    domains.get_domain(session, domain_id=domain_id)
+    form = FormState(values=data.values(), fields=("target",))
+    try:
+        domains.set_catchall(
+            session, actor=auth.actor, domain_id=domain_id, target=data.text("target") or None
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="target")
+        domain = domains.get_domain(session, domain_id=domain_id)
+        return _detail(request, session, domain, status=422, catchall=form)
+    return redirect(f"/domains/{domain_id}?done=saved")
+
+
+@router.post("/domains/{domain_id}/aliases", response_model=None)
+def domain_alias_add(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+) -> Response:
+    domains.get_domain(session, domain_id=domain_id)
+    form = FormState(values=data.values(), fields=("alias_name",))
+    try:
+        domains.add_domain_alias(
+            session, actor=auth.actor, domain_id=domain_id, alias_name=data.text("alias_name")
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="alias_name")
+        domain = domains.get_domain(session, domain_id=domain_id)
+        return _detail(request, session, domain, status=422, alias_form=form)
+    return redirect(f"/domains/{domain_id}?done=created")
+
+
+@router.post("/domains/{domain_id}/aliases/remove")
+def domain_alias_remove(
+    session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+) -> Response:
+    domain = domains.get_domain(session, domain_id=domain_id)
+    name = data.text("alias_name")
+    if name not in {a.name for a in domain.domain_aliases}:
+        raise NotFoundError(f"{name!r} is not an alias of this domain")
+    domains.remove_domain_alias(session, actor=auth.actor, alias_name=name)
+    session.commit()
+    return redirect(f"/domains/{domain_id}?done=deleted")
+
+
+@router.get("/domains/{domain_id}/delete")
+def domain_delete_form(
+    request: Request, session: SessionDep, auth: AdminDep, domain_id: int
+) -> HTMLResponse:
+    domain = domains.get_domain(session, domain_id=domain_id)
+    return render(
+        request,
+        "domains/delete.html",
+        {
+            "domain": domain,
+            "mailbox_count": mailboxes.count_mailboxes(session, domain_id=domain_id),
+            "error": None,
+        },
+    )
+
+
+@router.post("/domains/{domain_id}/delete", response_model=None)
+def domain_delete(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    auth: AdminDep,
+    data: FormDep,
+    domain_id: int,
+) -> Response:
+    domain = domains.get_domain(session, domain_id=domain_id)
+    refs = mailbox_refs(session, domain_ids=[domain_id])
+    try:
+        domains.delete_domain(
+            session, actor=auth.actor, domain_id=domain_id, cascade=data.checked("cascade")
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        return render(
+            request,
+            "domains/delete.html",
+            {"domain": domain, "mailbox_count": len(refs), "error": exc.message},
+            status=409,
+        )
+    remove_maildirs(store, refs)
+    return redirect("/domains?done=deleted")

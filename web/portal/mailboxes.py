@@ -1,0 +1,251 @@
+"""Mailbox pages: global and per-domain lists with search and keyset paging, create
+(password typed or generated and shown once), password, quota, POP3, suspend/resume, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from app.errors import MailhostError, ValidationError
+from app.maildir import MailboxRef, MaildirStore, Usage
+from app.models import Domain, Mailbox
+from app.services import domains, mailboxes
+from web.deps import SessionDep, StoreDep
+from web.portal.auth import AdminDep, AuthDep, FormDep
+from web.portal.common import PAGE_SIZE, redirect, split_page
+from web.portal.forms import FormState, optional_size, size_text
+from web.portal.render import render
+
+router = APIRouter()
+
+CREATE_FIELDS = ("address", "password", "quota_bytes", "pop3_enabled")
+SETTINGS_FIELDS = ("quota_bytes", "pop3_enabled")
+
+
+def usage_of(store: MaildirStore, mailbox: Mailbox) -> Usage:
+    return store.usage(MailboxRef(mailbox.domain.name, mailbox.local_part))
+
+
+@router.get("/mailboxes")
+def mailbox_list(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    auth: AuthDep,
+    q: str = "",
+    status: str = "",
+    domain: int | None = None,
+    after: int | None = None,
+) -> HTMLResponse:
+    scope: Domain | None = None
+    if domain is not None:
+        scope = domains.get_domain(session, domain_id=domain)
+    rows = mailboxes.list_mailboxes(
+        session,
+        domain_id=domain,
+        search=q.strip() or None,
+        status=status or None,
+        after_id=after,
+        limit=PAGE_SIZE + 1,
+    )
+    page, more = split_page(rows, PAGE_SIZE)
+    # One directory scan per row shown (50 at most): cheap, and always current.
+    usage = {m.id: usage_of(store, m) for m in page}
+    return render(
+        request,
+        "mailboxes/list.html",
+        {
+            "mailboxes": page,
+            "usage": usage,
+            "scope": scope,
+            "q": q,
+            "status": status,
+            "next_after": page[-1].id if more else None,
+        },
+    )
+
+
+@router.get("/mailboxes/new")
+def mailbox_new(
+    request: Request, session: SessionDep, auth: AdminDep, domain: int | None = None
+) -> HTMLResponse:
+    values = {"pop3_enabled": "on"}
+    scope = None
+    if domain is not None:
+        scope = domains.get_domain(session, domain_id=domain)
+        values["address"] = f"@{scope.name}"
+    form = FormState(values=values, fields=CREATE_FIELDS)
+    return render(request, "mailboxes/new.html", {"form": form, "scope": scope})
+
+
+@router.post("/mailboxes/new", response_model=None)
+def mailbox_create(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep
+) -> Response:
+    form = FormState(values=data.values(), fields=CREATE_FIELDS)
+    typed = data.get("password")
+    password = typed or mailboxes.generate_password()
+    try:
+        mailbox = mailboxes.create_mailbox(
+            session,
+            actor=auth.actor,
+            address=data.text("address"),
+            password=password,
+            quota_bytes=optional_size(data.text("quota_bytes"), field_name="quota_bytes"),
+            pop3_enabled=data.checked("pop3_enabled"),
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="address")
+        return render(request, "mailboxes/new.html", {"form": form, "scope": None}, status=422)
+    if typed:
+        return redirect(f"/mailboxes/{mailbox.id}?done=created")
+    return _show_password(request, mailbox, password, created=True)
+
+
+def _show_password(
+    request: Request, mailbox: Mailbox, password: str, *, created: bool
+) -> HTMLResponse:
+    """The only time a generated password is ever shown: answered directly, never cached."""
+    response = render(
+        request,
+        "mailboxes/password_shown.html",
+        {"mailbox": mailbox, "password": password, "created": created},
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _detail(
+    request: Request,
+    session: SessionDep,
+    store: MaildirStore,
+    mailbox: Mailbox,
+    *,
+    status: int = 200,
+    **forms: Any,
+) -> HTMLResponse:
+    settings_form = forms.pop("settings_form", None) or FormState(
+        values={
+            "quota_bytes": size_text(mailbox.quota_bytes),
+            "pop3_enabled": "on" if mailbox.pop3_enabled else "",
+        },
+        fields=SETTINGS_FIELDS,
+    )
+    password_form = forms.pop("password_form", None) or FormState(fields=("password",))
+    return render(
+        request,
+        "mailboxes/detail.html",
+        {
+            "mailbox": mailbox,
+            "usage": usage_of(store, mailbox),
+            "settings_form": settings_form,
+            "password_form": password_form,
+        },
+        status=status,
+    )
+
+
+@router.get("/mailboxes/{mailbox_id}")
+def mailbox_detail(
+    request: Request, session: SessionDep, store: StoreDep, auth: AuthDep, mailbox_id: int
+) -> HTMLResponse:
+    return _detail(request, session, store, mailboxes.get_mailbox(session, mailbox_id=mailbox_id))
+
+
+@router.post("/mailboxes/{mailbox_id}/password", response_model=None)
+def mailbox_password(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    auth: AuthDep,
+    data: FormDep,
+    mailbox_id: int,
+) -> Response:
+    """Admins and support may both reset a mailbox password (the most common support call)."""
+    mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
+    typed = data.get("password")
+    generate = data.checked("generate") or not typed
+    password = mailboxes.generate_password() if generate else typed
+    form = FormState(fields=("password",))
+    try:
+        if not generate and typed != data.get("password_confirm"):
+            raise ValidationError("the two passwords differ", field="password")
+        mailboxes.set_password(session, actor=auth.actor, mailbox_id=mailbox_id, password=password)
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="password")
+        mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
+        return _detail(request, session, store, mailbox, status=422, password_form=form)
+    if generate:
+        return _show_password(request, mailbox, password, created=False)
+    return redirect(f"/mailboxes/{mailbox_id}?done=password")
+
+
+@router.post("/mailboxes/{mailbox_id}/settings", response_model=None)
+def mailbox_settings(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    auth: AdminDep,
+    data: FormDep,
+    mailbox_id: int,
+) -> Response:
+    mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
+    form = FormState(values=data.values(), fields=SETTINGS_FIELDS)
+    try:
+        quota = optional_size(data.text("quota_bytes"), field_name="quota_bytes")
+        if quota is None:
+            raise ValidationError("enter a quota such as 2G or 500M", field="quota_bytes")
+        mailboxes.update_mailbox(
+            session,
+            actor=auth.actor,
+            mailbox_id=mailbox_id,
+            quota_bytes=quota,
+            pop3_enabled=data.checked("pop3_enabled"),
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="quota_bytes")
+        mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
+        return _detail(request, session, store, mailbox, status=422, settings_form=form)
+    return redirect(f"/mailboxes/{mailbox_id}?done=saved")
+
+
+@router.post("/mailboxes/{mailbox_id}/status")
+def mailbox_status(session: SessionDep, auth: AuthDep, data: FormDep, mailbox_id: int) -> Response:
+    status = data.text("status")
+    mailboxes.set_mailbox_status(session, actor=auth.actor, mailbox_id=mailbox_id, status=status)
+    session.commit()
+    return redirect(f"/mailboxes/{mailbox_id}?done={status}")
+
+
+@router.get("/mailboxes/{mailbox_id}/delete")
+def mailbox_delete_form(
+    request: Request, session: SessionDep, store: StoreDep, auth: AdminDep, mailbox_id: int
+) -> HTMLResponse:
+    mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
+    return render(
+        request,
+        "mailboxes/delete.html",
+        {"mailbox": mailbox, "usage": usage_of(store, mailbox)},
+    )
+
+
+@router.post("/mailboxes/{mailbox_id}/delete")
+def mailbox_delete(
+    session: SessionDep, store: StoreDep, auth: AdminDep, data: FormDep, mailbox_id: int
+) -> Response:
+    mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
+    ref = MailboxRef(mailbox.domain.name, mailbox.local_part)
+    domain_id = mailbox.domain_id
+    mailboxes.delete_mailbox(session, actor=auth.actor, mailbox_id=mailbox_id)
+    session.commit()
+    # Files only after the row is gone for good: a failed commit must not lose messages.
+    store.remove_mailbox(ref)
+    return redirect(f"/mailboxes?domain={domain_id}&done=deleted")

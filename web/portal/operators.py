@@ -1,0 +1,150 @@
+"""Operators (portal users) and API tokens: create, revoke or delete, last used."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from app.errors import MailhostError, ValidationError
+from app.models import ROLE_ADMIN, ROLE_SUPPORT, SCOPES, Operator
+from app.services import accounts
+from web.deps import SessionDep
+from web.portal.auth import AdminDep, AuthDep, FormDep
+from web.portal.common import redirect
+from web.portal.errors import not_found
+from web.portal.forms import FormState
+from web.portal.render import render
+
+router = APIRouter()
+
+OPERATOR_FIELDS = ("username", "password", "role")
+TOKEN_FIELDS = ("name", "scopes", "owner")
+
+
+@router.get("/operators")
+def operator_list(request: Request, session: SessionDep, auth: AuthDep) -> HTMLResponse:
+    return render(
+        request,
+        "operators/list.html",
+        {"operators": accounts.list_operators(session)},
+    )
+
+
+@router.get("/operators/new")
+def operator_new(request: Request, auth: AdminDep) -> HTMLResponse:
+    form = FormState(values={"role": ROLE_SUPPORT}, fields=OPERATOR_FIELDS)
+    return render(
+        request, "operators/new.html", {"form": form, "roles": (ROLE_ADMIN, ROLE_SUPPORT)}
+    )
+
+
+@router.post("/operators/new", response_model=None)
+def operator_create(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep
+) -> Response:
+    form = FormState(values=data.values(), fields=OPERATOR_FIELDS)
+    try:
+        if data.get("password") != data.get("password_confirm"):
+            raise ValidationError("the two passwords differ", field="password")
+        accounts.create_operator(
+            session,
+            actor=auth.actor,
+            username=data.text("username"),
+            password=data.get("password"),
+            role=data.text("role"),
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="username")
+        return render(
+            request,
+            "operators/new.html",
+            {"form": form, "roles": (ROLE_ADMIN, ROLE_SUPPORT)},
+            status=422,
+        )
+    return redirect("/operators?done=created")
+
+
+def _operator(session: SessionDep, operator_id: int) -> Operator:
+    operator = session.get(Operator, operator_id)
+    if operator is None:
+        raise not_found("operator")
+    return operator
+
+
+@router.get("/operators/{operator_id}/delete")
+def operator_delete_form(
+    request: Request, session: SessionDep, auth: AdminDep, operator_id: int
+) -> HTMLResponse:
+    return render(
+        request,
+        "operators/delete.html",
+        {"operator": _operator(session, operator_id), "error": None},
+    )
+
+
+@router.post("/operators/{operator_id}/delete", response_model=None)
+def operator_delete(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, operator_id: int
+) -> Response:
+    operator = _operator(session, operator_id)
+    try:
+        accounts.delete_operator(session, actor=auth.actor, operator_id=operator_id)
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        return render(
+            request,
+            "operators/delete.html",
+            {"operator": operator, "error": exc.message},
+            status=409,
+        )
+    return redirect("/operators?done=deleted")
+
+
+@router.get("/tokens")
+def token_list(request: Request, session: SessionDep, auth: AuthDep) -> HTMLResponse:
+    return render(request, "tokens/list.html", {"tokens": accounts.list_tokens(session)})
+
+
+@router.get("/tokens/new")
+def token_new(request: Request, auth: AdminDep) -> HTMLResponse:
+    form = FormState(values={"scopes": "read"}, fields=TOKEN_FIELDS)
+    return render(request, "tokens/new.html", {"form": form, "scopes": SCOPES, "chosen": ["read"]})
+
+
+@router.post("/tokens/new", response_model=None)
+def token_create(request: Request, session: SessionDep, auth: AdminDep, data: FormDep) -> Response:
+    form = FormState(values=data.values(), fields=TOKEN_FIELDS)
+    chosen = data.getlist("scopes")
+    try:
+        if not chosen:
+            raise ValidationError("choose at least one scope", field="scopes")
+        token, secret = accounts.create_token(
+            session,
+            actor=auth.actor,
+            name=data.text("name"),
+            scopes=chosen,
+            owner=data.text("owner") or auth.me.username,
+        )
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field="name")
+        return render(
+            request,
+            "tokens/new.html",
+            {"form": form, "scopes": SCOPES, "chosen": chosen},
+            status=422,
+        )
+    response = render(request, "tokens/created.html", {"token": token, "secret": secret})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.post("/tokens/{token_id}/revoke")
+def token_revoke(session: SessionDep, auth: AdminDep, data: FormDep, token_id: int) -> Response:
+    accounts.revoke_token(session, actor=auth.actor, token_id=token_id)
+    session.commit()
+    return redirect("/tokens?done=revoked")
