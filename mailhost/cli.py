@@ -36,6 +36,8 @@ def _setup_logging(ctx: Context) -> None:
         stream=ctx.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Alembic announces each of its plugins at INFO; the migrations it runs stay visible.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _upgrade(ctx: Context) -> None:

@@ -77,12 +77,16 @@ def _web_server(app: Any, settings: Settings) -> Any:
         lifespan="auto",
         timeout_graceful_shutdown=WEB_GRACEFUL_SECONDS,
         server_header=False,
+        # Log through the root logger the CLI configured, in the same format as the rest.
+        log_config=None,
     )
     return _Server(config)
 
 
 def _edge_ports(edge: Any) -> list[int]:
     ports = getattr(edge, "ports", None)
+    if isinstance(ports, dict):  # Pop3Server: {"pop3": 1110, "pop3s": 995}
+        return [int(p) for p in ports.values() if p]
     if ports is not None:
         return [int(p) for p in ports]
     return [int(edge.port)]

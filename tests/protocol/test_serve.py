@@ -1,0 +1,263 @@
+"""``mailhost serve`` as a real process: migrate, first operator, all three edges, clean drain.
+
+Runs on a fresh SQLite file, and also on a fresh PostgreSQL database when
+``MAILHOST_TEST_DATABASE_URL`` is set (a database of its own, so ``serve``'s migrations run
+from empty exactly as in production).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import poplib
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.services import accounts
+from mailhost.cli import main
+from tests.conftest import in_ci, pg_url
+
+START_TIMEOUT = 30.0
+IO_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database nobody has migrated yet."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'var' / 'mailhost.db'}"
+        return
+    base = pg_url()
+    if base is None:
+        if in_ci():
+            pytest.fail("CI must run this against PostgreSQL: set MAILHOST_TEST_DATABASE_URL")
+        pytest.skip("PostgreSQL variant: set MAILHOST_TEST_DATABASE_URL")
+    import psycopg
+
+    name = f"mh_serve_{uuid.uuid4().hex[:10]}"
+    url = make_url(base)
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False
+    )
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+    smtp_port: int
+    pop3_port: int
+    web_port: int
+
+    def out(self) -> str:
+        return self.stdout.read_text()
+
+    def err(self) -> str:
+        return self.stderr.read_text()
+
+    def wait_listening(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        pending = {self.smtp_port, self.pop3_port, self.web_port}
+        while pending:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.err()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not listening within {START_TIMEOUT}s:\n{self.err()}")
+            for port in list(pending):
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    pending.discard(port)
+            time.sleep(0.1)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+class Server:
+    """Starts ``python -m mailhost serve`` with its own ports, database and Maildir."""
+
+    def __init__(self, tmp_path: Path, database_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.database_url = database_url
+        self.maildir = tmp_path / "mail"
+        self.running: list[Served] = []
+
+    def env(self, **ports: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOST_")}
+        env.update(
+            MAILHOST_DATABASE_URL=self.database_url,
+            MAILHOST_MAILDIR_ROOT=str(self.maildir),
+            MAILHOST_HOSTNAME="mx.test.example",
+            MAILHOST_LOG_LEVEL="INFO",
+            **{f"MAILHOST_{k.upper()}": str(v) for k, v in ports.items()},
+        )
+        return env
+
+    def start(self, run: int) -> Served:
+        ports = {"smtp_port": free_port(), "pop3_port": free_port(), "web_port": free_port()}
+        stdout = self.tmp_path / f"serve{run}.out"
+        stderr = self.tmp_path / f"serve{run}.err"
+        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mailhost", "serve"],
+                stdout=out,
+                stderr=err,
+                cwd=self.tmp_path,
+                env=self.env(**ports),
+            )
+        served = Served(proc, stdout, stderr, **ports)
+        self.running.append(served)
+        served.wait_listening()
+        return served
+
+    def cli(self, *argv: str, stdin: str = "") -> str:
+        out, err = io.StringIO(), io.StringIO()
+        status = main(
+            ["--database-url", self.database_url, "--maildir-root", str(self.maildir), *argv],
+            stdin=io.StringIO(stdin),
+            stdout=out,
+            stderr=err,
+        )
+        assert status == 0, err.getvalue()
+        return out.getvalue()
+
+    def close(self) -> None:
+        for served in self.running:
+            if served.proc.poll() is None:
+                served.proc.kill()
+                served.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    monkeypatch.chdir(tmp_path)
+    s = Server(tmp_path, database_url)
+    yield s
+    s.close()
+
+
+def _password_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "with password:" in line]
+
+
+def test_serve_starts_everything_prints_the_first_password_once_and_stops_cleanly(
+    server: Server,
+) -> None:
+    first = server.start(1)
+    with urllib.request.urlopen(  # noqa: S310 (a local URL built by the test)
+        f"http://127.0.0.1:{first.web_port}/healthz", timeout=IO_TIMEOUT
+    ) as response:
+        assert response.status == 200
+        assert json.loads(response.read())["status"] == "ok"
+    lines = _password_lines(first.out())
+    assert len(lines) == 1, first.out()
+    password = lines[0].rsplit(" ", 1)[1]
+    assert password not in first.err()  # shown once on stdout, never logged
+
+    engine = make_engine(Settings(database_url=server.database_url, _env_file=None))  # type: ignore[call-arg]
+    try:
+        with make_session_factory(engine)() as session:
+            operator = accounts.authenticate_operator(session, username="admin", password=password)
+            assert operator is not None and operator.role == "admin"
+    finally:
+        engine.dispose()
+
+    # The golden path through the composed process: provision, send with SMTP, fetch with POP3.
+    server.cli("customer", "add", "Acme")
+    server.cli("domain", "add", "acme.example", "--customer", "Acme")
+    server.cli("mailbox", "add", "alice@acme.example", "--password-stdin", stdin="alice-pw-1\n")
+    with smtplib.SMTP("127.0.0.1", first.smtp_port, timeout=IO_TIMEOUT) as smtp:
+        refused = smtp.sendmail(
+            "sender@remote.example",
+            ["alice@acme.example"],
+            b"Subject: hello\r\n\r\nfrom the serve test\r\n",
+        )
+        assert refused == {}
+    pop = poplib.POP3("127.0.0.1", first.pop3_port, timeout=IO_TIMEOUT)
+    try:
+        pop.user("alice@acme.example")
+        pop.pass_("alice-pw-1")
+        count, _size = pop.stat()
+        assert count == 1
+        _resp, lines_, _octets = pop.retr(1)
+        assert b"from the serve test" in lines_
+    finally:
+        pop.quit()
+
+    assert first.terminate() == 0, first.err()
+    assert "stopped" in first.err()
+
+    second = server.start(2)
+    assert _password_lines(second.out()) == []
+    assert second.terminate() == 0, second.err()
+
+
+def test_sigterm_lets_a_message_in_progress_finish_and_never_loses_it(server: Server) -> None:
+    served = server.start(1)
+    server.cli("customer", "add", "Acme")
+    server.cli("domain", "add", "acme.example", "--customer", "Acme")
+    server.cli("mailbox", "add", "bob@acme.example", "--password-stdin", stdin="bob-pw-123\n")
+
+    smtp = smtplib.SMTP("127.0.0.1", served.smtp_port, timeout=IO_TIMEOUT)
+    smtp.ehlo("client.example")
+    assert smtp.mail("sender@remote.example")[0] == 250
+    assert smtp.rcpt("bob@acme.example")[0] == 250
+    assert smtp.docmd("DATA")[0] == 354
+    smtp.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+
+    served.proc.send_signal(signal.SIGTERM)
+    # The listener closes at once: a new client is refused while the old one finishes.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", served.smtp_port), timeout=1).close()
+        except OSError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("SMTP still accepted new connections after SIGTERM")
+    assert served.proc.poll() is None, "exited before the transaction in progress finished"
+
+    smtp.send(b"second half\r\n.\r\n")
+    code, reply = smtp.getreply()
+    assert code == 250, reply
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        smtp.quit()
+    smtp.close()
+    assert served.proc.wait(timeout=60) == 0, served.err()
+
+    new = list((server.maildir / "acme.example" / "bob" / "new").iterdir())
+    assert len(new) == 1
+    body = new[0].read_bytes()
+    assert b"first half\nsecond half\n" in body
