@@ -419,6 +419,11 @@ class Pop3Server:
             elif isinstance(event, StartTls):
                 await self._start_tls(ctx)
             elif isinstance(event, Close):
+                # Give the lease back before the client sees the final reply, so a client
+                # that reconnects at once after "+OK" is not told [IN-USE].
+                if ctx.maildrop is not None:
+                    mailbox_id, ctx.maildrop = ctx.maildrop.mailbox_id, None
+                    await self._release(mailbox_id)
                 await conn.flush(timeout)
                 conn.close()
 
