@@ -1,0 +1,150 @@
+"""Two POP3 worker processes on one port, one database, one Maildir root: the maildrop lock
+holds across processes and is released when the holding process is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.maildir import MaildirStore
+from tests.factories import DEFAULT_PASSWORD, seed_mailbox
+from tests.protocol.pop3_helpers import TIMEOUT, RawClient, deliver, in_ci, ref
+
+ALICE = "alice@a.example"
+LEASE_SECONDS = 3.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _shared_port() -> socket.socket:
+    """A port reserved with SO_REUSEPORT (bound, never listening) for the workers to share."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class Worker:
+    def __init__(self, settings: Settings, port: int, name: str, cwd: Path) -> None:
+        env = {
+            **os.environ,
+            "MAILHOST_DATABASE_URL": settings.database_url,
+            "MAILHOST_MAILDIR_ROOT": str(settings.maildir_root),
+            "MAILHOST_HOSTNAME": name,
+            "MAILHOST_POP3_HOST": "127.0.0.1",
+            "MAILHOST_POP3_PORT": str(port),
+            "MAILHOST_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(REPO),
+        }
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pop3_service", "--lease-seconds", str(LEASE_SECONDS)],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        ready: list[bytes] = []
+        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(30)
+        if not ready or not ready[0].startswith(b"READY"):
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise RuntimeError(f"worker {name} did not start: {err.decode(errors='replace')}")
+        assert int(ready[0].split()[1]) == port
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def workers(settings: Settings, tmp_path: Path) -> Iterator[tuple[int, dict[str, Worker]]]:
+    if in_ci() and not settings.database_url.startswith("postgresql"):
+        pytest.fail("CI must run the multi-process lock test on PostgreSQL: set a database URL")
+    reserved = _shared_port()
+    port = reserved.getsockname()[1]
+    started: dict[str, Worker] = {}
+    try:
+        for name in ("worker-a.test", "worker-b.test"):
+            started[name] = Worker(settings, port, name, tmp_path)
+        reserved.close()
+        yield port, started
+    finally:
+        reserved.close()
+        for worker in started.values():
+            worker.stop()
+
+
+def _connect_to(port: int, name: str) -> RawClient:
+    """A connection greeted by the worker ``name`` (the kernel spreads connections)."""
+    for _ in range(200):
+        client = RawClient(port)
+        if name.encode() in client.greeting:
+            return client
+        client.close()
+    raise AssertionError(f"no connection reached {name}")
+
+
+def _worker_of(client: RawClient, workers: dict[str, Worker]) -> str:
+    return next(name for name in workers if name.encode() in client.greeting)
+
+
+def test_second_session_refused_across_processes_and_released_on_sigkill(
+    workers: tuple[int, dict[str, Worker]],
+    session_factory: sessionmaker[Session],
+    store: MaildirStore,
+) -> None:
+    port, procs = workers
+    seed_mailbox(session_factory, ALICE)
+    deliver(store, ALICE, b"Subject: keep me\n\nbody\n")
+
+    first = RawClient(port)
+    holder = _worker_of(first, procs)
+    other = next(name for name in procs if name != holder)
+    assert first.login(ALICE, DEFAULT_PASSWORD).startswith(b"+OK Logged in")
+    assert first.cmd("DELE 1") == b"+OK Message 1 deleted"
+
+    # The same mailbox through the OTHER process: refused by the shared lease.
+    second = _connect_to(port, other)
+    assert second.login(ALICE, DEFAULT_PASSWORD) == (
+        b"-ERR [IN-USE] Maildrop is locked by another session, try again later"
+    )
+    second.close()
+
+    # SIGKILL the holder: no cleanup runs, the lease must lapse by itself.
+    procs[holder].proc.send_signal(signal.SIGKILL)
+    procs[holder].proc.wait(10)
+    killed_at = time.monotonic()
+    deadline = killed_at + LEASE_SECONDS + TIMEOUT
+    replies: list[bytes] = []
+    while time.monotonic() < deadline:
+        client = RawClient(port)  # only the survivor is left on the port
+        assert other.encode() in client.greeting
+        reply = client.login(ALICE, DEFAULT_PASSWORD)
+        replies.append(reply)
+        if reply.startswith(b"+OK"):
+            break
+        client.close()
+        time.sleep(0.2)
+    assert replies[0].startswith(b"-ERR [IN-USE]"), "the lease vanished before it expired"
+    assert replies[-1] == b"+OK Logged in, maildrop has 1 messages (26 octets)", replies
+    # The killed session's DELE was never applied.
+    assert client.cmd("QUIT").startswith(b"+OK")
+    assert len(store.list_messages(ref(ALICE))) == 1
