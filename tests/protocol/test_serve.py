@@ -167,6 +167,15 @@ def server(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -
     s.close()
 
 
+@pytest.fixture
+def sqlite_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """For process-management tests, where the database backend plays no part."""
+    monkeypatch.chdir(tmp_path)
+    s = Server(tmp_path, f"sqlite:///{tmp_path / 'var' / 'mailhost.db'}")
+    yield s
+    s.close()
+
+
 def _password_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "with password:" in line]
 
@@ -261,3 +270,71 @@ def test_sigterm_lets_a_message_in_progress_finish_and_never_loses_it(server: Se
     assert len(new) == 1
     body = new[0].read_bytes()
     assert b"first half\nsecond half\n" in body
+
+
+def _wait_for(predicate: object, what: str, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("kind", ["smtp", "pop3", "web"])
+def test_one_edge_with_worker_processes_sharing_a_port(sqlite_server: Server, kind: str) -> None:
+    """``mailhost KIND --workers 2`` on port 0: both workers serve one port; a killed worker
+    is replaced; SIGTERM stops them all and the supervisor exits 0."""
+    server = sqlite_server
+    server.cli("db", "upgrade")
+    stderr = server.tmp_path / f"{kind}.err"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailhost", kind, "--workers", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=server.tmp_path,
+            env=server.env(**{f"{kind}_port": 0}),
+        )
+    try:
+
+        def ready_ports() -> list[str]:
+            return [
+                line.rsplit(":", 1)[1]
+                for line in stderr.read_text().splitlines()
+                if line.startswith("mailhost: ready:")
+            ]
+
+        _wait_for(lambda: len(ready_ports()) >= 2 or proc.poll() is not None, "2 workers")
+        assert proc.poll() is None, stderr.read_text()
+        ports = ready_ports()
+        assert len(set(ports)) == 1, ports  # one port, shared
+        port = int(ports[0])
+
+        def answers() -> bool:
+            if kind == "web":
+                url = f"http://127.0.0.1:{port}/healthz"
+                with urllib.request.urlopen(url, timeout=IO_TIMEOUT) as response:  # noqa: S310
+                    return bool(response.status == 200)
+            with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+                sock.settimeout(IO_TIMEOUT)
+                return sock.recv(3) in (b"220", b"+OK")
+
+        assert all(answers() for _ in range(6))
+
+        pids = [
+            int(line.rsplit("pid ", 1)[1].rstrip(")"))
+            for line in stderr.read_text().splitlines()
+            if f"started {kind} worker" in line
+        ]
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        _wait_for(lambda: "restarting" in stderr.read_text(), "the supervisor to notice")
+        _wait_for(lambda: len(ready_ports()) >= 3, "the replacement worker")
+        assert ready_ports()[-1] == str(port)
+        assert all(answers() for _ in range(6))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=60)
+    assert status == 0, stderr.read_text()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
