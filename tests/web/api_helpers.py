@@ -94,8 +94,8 @@ class Api:
         return data
 
 
-@pytest.fixture
-def api(
+@pytest.fixture(name="api")
+def api_fixture(
     settings: Settings, session_factory: sessionmaker[Session], store: MaildirStore
 ) -> Iterator[Api]:
     app = build_app(settings, session_factory, store)

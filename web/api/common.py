@@ -6,7 +6,8 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
 
 from fastapi import Depends, Header, Query, Request, Response
@@ -16,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
-from app.errors import ValidationError
+from app.errors import MailhostError, ValidationError
 from app.maildir import MaildirStore
 from app.models import IdempotencyRecord
 
@@ -44,6 +45,17 @@ def client_ip(request: Request) -> str | None:
 
 FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
 StoreDep = Annotated[MaildirStore, Depends(get_store)]
+
+
+@contextmanager
+def api_fields(**service_to_api: str) -> Iterator[None]:
+    """Rename a service error's ``field`` to the name the API client used for that input."""
+    try:
+        yield
+    except MailhostError as exc:
+        if exc.field in service_to_api:
+            exc.field = service_to_api[exc.field]
+        raise
 
 
 # ------------------------------------------------------------------------------ pagination
@@ -148,6 +160,7 @@ def run_post(
 
     request_hash = _request_hash(request, payload)
     for attempt in (1, 2):
+        failure = False  # the action itself failed (not our record insert)
         try:
             with transaction(factory) as session:
                 record = session.scalar(
@@ -165,13 +178,12 @@ def run_post(
                             "this Idempotency-Key was used for a different request",
                             field="Idempotency-Key",
                         )
-                    stored = json.loads(record.response_body)
-                    return _json_response(
-                        record.status_code,
-                        json.dumps(stored["body"]),
-                        {**stored["headers"], "Idempotent-Replayed": "true"},
-                    )
-                status, body, headers = action(session)
+                    return _replayed(record)
+                try:
+                    status, body, headers = action(session)
+                except (MailhostError, IntegrityError):
+                    failure = True
+                    raise
                 text = body.model_dump_json()
                 session.add(
                     IdempotencyRecord(
@@ -184,7 +196,36 @@ def run_post(
                 )
                 session.flush()
             return _json_response(status, text, headers)
-        except IntegrityError:
-            if attempt == 2:
+        except (MailhostError, IntegrityError):
+            # A twin request with the same key may have committed while this one ran, so its
+            # change now clashes with ours ("already exists"): answer with the twin's response.
+            replay = _replay(factory, principal, key, request_hash)
+            if replay is not None:
+                return replay
+            if attempt == 2 or failure:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _replay(
+    factory: sessionmaker[Session], principal: Principal, key: str, request_hash: str
+) -> Response | None:
+    with transaction(factory) as session:
+        record = session.scalar(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.token_id == principal.token_id,
+                IdempotencyRecord.key == key,
+            )
+        )
+        if record is None or record.request_hash != request_hash:
+            return None
+        return _replayed(record)
+
+
+def _replayed(record: IdempotencyRecord) -> Response:
+    stored = json.loads(record.response_body)
+    return _json_response(
+        record.status_code,
+        json.dumps(stored["body"]),
+        {**stored["headers"], "Idempotent-Replayed": "true"},
+    )

@@ -34,6 +34,7 @@ from web.api.common import (
     Limit,
     Page,
     StoreDep,
+    api_fields,
     decode_cursor,
     make_page,
     run_post,
@@ -439,9 +440,10 @@ def update_domain(
             clear_total_quota="total_quota_bytes" in given and body.total_quota_bytes is None,
         )
         if "catchall_target" in given:
-            d = domains.set_catchall(
-                s, actor=principal.actor, domain_id=domain_id, target=body.catchall_target
-            )
+            with api_fields(target="catchall_target"):
+                d = domains.set_catchall(
+                    s, actor=principal.actor, domain_id=domain_id, target=body.catchall_target
+                )
         return DomainPublic.of(d)
 
 
@@ -520,9 +522,10 @@ def add_domain_alias(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def action(s: Session) -> tuple[int, BaseModel, dict[str, str]]:
-        a = domains.add_domain_alias(
-            s, actor=principal.actor, domain_id=domain_id, alias_name=body.name
-        )
+        with api_fields(alias_name="name"):
+            a = domains.add_domain_alias(
+                s, actor=principal.actor, domain_id=domain_id, alias_name=body.name
+            )
         s.flush()
         return _created(DomainAliasPublic.of(a), f"/api/v1/domains/{domain_id}/aliases/{a.id}")
 
