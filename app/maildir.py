@@ -152,6 +152,17 @@ class MaildirStore:
             n = next(self._counter)
         return f"{sec}.M{usec}P{os.getpid()}Q{n}.{self._host}"
 
+    def _create_tmp(self, mailbox: MailboxRef, tmp: Path) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            return os.open(tmp, flags, 0o600)
+        except FileNotFoundError:
+            # Our cache said the Maildir exists, but another process removed it (mailbox
+            # deleted, then created again): forget the cache entry, recreate, retry once.
+            self._known_dirs.discard(self.mailbox_path(mailbox))
+            self.ensure(mailbox)
+            return os.open(tmp, flags, 0o600)
+
     # ---------------------------------------------------------------- delivery
     def deliver(self, copies: Sequence[tuple[MailboxRef, Sequence[bytes]]]) -> list[MessageInfo]:
         """Store each copy (chunks already with LF line endings) in its mailbox's ``new/``.
@@ -169,8 +180,10 @@ class MaildirStore:
                 wire = size + sum(c.count(b"\n") for c in chunks)
                 name = f"{self._unique_base()},S={size},W={wire}"
                 tmp = path / "tmp" / name
+                fd = self._create_tmp(mailbox, tmp)
+                # Recorded only once we created it: the cleanup below must never remove a
+                # file that belongs to someone else.
                 staged.append((tmp, path / "new" / name, size, wire))
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
                     view_chunks = [memoryview(c) for c in chunks]
                     while view_chunks:
@@ -208,7 +221,7 @@ class MaildirStore:
 
     # ---------------------------------------------------------------- reading
     def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
-        """Messages in ``new/`` and ``cur/``, oldest first (by name, then mtime)."""
+        """Messages in ``new/`` and ``cur/``, oldest first (by mtime, then name)."""
         path = self.mailbox_path(mailbox)
         found: list[MessageInfo] = []
         for sub in ("new", "cur"):
@@ -242,9 +255,15 @@ class MaildirStore:
         if message.wire_size is not None:
             return message.wire_size
         total = 0
+        previous_ended_in_cr = False
         with open(message.path, "rb") as fh:
             while block := fh.read(1 << 20):
-                total += len(block) + block.count(b"\n") - block.count(b"\r\n")
+                bare_lf = block.count(b"\n") - block.count(b"\r\n")
+                # A CRLF split across two blocks is not a bare LF.
+                if previous_ended_in_cr and block.startswith(b"\n"):
+                    bare_lf -= 1
+                total += len(block) + bare_lf
+                previous_ended_in_cr = block.endswith(b"\r")
         return total
 
     def open_message(self, message: MessageInfo) -> BinaryIO:
