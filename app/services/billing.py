@@ -193,10 +193,9 @@ def _count(ranges: Sequence[tuple[int, int]]) -> int:
 def _mailbox_segments(
     events: Sequence[LifecycleEvent], until: dt.datetime
 ) -> list[tuple[str, _Segment]]:
-    """Replay one mailbox id's events into (domain, segment) pairs, open ones closed at until.
+    """Replay one mailbox's events into (domain, segment) pairs, open ones closed at until.
 
-    An id may be reused after deletion (SQLite without AUTOINCREMENT), so a 'created' after a
-    'deleted' simply starts a new life, possibly in another domain.
+    A 'created' after a 'deleted' (the address deleted and created again) starts a new life.
     """
     segments: list[tuple[str, _Segment]] = []
     state: str | None = None
@@ -270,13 +269,17 @@ def usage_report(
         query = query.where(LifecycleEvent.customer_id == customer_id)
     events = session.scalars(query.order_by(LifecycleEvent.occurred_at, LifecycleEvent.id)).all()
 
-    by_mailbox: dict[int, list[LifecycleEvent]] = defaultdict(list)
+    # A mailbox is identified by (id, address): SQLite may hand a deleted mailbox's id to the
+    # next new one, and the address of a mailbox never changes, so the pair is unambiguous
+    # (one address cannot exist twice at the same time).
+    by_mailbox: dict[tuple[int, str], list[LifecycleEvent]] = defaultdict(list)
     by_domain: dict[tuple[int, str], list[LifecycleEvent]] = defaultdict(list)
-    owner_of_mailbox: dict[int, int] = {}
+    owner_of_mailbox: dict[tuple[int, str], int] = {}
     for event in events:
         if event.entity == "mailbox":
-            by_mailbox[event.entity_id].append(event)
-            owner_of_mailbox[event.entity_id] = event.customer_id
+            key = (event.entity_id, event.address or "")
+            by_mailbox[key].append(event)
+            owner_of_mailbox[key] = event.customer_id
         else:
             by_domain[(event.customer_id, event.domain_name)].append(event)
     holes = {key: _domain_suspensions(evs, until) for key, evs in by_domain.items()}

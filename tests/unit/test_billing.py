@@ -294,3 +294,17 @@ def test_concurrent_writers_never_make_a_syncing_reader_miss_an_event(
         all_ids = [e.id for e in billing.list_events(s, after_id=0, limit=10_000)]
     assert len(all_ids) == writers * per_writer
     assert seen == all_ids  # same events, same order, none missing, none repeated
+
+
+def test_a_reused_mailbox_id_is_not_confused_with_its_predecessor(session: Session) -> None:
+    """SQLite may hand a deleted mailbox's id to the next new mailbox; the events of the two
+    interleave in time (the new one is backdated here) and must still be two mailboxes."""
+    session.add(Customer(id=1, name="C", price_per_mailbox=Decimal("30")))
+    event(session, "2026-04-25T09:00", "mailbox", 3, "created", 1, "d.example", "old@d.example")
+    event(session, "2026-05-02T07:00", "mailbox", 3, "deleted", 1, "d.example", "old@d.example")
+    event(session, "2026-04-30T08:00", "mailbox", 3, "created", 1, "d.example", "new@d.example")
+    session.commit()
+    start, end = billing.month_period("2026-05")
+    [c] = billing.usage_report(session, start=start, end=end, now=LATER).customers
+    # old: 1..2 = 2 days; new: all 31 days -> 33; new is still active at the end.
+    assert (c.mailbox_days, c.mailboxes_active_end) == (33, 1)
