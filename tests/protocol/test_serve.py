@@ -176,6 +176,26 @@ def sqlite_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
     s.close()
 
 
+def _compose_healthchecks_pass(served: Served) -> None:
+    """The health checks of docker-compose.yml, run against this server (ports swapped in),
+    succeed; pointed at a port nobody listens on, they fail."""
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
+    ours = {"smtp": served.smtp_port, "pop3": served.pop3_port, "web": served.web_port}
+    for name, default in (("smtp", 2525), ("pop3", 1110), ("web", 8000)):
+        code = compose["services"][name]["healthcheck"]["test"][3]
+        assert str(default) in code
+        for port, should_pass in ((ours[name], True), (free_port(), False)):
+            probe = subprocess.run(
+                [sys.executable, "-c", code.replace(str(default), str(port))],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert (probe.returncode == 0) is should_pass, (name, port, probe.stderr)
+
+
 def _password_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "with password:" in line]
 
@@ -189,6 +209,7 @@ def test_serve_starts_everything_prints_the_first_password_once_and_stops_cleanl
     ) as response:
         assert response.status == 200
         assert json.loads(response.read())["status"] == "ok"
+    _compose_healthchecks_pass(first)
     lines = _password_lines(first.out())
     assert len(lines) == 1, first.out()
     password = lines[0].rsplit(" ", 1)[1]
