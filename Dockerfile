@@ -26,7 +26,9 @@ COPY alembic.ini ./alembic.ini
 RUN pip install -e .
 
 USER mailhost
-ENV MAILHOST_MAILDIR_ROOT=/var/lib/mailhost/mail \
+# `docker run mailhost` alone works on SQLite in the user's home; compose sets PostgreSQL.
+ENV MAILHOST_DATABASE_URL=sqlite:////var/lib/mailhost/mailhost.db \
+    MAILHOST_MAILDIR_ROOT=/var/lib/mailhost/mail \
     MAILHOST_SMTP_HOST=0.0.0.0 \
     MAILHOST_POP3_HOST=0.0.0.0 \
     MAILHOST_WEB_HOST=0.0.0.0

@@ -248,3 +248,12 @@ def test_readme_starts_with_purpose_then_the_two_commands() -> None:
     assert run_at < test_at < text.index("## A five-minute tour")
     for word in ("swaks", "pop3://", "customer add", "domain add", "mailbox add"):
         assert word in text
+
+
+def test_compose_gives_the_drain_time_before_sigkill() -> None:
+    """Docker's default is 10 s; SMTP may need up to its 30 s stop grace to finish a DATA."""
+    from smtp_ingress.server import DEFAULT_STOP_GRACE
+
+    for name in EDGE_SERVICES:
+        grace = _compose()["services"][name]["stop_grace_period"]
+        assert grace.endswith("s") and int(grace[:-1]) > DEFAULT_STOP_GRACE, name
