@@ -193,3 +193,28 @@ def test_static_assets_are_served_locally(anon: PortalClient) -> None:
     htmx = anon.get("/static/htmx.min.js")
     assert htmx.status_code == 200 and "htmx" in htmx.text[:200]
     assert 'src="/static/htmx.min.js"' in anon.get("/login").text
+
+
+def test_failed_logins_are_slowed_down(anon: PortalClient, session_factory) -> None:
+    import time
+
+    add_operator(session_factory, "alice")
+    start = time.monotonic()
+    assert anon.login("alice", "wrong password").status_code == 400
+    first = time.monotonic() - start
+    start = time.monotonic()
+    assert anon.login("alice").status_code == 303  # right password, but only after the delay
+    assert time.monotonic() - start >= 0.9, "the second attempt was not delayed"
+    assert first < 0.9  # no delay before the first failure
+
+
+def test_healthz_reports_unreachable_database(settings, store) -> None:
+    from app.db import make_engine, make_session_factory
+    from web.app import create_app
+
+    dead = settings.model_copy(update={"database_url": "postgresql://postgres@127.0.0.1:1/nothing"})
+    app = create_app(dead, session_factory=make_session_factory(make_engine(dead)), store=store)
+    with TestClient(app) as client:
+        response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "error", "database": "unreachable"}
