@@ -111,6 +111,7 @@ class MaildirStore:
         fsync: bool = True,
     ) -> None:
         self.root = Path(root).resolve()
+        self._root_prefix = str(self.root) + os.sep
         self._host = _sanitise_host(hostname or socket.gethostname())
         self._clock = clock
         self._fsync = fsync
@@ -269,7 +270,8 @@ class MaildirStore:
     def open_message(self, message: MessageInfo) -> BinaryIO:
         """Open a listed message for reading (raises FileNotFoundError if it is gone)."""
         self._check_inside(message.path)
-        return open(message.path, "rb")
+        fd = os.open(message.path, os.O_RDONLY | os.O_NOFOLLOW)
+        return os.fdopen(fd, "rb")
 
     def usage(self, mailbox: MailboxRef) -> Usage:
         """Bytes and messages stored, from file names (stat only for foreign files)."""
@@ -318,5 +320,7 @@ class MaildirStore:
         return removed
 
     def _check_inside(self, path: Path) -> None:
-        if self.root not in path.resolve().parents:
+        # A lexical check (no syscalls: this runs on every POP3 RETR); symlinks are refused by
+        # list_messages, which never lists them, and by O_NOFOLLOW in open_message.
+        if not os.path.normpath(path).startswith(self._root_prefix):
             raise MaildirError("refused path outside the Maildir root")
