@@ -12,10 +12,13 @@ only; an alias target that no longer exists is ignored, never redirected.
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore
@@ -64,6 +67,71 @@ class _DomainInfo:
     catchall: str | None
 
 
+# Statements are built once (and once per number of pairs), not per RCPT: building a select
+# costs more Python time than SQLite takes to run it on an indexed table.
+_DOMAIN_COLUMNS = (Domain.id, Domain.name, Domain.status, Customer.status, Domain.catchall_target)
+_DOMAINS = (
+    select(*_DOMAIN_COLUMNS)
+    .join(Customer, Domain.customer_id == Customer.id)
+    .where(Domain.name.in_(bindparam("names", expanding=True)))
+)
+_ALIAS_DOMAINS = (
+    select(DomainAlias.name, *_DOMAIN_COLUMNS)
+    .join(Domain, DomainAlias.target_domain_id == Domain.id)
+    .join(Customer, Domain.customer_id == Customer.id)
+    .where(DomainAlias.name.in_(bindparam("names", expanding=True)))
+)
+_FIRST_MAILBOX = (
+    select(Mailbox.local_part)
+    .where(Mailbox.domain_id == bindparam("domain_id"), Mailbox.status == STATUS_ACTIVE)
+    .order_by(Mailbox.id)
+    .limit(1)
+)
+
+
+def _pairs(
+    domain_col: InstrumentedAttribute[int], local_col: InstrumentedAttribute[str], count: int
+) -> ColumnElement[bool]:
+    """(domain_id = :d0 AND local_part = :l0) OR ...: unlike a row-value IN list, which SQLite
+    answers by scanning the whole unique index, each term is one index lookup on both
+    backends."""
+    return or_(
+        *(
+            and_(domain_col == bindparam(f"d{i}"), local_col == bindparam(f"l{i}"))
+            for i in range(count)
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _mailboxes_stmt(count: int) -> Select[int, int, str, str, int]:
+    return (
+        select(
+            Mailbox.id, Mailbox.domain_id, Mailbox.local_part, Mailbox.status, Mailbox.quota_bytes
+        )
+        .where(_pairs(Mailbox.domain_id, Mailbox.local_part, count))
+        .order_by(Mailbox.id)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _aliases_stmt(count: int) -> Select[int, str, str]:
+    return (
+        select(Alias.domain_id, Alias.local_part, AliasTarget.address)
+        .join(AliasTarget, AliasTarget.alias_id == Alias.id)
+        .where(_pairs(Alias.domain_id, Alias.local_part, count))
+        .order_by(Alias.id, AliasTarget.address)
+    )
+
+
+def _pair_params(keys: Iterable[tuple[int, str]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, (dom, loc) in enumerate(keys):
+        params[f"d{i}"] = dom
+        params[f"l{i}"] = loc
+    return params
+
+
 class _Resolver:
     """One resolution; caches domain lookups across the levels of the expansion."""
 
@@ -75,29 +143,13 @@ class _Resolver:
         missing = names - self.domains.keys()
         if not missing:
             return
-        rows = self.session.execute(
-            select(Domain.id, Domain.name, Domain.status, Customer.status, Domain.catchall_target)
-            .join(Customer, Domain.customer_id == Customer.id)
-            .where(Domain.name.in_(missing))
-        ).all()
+        rows = self.session.execute(_DOMAINS, {"names": sorted(missing)}).all()
         for dom_id, name, status, customer_status, catchall in rows:
             active = status == STATUS_ACTIVE and customer_status == STATUS_ACTIVE
             self.domains[name] = _DomainInfo(dom_id, name, active, catchall)
-        missing -= {row[1] for row in rows}
+            missing.discard(name)
         if missing:
-            alias_rows = self.session.execute(
-                select(
-                    DomainAlias.name,
-                    Domain.id,
-                    Domain.name,
-                    Domain.status,
-                    Customer.status,
-                    Domain.catchall_target,
-                )
-                .join(Domain, DomainAlias.target_domain_id == Domain.id)
-                .join(Customer, Domain.customer_id == Customer.id)
-                .where(DomainAlias.name.in_(missing))
-            ).all()
+            alias_rows = self.session.execute(_ALIAS_DOMAINS, {"names": sorted(missing)}).all()
             for alias_name, dom_id, name, status, customer_status, catchall in alias_rows:
                 active = status == STATUS_ACTIVE and customer_status == STATUS_ACTIVE
                 self.domains[alias_name] = _DomainInfo(dom_id, name, active, catchall)
@@ -105,14 +157,9 @@ class _Resolver:
         for name in missing:
             self.domains[name] = None
 
-    def first_mailbox(self, domain: _DomainInfo) -> Mailbox | None:
-        """The oldest active mailbox of a domain: the postmaster of last resort."""
-        return self.session.scalar(
-            select(Mailbox)
-            .where(Mailbox.domain_id == domain.id, Mailbox.status == STATUS_ACTIVE)
-            .order_by(Mailbox.id)
-            .limit(1)
-        )
+    def first_mailbox(self, domain: _DomainInfo) -> str | None:
+        """Local part of the oldest active mailbox: the postmaster of last resort."""
+        return self.session.scalar(_FIRST_MAILBOX, {"domain_id": domain.id})
 
 
 def _split_stored(address: str) -> tuple[str, str]:
@@ -174,17 +221,7 @@ def resolve_recipient(
         frontier = []
         if not level:
             break
-        mailbox_rows = session.execute(
-            select(
-                Mailbox.id,
-                Mailbox.domain_id,
-                Mailbox.local_part,
-                Mailbox.status,
-                Mailbox.quota_bytes,
-            )
-            .where(tuple_(Mailbox.domain_id, Mailbox.local_part).in_(list(level)))
-            .order_by(Mailbox.id)
-        ).all()
+        mailbox_rows = session.execute(_mailboxes_stmt(len(level)), _pair_params(level)).all()
         for mailbox_id, dom_id, loc, status, quota in mailbox_rows:
             info = level.pop((dom_id, loc))
             if status != STATUS_ACTIVE:
@@ -192,12 +229,7 @@ def resolve_recipient(
             elif mailbox_id not in found:
                 found[mailbox_id] = _target(mailbox_id, loc, info.name, quota)
         if level:
-            alias_rows = session.execute(
-                select(Alias.domain_id, Alias.local_part, AliasTarget.address)
-                .join(AliasTarget, AliasTarget.alias_id == Alias.id)
-                .where(tuple_(Alias.domain_id, Alias.local_part).in_(list(level)))
-                .order_by(Alias.id, AliasTarget.address)
-            ).all()
+            alias_rows = session.execute(_aliases_stmt(len(level)), _pair_params(level)).all()
             for dom_id, loc, target in alias_rows:
                 level.pop((dom_id, loc), None)
                 frontier.append(_split_stored(target))
@@ -221,9 +253,9 @@ def _fallback(resolver: _Resolver, domain: _DomainInfo, local: str) -> list[tupl
     if domain.catchall:
         return [_split_stored(domain.catchall)]
     if local == POSTMASTER:
-        mailbox = resolver.first_mailbox(domain)
-        if mailbox is not None:
-            return [(mailbox.local_part, domain.name)]
+        first = resolver.first_mailbox(domain)
+        if first is not None:
+            return [(first, domain.name)]
     return []
 
 
