@@ -274,6 +274,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 # application/problem+json in the served OpenAPI document.
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
+        400: "The request body could not be read (not UTF-8 JSON)",
         401: "No, malformed or revoked bearer token",
         403: "The token lacks the scope this operation needs",
         404: "No such object",

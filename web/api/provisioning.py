@@ -70,7 +70,7 @@ Cascade = Annotated[
 ]
 
 READ_ERRORS = problem_responses(401, 403, 404, 422, 503)
-WRITE_ERRORS = problem_responses(401, 403, 404, 409, 422, 503)
+WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422, 503)
 
 router = APIRouter(route_class=ProblemRoute)
 
