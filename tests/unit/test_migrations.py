@@ -116,3 +116,26 @@ def test_alembic_cli_from_another_directory_uses_settings_url(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert current_revision(f"sqlite:///{db}") == "0001"
     assert _tables(f"sqlite:///{db}") == EXPECTED_TABLES
+
+
+def test_migrated_database_serves_the_services(tmp_path: Path) -> None:
+    """Services work on a migrated (not create_all) schema, and re-running keeps the data."""
+    from app.config import Settings
+    from app.db import make_engine, make_session_factory, transaction
+    from app.services.resolution import resolve_recipient
+    from tests.factories import make_mailbox
+
+    url = f"sqlite:///{tmp_path / 'served.db'}"
+    upgrade_to_head(url)
+    engine = make_engine(Settings(database_url=url, _env_file=None))  # type: ignore[call-arg]
+    try:
+        factory = make_session_factory(engine)
+        with transaction(factory) as session:
+            make_mailbox(session, "user@hosted.example")
+        upgrade_to_head(url)
+        with factory() as session:
+            assert resolve_recipient(session, address="user@hosted.example").ok
+            # The application's connections still enforce foreign keys after a migration.
+            assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    finally:
+        engine.dispose()
