@@ -269,7 +269,9 @@ class IngressHandler:
         return reply
 
     def _deliver(self, copies: list[tuple[MailboxRef, list[bytes]]]) -> None:
-        self.store.deliver(copies)
+        # Empty chunks are left out: MaildirStore.deliver's writev loop never drops a
+        # zero-length chunk and would spin forever on an empty message body.
+        self.store.deliver([(ref, [c for c in chunks if c]) for ref, chunks in copies])
 
     def _trace_headers(
         self, server: ServerLike, session: Any, txn: Transaction, target: Target, rcpt: str

@@ -76,6 +76,8 @@ class IngressThread:
         return int(self._run(count()))
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         if self.ingress is not None:
             self._run(self.ingress.stop(), timeout=60)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -1,0 +1,254 @@
+"""Delivery through a real ingress with smtplib: golden path, trace headers, aliases,
+catch-all, domain alias, upper case, STARTTLS, and failures that must answer 451."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory, transaction
+from app.maildir import MailboxRef, MaildirStore
+from app.services import stats
+from tests.protocol.smtp_helpers import (
+    ADDRESSES,
+    IngressThread,
+    RawClient,
+    all_message_files,
+    new_messages,
+)
+
+BODY = (
+    b"From: Alice <alice@remote.example>\r\n"
+    b"To: user@hosted.example\r\n"
+    b"Subject: caf\xc3\xa9 8-bit\r\n"
+    b"\r\n"
+    b"line one\r\n"
+    b".leading dot survives\r\n"
+    b"\r\n"
+    b"last line\r\n"
+)
+BODY_LF = BODY.replace(b"\r\n", b"\n")
+
+
+def _send(port: int, rcpts: list[str], body: bytes = BODY, sender: str = "alice@remote.example"):
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=10) as client:
+        return client.sendmail(sender, rcpts, body)
+
+
+def _split(message: bytes) -> tuple[list[bytes], bytes]:
+    """The three trace header lines (Received folded into one) and the rest."""
+    lines = message.split(b"\n")
+    return_path, delivered_to = lines[0], lines[1]
+    received = [lines[2]]
+    i = 3
+    while lines[i].startswith(b"\t"):
+        received.append(lines[i])
+        i += 1
+    return [return_path, delivered_to, b"\n".join(received)], b"\n".join(lines[i:])
+
+
+def test_smtp_golden_path_stores_message_as_sent_with_trace_headers(
+    smtp_server: IngressThread, store: MaildirStore
+) -> None:
+    refused = _send(smtp_server.port, [ADDRESSES["user"]])
+    assert refused == {}
+    [message] = new_messages(store, ADDRESSES["user"])
+    trace, rest = _split(message)
+    assert rest == BODY_LF  # byte for byte, CRLF -> LF, dot-unstuffed, 8-bit intact
+    assert trace[0] == b"Return-Path: <alice@remote.example>"
+    assert trace[1] == b"Delivered-To: user@hosted.example"
+    received = trace[2].decode()
+    assert re.match(
+        r"Received: from client\.example \(\[127\.0\.0\.1\]\)\n"
+        r"\tby mx\.test\.example \(Mailhost\) with ESMTP id [0-9A-F]{12}\n"
+        r"\tfor <user@hosted\.example>; \w{3}, \d{1,2} \w{3} \d{4} [\d:]{8} \+0000$",
+        received,
+    ), received
+    assert not list((store.mailbox_path(MailboxRef("hosted.example", "user")) / "tmp").iterdir())
+
+
+def test_smtp_alias_with_several_targets_gets_one_copy_each(
+    smtp_server: IngressThread, store: MaildirStore
+) -> None:
+    # team -> user, other; user named again directly: still one copy for user.
+    _send(smtp_server.port, [ADDRESSES["team"], ADDRESSES["user"]])
+    [to_user] = new_messages(store, ADDRESSES["user"])
+    [to_other] = new_messages(store, ADDRESSES["other"])
+    assert b"Delivered-To: user@hosted.example\n" in to_user
+    assert b"Delivered-To: other@hosted.example\n" in to_other
+    assert b"for <team@hosted.example>;" in to_other
+    assert _split(to_user)[1] == _split(to_other)[1] == BODY_LF
+
+
+def test_smtp_catch_all_domain_alias_and_upper_case(
+    smtp_server: IngressThread, store: MaildirStore
+) -> None:
+    _send(smtp_server.port, ["whoever@catchall.example"])
+    [caught] = new_messages(store, ADDRESSES["catchall_box"])
+    assert b"Delivered-To: bucket@catchall.example\n" in caught
+    _send(smtp_server.port, ["user@alias.example"])
+    _send(smtp_server.port, ["USER@HOSTED.EXAMPLE"])
+    delivered = new_messages(store, ADDRESSES["user"])
+    assert len(delivered) == 2
+    assert all(b"Delivered-To: user@hosted.example\n" in m for m in delivered)
+
+
+def test_smtp_null_sender_and_pipelined_transactions(
+    smtp_server: IngressThread, store: MaildirStore
+) -> None:
+    client = RawClient(smtp_server.port)
+    client.cmd("EHLO client.example")
+    # RFC 2920: a whole transaction and the next one in one write; replies in order.
+    client.send(
+        b"MAIL FROM:<>\r\nRCPT TO:<user@hosted.example>\r\nRCPT TO:<nobody@hosted.example>\r\n"
+        b"DATA\r\n"
+    )
+    assert [client.reply()[:9] for _ in range(4)] == [
+        "250 2.1.0",
+        "250 2.1.5",
+        "550 5.1.1",
+        "354 End d",
+    ]
+    client.send(
+        b"Subject: bounce\r\n\r\nx\r\n.\r\nMAIL FROM:<a@remote.example>\r\n"
+        b"RCPT TO:<other@hosted.example>\r\nDATA\r\n"
+    )
+    assert [client.reply()[:9] for _ in range(4)] == [
+        "250 2.0.0",
+        "250 2.1.0",
+        "250 2.1.5",
+        "354 End d",
+    ]
+    assert client.cmd(b"second\r\n.\r\nQUIT\r\n").startswith("250 2.0.0")
+    assert client.reply().startswith("221 2.0.0")
+    client.close()
+    [bounce] = new_messages(store, ADDRESSES["user"])
+    assert bounce.startswith(b"Return-Path: <>\n")
+    assert new_messages(store, ADDRESSES["other"])[0].endswith(b"\nsecond\n")
+
+
+def test_smtp_starttls_is_offered_and_recorded(
+    smtp_world: None,
+    smtp_start: Callable[..., IngressThread],
+    tls_settings: Settings,
+    store: MaildirStore,
+) -> None:
+    server = smtp_start(tls_settings)
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.example", timeout=10) as c:
+        c.ehlo()
+        assert c.has_extn("starttls")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        code, text = c.starttls(context=context)
+        assert (code, text[:5]) == (220, b"2.0.0")
+        c.ehlo()
+        assert not c.has_extn("starttls")
+        assert not c.has_extn("auth")
+        c.sendmail("alice@remote.example", [ADDRESSES["user"]], BODY)
+    [message] = new_messages(store, ADDRESSES["user"])
+    assert b") with ESMTPS id " in message
+    assert b"(using TLSv1." in message
+
+
+def test_smtp_database_unreachable_is_temporary(
+    smtp_start: Callable[..., IngressThread], settings: Settings, store: MaildirStore
+) -> None:
+    # A real engine pointed at a port where no database listens: OperationalError.
+    down = Settings(database_url="postgresql://postgres@127.0.0.1:9/none", _env_file=None)  # type: ignore[call-arg]
+    engine = make_engine(down, connect_args={"connect_timeout": 2})
+    running = IngressThread(settings, make_session_factory(engine), store, greet_delay=0.05)
+    running.start()
+    try:
+        client = RawClient(running.port)
+        client.cmd("EHLO client.example")
+        client.cmd("MAIL FROM:<a@remote.example>")
+        assert client.cmd("RCPT TO:<user@hosted.example>").startswith("451 4.3.0 ")
+        assert client.cmd("RSET").startswith("250 2.0.0")
+        client.close()
+    finally:
+        running.stop()
+        engine.dispose()
+
+
+class _FailingStore(MaildirStore):
+    """A real store whose disk fails after writing the first copy (simulated ENOSPC)."""
+
+    def deliver(self, copies):  # type: ignore[no-untyped-def]
+        original = MaildirStore.deliver
+
+        calls = {"n": 0}
+
+        def failing_write(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise OSError(28, "No space left on device: /secret/path")
+            return real_writev(*args, **kwargs)
+
+        import os
+
+        real_writev = os.writev
+        os.writev = failing_write  # type: ignore[assignment]
+        try:
+            return original(self, copies)
+        finally:
+            os.writev = real_writev  # type: ignore[assignment]
+
+
+def test_smtp_storage_failure_answers_451_and_stores_nothing(
+    smtp_world: None,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+) -> None:
+    store = _FailingStore(settings.maildir_root, hostname=settings.hostname)
+    running = IngressThread(settings, session_factory, store, greet_delay=0.05).start()
+    try:
+        before = all_message_files(Path(settings.maildir_root))
+        client = RawClient(running.port)
+        client.cmd("EHLO client.example")
+        client.cmd("MAIL FROM:<a@remote.example>")
+        assert client.cmd("RCPT TO:<team@hosted.example>").startswith("250")  # two copies
+        assert client.cmd("DATA").startswith("354")
+        reply = client.cmd(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        assert reply.startswith("451 4.3.0 ")
+        assert "secret" not in reply and "OSError" not in reply
+        assert client.cmd("NOOP").startswith("250")
+        client.close()
+        assert all_message_files(Path(settings.maildir_root)) == before
+    finally:
+        running.stop()
+
+
+def test_smtp_handler_exception_is_451_with_reference_and_no_internals(
+    smtp_start: Callable[..., IngressThread], settings: Settings, store: MaildirStore
+) -> None:
+    def broken_factory() -> Session:
+        raise RuntimeError("internal detail: password=hunter2")
+
+    running = IngressThread(settings, broken_factory, store, greet_delay=0.05).start()  # type: ignore[arg-type]
+    try:
+        client = RawClient(running.port)
+        client.cmd("EHLO client.example")
+        client.cmd("MAIL FROM:<a@remote.example>")
+        reply = client.cmd("RCPT TO:<user@hosted.example>")
+        assert re.match(r"451 4\.3\.0 Internal error, reference [0-9a-f]{8}$", reply), reply
+        assert client.cmd("RSET").startswith("250 2.0.0")
+        client.close()
+    finally:
+        running.stop()
+
+
+def test_smtp_deliveries_counter(
+    smtp_server: IngressThread, session_factory: sessionmaker[Session]
+) -> None:
+    _send(smtp_server.port, [ADDRESSES["team"]])
+    _send(smtp_server.port, [ADDRESSES["user"]])
+    smtp_server.stop()  # flushes the batched counter
+    with transaction(session_factory) as session:
+        assert stats.get(session, metric="deliveries") == 3  # copies stored
