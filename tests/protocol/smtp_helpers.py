@@ -181,3 +181,63 @@ def new_messages(store: MaildirStore, address: str) -> list[bytes]:
 def all_message_files(root: Path) -> list[Path]:
     """Every file in any new/, cur/ or tmp/ under the Maildir root."""
     return sorted(p for p in root.glob("*/*/*/*") if p.is_file())
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """``python -m smtp_ingress`` in a subprocess, configured through the environment."""
+
+    def __init__(self, settings: Settings, *, port: int, cwd: Path) -> None:
+        import os
+        import subprocess
+        import sys
+
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MAILHOST_DATABASE_URL": settings.database_url,
+            "MAILHOST_MAILDIR_ROOT": str(settings.maildir_root),
+            "MAILHOST_HOSTNAME": settings.hostname,
+            "MAILHOST_SMTP_HOST": "127.0.0.1",
+            "MAILHOST_SMTP_PORT": str(port),
+            "MAILHOST_SMTP_GREET_DELAY": "0",
+            "MAILHOST_LOG_LEVEL": "WARNING",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smtp_ingress"],
+            cwd=cwd,  # not the repo: no stray .env is read
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "ready pid=... port=..." (or EOF on failure)
+        if not line.startswith("ready "):
+            self.proc.kill()
+            raise RuntimeError(f"worker did not start: {line!r}")
+        fields = dict(part.split("=") for part in line.split()[1:])
+        self.pid = int(fields["pid"])
+        self.port = int(fields["port"])
+
+    def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
