@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging.config
 
+from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
-from alembic import context
 from app.config import Settings
 from app.db import Base, make_engine, normalise_database_url
 

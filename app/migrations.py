@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 
-from alembic import command
 from app.db import normalise_database_url
 
 # The repository root holds alembic.ini and alembic/; locate them from this file, not the
