@@ -21,6 +21,7 @@ from app.db import transaction
 from app.maildir import MaildirStore
 from app.services import accounts
 from app.services.audit import CLI_ACTOR
+from web.app import create_app
 
 PROBLEM = "application/problem+json"
 
@@ -28,18 +29,7 @@ PROBLEM = "application/problem+json"
 def build_app(
     settings: Settings, session_factory: sessionmaker[Session], store: MaildirStore
 ) -> FastAPI:
-    """The real application when web.app is importable, else a bare app with the API only."""
-    try:
-        from web.app import create_app
-    except ImportError:  # the portal package is not there yet
-        from web.api import install_api
-
-        app = FastAPI(openapi_url="/api/v1/openapi.json")
-        app.state.settings = settings
-        app.state.session_factory = session_factory
-        app.state.store = store
-        install_api(app)
-        return app
+    """The real application (portal + API), exactly as ``mailhost web`` builds it."""
     return create_app(settings, session_factory=session_factory, store=store)
 
 
