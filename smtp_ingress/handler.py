@@ -21,6 +21,7 @@ import datetime as dt
 import email.utils
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -84,6 +85,40 @@ def _relay_trick(address: str) -> bool:
         or domain.startswith("[")
         or _has_control(address)
     )
+
+
+# Seconds a recipient resolution is reused across transactions of this process. Why: the
+# lookup (several queries, plus a Maildir scan for quota) was the largest per-message cost
+# after fsync in the profile. Cost: a suspension, new alias or a mailbox filling up takes
+# effect up to this long later (quota is racy between concurrent deliveries anyway).
+# Overridable by ``smtp_resolution_cache_seconds`` in Settings once it exists there.
+DEFAULT_RESOLUTION_TTL = 2.0
+_RESOLUTION_CACHE_MAX = 10_000
+
+
+class ResolutionCache:
+    """A small TTL cache of resolutions keyed by the lower-cased address (loop thread only)."""
+
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Resolution]] = {}
+
+    def get(self, key: str) -> Resolution | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < self._clock():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: str, resolution: Resolution) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= _RESOLUTION_CACHE_MAX:
+            self._entries.clear()
+        self._entries[key] = (self._clock() + self.ttl, resolution)
 
 
 class StatsBatcher:
@@ -157,6 +192,9 @@ class IngressHandler:
         self.store = store
         self.executor = executor
         self.stats = stats_batcher
+        self.resolutions = ResolutionCache(
+            float(getattr(settings, "smtp_resolution_cache_seconds", DEFAULT_RESOLUTION_TTL))
+        )
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -223,7 +261,7 @@ class IngressHandler:
             self._log_reject(session, txn, address, replies.RELAY_DENIED)
             return replies.RELAY_DENIED
         key = address.lower()
-        resolution = txn.cache.get(key)
+        resolution = txn.cache.get(key) or self.resolutions.get(key)
         if resolution is None:
             try:
                 resolution = await self._blocking(self._resolve, address)
@@ -231,7 +269,8 @@ class IngressHandler:
                 # Database unreachable or similar: always temporary, never a 5xx.
                 log.warning("recipient lookup failed for %s", address, exc_info=True)
                 return replies.TEMPFAIL
-            txn.cache[key] = resolution
+            self.resolutions.put(key, resolution)
+        txn.cache[key] = resolution
         reply = replies.VERDICT_REPLIES[resolution.verdict]
         if resolution.verdict is not Verdict.OK or not resolution.targets:
             self._log_reject(session, txn, address, reply)

@@ -1,0 +1,49 @@
+"""Sans-IO parts of the ingress: the DATA body decoder and the enhanced-code rewriter."""
+
+from __future__ import annotations
+
+import pytest
+
+from smtp_ingress.data import BodyError, decode_body
+from smtp_ingress.replies import with_enhanced_code
+
+
+@pytest.mark.parametrize(
+    ("body", "content", "error"),
+    [
+        (b"", b"", None),
+        (b"a\r\nb\r\n", b"a\nb\n", None),
+        (b"..x\r\n.\r\n", b".x\n\n", None),  # transparency dot removed (RFC 5321 4.5.2)
+        (b"." + b"x" * 998 + b"\r\n", b"x" * 998 + b"\n", None),
+        (b"x" * 999 + b"\r\n", b"", BodyError.LINE_TOO_LONG),
+        (b"a\nb\r\n", b"", BodyError.BARE_NEWLINE),
+        (b"a\rb\r\n", b"", BodyError.BARE_NEWLINE),
+        (b"a\r\r\n", b"", BodyError.BARE_NEWLINE),
+        (b"a\n\r\n", b"", BodyError.BARE_NEWLINE),
+        (b"a\x00\r\n", b"", BodyError.NUL),
+        (b"caf\xc3\xa9\r\n", b"caf\xc3\xa9\n", None),
+    ],
+)
+def test_smtp_decode_body(body: bytes, content: bytes, error: BodyError | None) -> None:
+    decoded = decode_body(body)
+    assert (decoded.content, decoded.error) == (content, error)
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent"),
+    [
+        ("250 OK", "250 2.0.0 Ok"),
+        ("221 Bye", "221 2.0.0 Bye"),
+        ("500 Command line too long", "500 5.5.2 Line too long (RFC 5321 section 4.5.3.1.4)"),
+        ("503 Error: send HELO first", "503 5.5.1 Error: send HELO first"),
+        ("501 Syntax: MAIL FROM: <address>", "501 5.5.4 Syntax: MAIL FROM: <address>"),
+        ("550 5.1.1 already has one", "550 5.1.1 already has one"),
+        ("220 mx.test.example ESMTP Mailhost", "220 mx.test.example ESMTP Mailhost"),
+        ("250 mx.test.example", "250 mx.test.example"),
+        ("250-SIZE 100", "250-SIZE 100"),
+        ("354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>"),
+        ("599 odd", "599 5.0.0 odd"),
+    ],
+)
+def test_smtp_enhanced_codes(raw: str, sent: str) -> None:
+    assert with_enhanced_code(raw, hostname="mx.test.example") == sent
