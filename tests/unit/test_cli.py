@@ -404,3 +404,82 @@ def test_cert_writes_a_usable_pair_and_prints_the_settings(tmp_path: Path) -> No
     ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     again = _subprocess(tmp_path, {}, "cert")
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_domain_remove_cascade_removes_mailboxes_and_their_files(
+    run: Run, store: MaildirStore
+) -> None:
+    _add_alice(run)
+    ref = MailboxRef("acme.example", "alice")
+    store.deliver([(ref, [b"Subject: x\n\nbody\n"])])
+    assert run("domain", "remove", "acme.example", "--cascade").status == 0
+    assert not store.mailbox_path(ref).exists()
+    assert run("domain", "list", "--json").json() == []
+    assert run("mailbox", "list", "--json").json() == []
+    assert run("customer", "remove", "Acme Corp").status == 0
+    assert run("customer", "list", "--json").json() == []
+
+
+def _pty_session(
+    tmp_path: Path, env: dict[str, str], argv: list[str], answers: list[bytes]
+) -> tuple[int, str]:
+    """Run ``mailhost ARGV`` on a pseudo-terminal, typing ``answers`` at its prompts."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session with the pty as its controlling terminal
+        try:
+            os.chdir(tmp_path)
+            os.execve(sys.executable, [sys.executable, "-m", "mailhost", *argv], env)
+        finally:
+            os._exit(127)
+    output = b""
+    deadline = time.monotonic() + 60
+    pending = list(answers)
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            # Answer each prompt once, only after it appeared (echo is off from then on).
+            while pending and output.count(b"password: ") > len(answers) - len(pending):
+                os.write(fd, pending.pop(0) + b"\n")
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_password_prompt_asks_twice_on_a_terminal(
+    settings: Settings, engine: Engine, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOST_")}
+    env["MAILHOST_DATABASE_URL"] = settings.database_url
+    env["MAILHOST_MAILDIR_ROOT"] = str(settings.maildir_root)
+    assert main(["--database-url", settings.database_url, "customer", "add", "Acme"]) == 0
+    assert main(["--database-url", settings.database_url, "domain", "add", "acme.example",
+                 "--customer", "Acme"]) == 0  # fmt: skip
+
+    status, output = _pty_session(
+        tmp_path, env, ["mailbox", "add", "c@acme.example"], [b"typed-secret-1", b"typed-secret-2"]
+    )
+    assert status == 1
+    assert "New password:" in output and "Repeat password:" in output
+    assert "mailhost: error: the two passwords differ" in output
+    assert "typed-secret" not in output  # not echoed
+
+    status, output = _pty_session(
+        tmp_path, env, ["mailbox", "add", "c@acme.example"], [b"typed-secret-1", b"typed-secret-1"]
+    )
+    assert status == 0, output
+    with session_factory() as s:
+        assert accounts.authenticate_mailbox(s, address="c@acme.example", password="typed-secret-1")
