@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     smtp_idle_timeout: float = 300.0
     smtp_data_timeout: float = 600.0
     smtp_max_junk_commands: int = 20
+    # A client that talks before the greeting is an early talker (spamware): wait this long
+    # before greeting and refuse the session if anything arrived meanwhile.
+    smtp_greet_delay: float = 0.3
+    # How long a recipient lookup is reused across transactions (a suspension or a new alias
+    # takes at most this long to take effect).
+    smtp_resolution_cache_seconds: float = 2.0
 
     # --- POP3 --------------------------------------------------------------------------------
     pop3_host: str = "127.0.0.1"

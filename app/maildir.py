@@ -186,7 +186,9 @@ class MaildirStore:
                 # file that belongs to someone else.
                 staged.append((tmp, path / "new" / name, size, wire))
                 try:
-                    view_chunks = [memoryview(c) for c in chunks]
+                    view_chunks = [
+                        memoryview(c) for c in chunks if len(c)
+                    ]  # writev of b"" returns 0
                     while view_chunks:
                         written = os.writev(fd, view_chunks)
                         while written and view_chunks:

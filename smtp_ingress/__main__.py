@@ -22,12 +22,10 @@ from smtp_ingress.server import SmtpIngress
 async def _serve(settings: Settings) -> None:
     engine = make_engine(settings)
     store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
-    greet = os.environ.get("MAILHOST_SMTP_GREET_DELAY")
     ingress = SmtpIngress(
         settings,
         session_factory=make_session_factory(engine),
         store=store,
-        greet_delay=float(greet) if greet else None,
     )
     await ingress.start()
     print(f"ready pid={os.getpid()} port={ingress.port}", flush=True)

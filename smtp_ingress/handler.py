@@ -92,7 +92,6 @@ def _relay_trick(address: str) -> bool:
 # after fsync in the profile. Cost: a suspension, new alias or a mailbox filling up takes
 # effect up to this long later (quota is racy between concurrent deliveries anyway).
 # Overridable by ``smtp_resolution_cache_seconds`` in Settings once it exists there.
-DEFAULT_RESOLUTION_TTL = 2.0
 _RESOLUTION_CACHE_MAX = 10_000
 
 
@@ -192,9 +191,7 @@ class IngressHandler:
         self.store = store
         self.executor = executor
         self.stats = stats_batcher
-        self.resolutions = ResolutionCache(
-            float(getattr(settings, "smtp_resolution_cache_seconds", DEFAULT_RESOLUTION_TTL))
-        )
+        self.resolutions = ResolutionCache(settings.smtp_resolution_cache_seconds)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

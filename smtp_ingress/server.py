@@ -23,7 +23,6 @@ log = logging.getLogger("smtp_ingress")
 # Seconds the server waits before greeting; a client that talks first is an early talker
 # (Postfix postscreen waits 6 s; we keep connection set-up cheap for legitimate MTAs).
 # Overridable by ``smtp_greet_delay`` in Settings once it exists there.
-DEFAULT_GREET_DELAY = 0.3
 # stop(): how long transactions in progress may take to finish before they are cut.
 DEFAULT_STOP_GRACE = 30.0
 # Threads for database look-ups and deliveries: enough that concurrent fsyncs overlap.
@@ -81,11 +80,7 @@ class SmtpIngress:
         stop_grace: float = DEFAULT_STOP_GRACE,
     ) -> None:
         self.settings = settings
-        self._greet_delay = (
-            greet_delay
-            if greet_delay is not None
-            else float(getattr(settings, "smtp_greet_delay", DEFAULT_GREET_DELAY))
-        )
+        self._greet_delay = greet_delay if greet_delay is not None else settings.smtp_greet_delay
         self._stop_grace = stop_grace
         self._executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="smtp-io")
         self._stats = StatsBatcher(session_factory, self._executor)

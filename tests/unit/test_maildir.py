@@ -287,3 +287,9 @@ def test_remove_mailbox(mstore: MaildirStore) -> None:
     mstore.remove_mailbox(ALICE)
     assert not mstore.mailbox_path(ALICE).exists()
     assert mstore.usage(BOB).messages == 1
+
+
+def test_empty_chunks_are_written_without_hanging(mstore: MaildirStore) -> None:
+    [info] = mstore.deliver([(ALICE, [b"", b"Subject: x\n", b"", b"\n"])])
+    assert info.path.read_bytes() == b"Subject: x\n\n"
+    assert (info.size, info.wire_size) == (12, 14)
