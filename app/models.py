@@ -64,7 +64,12 @@ class Customer(Base):
     """The organisation that subscribes and is billed per mailbox."""
 
     __tablename__ = "customers"
-    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        # Ids are never reused (SQLite would hand a deleted row's id out again); lifecycle
+        # events and audit entries refer to them after deletion.
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -80,7 +85,10 @@ class Domain(Base):
     """A hosted mail domain; ``name`` is lower-case IDNA (punycode)."""
 
     __tablename__ = "domains"
-    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(253), unique=True)
@@ -122,13 +130,14 @@ class Mailbox(Base):
         UniqueConstraint("domain_id", "local_part"),
         CheckConstraint("status IN ('active', 'suspended')", name="status"),
         CheckConstraint("quota_bytes >= 0", name="quota_nonnegative"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"), index=True)
     local_part: Mapped[str] = mapped_column(String(64))
     password_hash: Mapped[str] = mapped_column(String(255))
-    quota_bytes: Mapped[int] = mapped_column(BigInteger)
+    quota_bytes: Mapped[int] = mapped_column(BigInteger)  # 0 means unlimited (as in Dovecot)
     status: Mapped[str] = mapped_column(String(16), default=STATUS_ACTIVE)
     pop3_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -145,7 +154,7 @@ class Alias(Base):
     """One address delivering to one or more addresses (mailboxes or other aliases)."""
 
     __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("domain_id", "local_part"),)
+    __table_args__ = (UniqueConstraint("domain_id", "local_part"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id"), index=True)

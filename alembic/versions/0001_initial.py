@@ -77,6 +77,7 @@ def upgrade() -> None:
         sa.CheckConstraint("status IN ('active', 'suspended')", name=op.f("ck_customers_status")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_customers")),
         sa.UniqueConstraint("name", name=op.f("uq_customers_name")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "daily_stats",
@@ -146,6 +147,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_domains")),
         sa.UniqueConstraint("name", name=op.f("uq_domains_name")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_domains_customer_id"), "domains", ["customer_id"], unique=False)
 
@@ -198,6 +200,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_aliases")),
         sa.UniqueConstraint("domain_id", "local_part", name=op.f("uq_aliases_domain_id")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_aliases_domain_id"), "aliases", ["domain_id"], unique=False)
 
@@ -241,6 +244,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_mailboxes")),
         sa.UniqueConstraint("domain_id", "local_part", name=op.f("uq_mailboxes_domain_id")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_mailboxes_domain_id"), "mailboxes", ["domain_id"], unique=False)
 
