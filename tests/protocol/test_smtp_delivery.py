@@ -252,3 +252,26 @@ def test_smtp_deliveries_counter(
     smtp_server.stop()  # flushes the batched counter
     with transaction(session_factory) as session:
         assert stats.get(session, metric="deliveries") == 3  # copies stored
+
+
+def test_smtp_held_pipelined_replies_are_sent_before_waiting_for_input(
+    smtp_server: IngressThread,
+) -> None:
+    # Replies to pipelined commands may be held while the next command is buffered (RFC 2920
+    # section 3.2), but never while the server waits: with the third command incomplete, the
+    # first two replies must arrive without the client sending anything more.
+    client = RawClient(smtp_server.port)
+    client.cmd("EHLO client.example")
+    client.send(b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<user@hosted.example>\r\nRCPT TO:<us")
+    assert [client.reply()[:9] for _ in range(2)] == ["250 2.1.0", "250 2.1.5"]
+    # A junk reply among held ones keeps its place; RSET and NOOP replies are held too.
+    client.send(b"er@hosted.example>\r\nFROB\r\nRSET\r\nNOOP\r\nMAIL FROM:<b@remote.example>\r\n")
+    assert [client.reply()[:9] for _ in range(5)] == [
+        "250 2.1.5",
+        "500 5.5.2",
+        "250 2.0.0",
+        "250 2.0.0",
+        "250 2.1.0",
+    ]
+    assert client.cmd("QUIT").startswith("221 2.0.0")
+    client.close()

@@ -1,10 +1,13 @@
-"""Sans-IO parts of the ingress: the DATA body decoder and the enhanced-code rewriter."""
+"""Sans-IO parts of the ingress: the DATA body decoder, the enhanced-code rewriter and the
+address fast path."""
 
 from __future__ import annotations
 
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from smtp_ingress.data import BodyError, decode_body
+from smtp_ingress.protocol import IngressSMTP
 from smtp_ingress.replies import with_enhanced_code
 
 
@@ -47,3 +50,43 @@ def test_smtp_decode_body(body: bytes, content: bytes, error: BodyError | None) 
 )
 def test_smtp_enhanced_codes(raw: str, sent: str) -> None:
     assert with_enhanced_code(raw, hostname="mx.test.example") == sent
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "<a@b.c>",
+        "<a@b.c> SIZE=100",
+        "<a@b.c>  SIZE=100 BODY=8BITMIME",
+        "<User.Name+tag@Hosted.Example>",
+        "<a%b@c.d>",
+        "<a!b@c.d>",
+        "<a/b=c@d.e>",
+        "<{x}@b.c>",
+        "<a@b>",
+        "<a@b.c> ",
+        "<a..b@c.d>",
+        "<.a@c.d>",
+        "<a@b.c.>",
+        "<a@-b.c>",
+        "<a@[1.2.3.4]>",
+        '<"x"@b.c>',
+        '<"a@f.e"@b.c>',
+        "<@h.e:u@f.e>",
+        "<a@b.c>x",
+        "<a@b.c>SIZE=1",
+        "<a@b.c> (comment)",
+        '<a@b.c> X="y"',
+        "<a@b..c>",
+        "<a@@b.c>",
+        "<>",
+        "a@b.c",
+        "<" + "x" * 65 + "@b.c>",
+    ],
+)
+def test_smtp_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
+    # The regular-expression fast path must give exactly what aiosmtpd's parser gives.
+    ours = IngressSMTP.__new__(IngressSMTP)
+    stock = SMTP.__new__(SMTP)
+    ours.local_part_limit = stock.local_part_limit = 64
+    assert ours._getaddr(arg) == stock._getaddr(arg)
