@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import Base
 from app.maildir import MailboxRef, MaildirStore
+from app.models import AuditEntry
 from app.services import accounts
 from mailhost.cli import main
 
@@ -147,6 +148,25 @@ def test_customer_domain_mailbox_round_trip_with_json(
     domain = run("domain", "show", "ACME.example", "--json").json()
     assert domain["mailboxes"] == 2
     assert [c["name"] for c in run("customer", "list", "--json").json()] == ["Acme Corp"]
+
+    # Every change went through the services as the CLI actor, so it is audited.
+    with session_factory() as s:
+        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+        assert {(e.actor_type, e.object_name) for e in entries} >= {
+            ("cli", "Acme Corp"),
+            ("cli", "acme.example"),
+            ("cli", "alice@acme.example"),
+        }
+        assert all(password not in (e.detail or "") for e in entries)
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("mailhost ")
+    assert main(["mailbox", "add", "--help"]) == 0
+    helptext = capsys.readouterr().out
+    assert "--password-stdin" in helptext and "--generate-password" in helptext
+    assert "--password " not in helptext  # the refusing option stays hidden
 
 
 def test_mailbox_show_reports_usage_and_remove_deletes_the_files(
