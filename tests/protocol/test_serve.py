@@ -12,6 +12,8 @@ import io
 import json
 import os
 import poplib
+import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -124,7 +126,7 @@ class Server:
         )
         return env
 
-    def start(self, run: int) -> Served:
+    def start(self, run: int, **env_extra: str) -> Served:
         ports = {"smtp_port": free_port(), "pop3_port": free_port(), "web_port": free_port()}
         stdout = self.tmp_path / f"serve{run}.out"
         stderr = self.tmp_path / f"serve{run}.err"
@@ -134,7 +136,7 @@ class Server:
                 stdout=out,
                 stderr=err,
                 cwd=self.tmp_path,
-                env=self.env(**ports),
+                env={**self.env(**ports), **env_extra},
             )
         served = Served(proc, stdout, stderr, **ports)
         self.running.append(served)
@@ -359,3 +361,94 @@ def test_one_edge_with_worker_processes_sharing_a_port(sqlite_server: Server, ki
     assert status == 0, stderr.read_text()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# ---------------------------------------------------------------------------- README tour
+_VOLATILE = [
+    (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"), "<TIME>"),
+    (re.compile(r"\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}"), "<DATE>"),
+    (re.compile(r"<\d+\.\d+@[^>]*>"), "<MESSAGE-ID>"),
+    (re.compile(r"(delivered as|ESMTP id) [0-9A-Za-z]+"), r"\1 <QUEUE-ID>"),
+    (re.compile(r"(EHLO|from) [^\s(]+"), r"\1 <CLIENT-HOST>"),
+    (re.compile(r"swaks v\S+"), "swaks <VERSION>"),
+    (re.compile(r"^1 \d+$", re.M), "1 <SIZE>"),
+    (re.compile(r"^(used_bytes\s+)\d+$", re.M), r"\1<SIZE>"),
+]
+
+
+def _normalise(text: str, secrets: dict[str, str]) -> str:
+    for secret, name in secrets.items():
+        text = text.replace(secret, name)
+    for pattern, replacement in _VOLATILE:
+        text = pattern.sub(replacement, text)
+    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
+
+
+def _tour_steps(readme: str) -> list[tuple[str, str]]:
+    """(command, expected output) for every ``$ `` line in the tour's code blocks."""
+    tour = readme.split("## A five-minute tour", 1)[1].split("\nMore of the CLI", 1)[0]
+    steps: list[tuple[str, str]] = []
+    for block in re.findall(r"^```\n(.*?)^```", tour, re.M | re.S):
+        command: str | None = None
+        expected: list[str] = []
+        lines = iter(block.splitlines())
+        for line in lines:
+            if line.startswith("$"):
+                if command:
+                    steps.append((command, "\n".join(expected)))
+                command, expected = line[1:].strip(), []
+                while command.endswith("\\"):
+                    command = command[:-1] + next(lines).strip()
+            else:
+                expected.append(line)
+        if command:
+            steps.append((command, "\n".join(expected)))
+    return steps
+
+
+def test_the_readme_tour_is_true(sqlite_server: Server) -> None:
+    """Replays the README's five-minute tour against a real ``mailhost serve`` and compares
+    every output, with times, generated secrets, sizes and queue ids masked."""
+    for tool in ("swaks", "curl"):
+        if shutil.which(tool) is None:
+            if in_ci():
+                pytest.fail(f"{tool} is needed for the README tour (apt-get install {tool})")
+            pytest.skip(f"{tool} is not installed")
+    server = sqlite_server
+    # The README runs with the defaults (./var under the checkout); so does this, in tmp_path.
+    server.database_url = "sqlite:///./var/mailhost.db"
+    server.maildir = server.tmp_path / "var" / "mail"
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    steps = _tour_steps(readme)
+    assert len(steps) >= 8
+    readme_password = re.search(r"^password\s+(\S+)$", readme, re.M)
+    assert readme_password is not None
+
+    served = server.start(1, MAILHOST_HOSTNAME="localhost")  # the README shows `220 localhost`
+    env = server.env()
+    del env["MAILHOST_DATABASE_URL"], env["MAILHOST_MAILDIR_ROOT"]
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    secrets = {readme_password.group(1): "<PASSWORD>"}
+    actual_password: str | None = None
+    for command, expected in steps:
+        command = command.replace("127.0.0.1:2525", f"127.0.0.1:{served.smtp_port}")
+        command = command.replace("127.0.0.1:1110", f"127.0.0.1:{served.pop3_port}")
+        if actual_password is not None:
+            command = command.replace(readme_password.group(1), actual_password)
+        result = subprocess.run(
+            ["bash", "-c", command],
+            cwd=server.tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (command, result.stderr)
+        output = result.stdout + (result.stderr if command.startswith("swaks") else "")
+        generated = re.search(r"^password\s+(\S+)$", output, re.M)
+        if generated:
+            actual_password = generated.group(1)
+            secrets[actual_password] = "<PASSWORD>"
+        output = output.replace(str(served.smtp_port), "2525")
+        assert _normalise(output, secrets) == _normalise(expected, secrets), command
+    assert served.terminate() == 0
