@@ -166,7 +166,9 @@ class IngressSMTP(SMTP):
     def _close_with(self, reply: str) -> None:
         transport: Any = self.transport
         held, self._held = self._held, []
-        if transport is not None:
+        # A transport already closing cannot take the reply (a closed TLS transport has even
+        # dropped its protocol, and write() raises AttributeError: seen at server stop).
+        if transport is not None and not transport.is_closing():
             transport.write(b"".join(held) + reply.encode() + b"\r\n")
             transport.close()
 
