@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -295,11 +295,14 @@ def test_sigterm_lets_a_message_in_progress_finish_and_never_loses_it(server: Se
     assert b"first half\nsecond half\n" in body
 
 
-def _wait_for(predicate: object, what: str, timeout: float = START_TIMEOUT) -> None:
+def _wait_for(
+    predicate: Callable[[], bool], what: str, *, log: Path | None = None, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            detail = f"; its log:\n{log.read_text()}" if log is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{detail}")
         time.sleep(0.1)
 
 
@@ -327,7 +330,9 @@ def test_one_edge_with_worker_processes_sharing_a_port(sqlite_server: Server, ki
                 if line.startswith("mailhost: ready:")
             ]
 
-        _wait_for(lambda: len(ready_ports()) >= 2 or proc.poll() is not None, "2 workers")
+        _wait_for(
+            lambda: len(ready_ports()) >= 2 or proc.poll() is not None, "2 workers", log=stderr
+        )
         assert proc.poll() is None, stderr.read_text()
         ports = ready_ports()
         assert len(set(ports)) == 1, ports  # one port, shared
@@ -351,8 +356,8 @@ def test_one_edge_with_worker_processes_sharing_a_port(sqlite_server: Server, ki
         ]
         assert len(pids) == 2
         os.kill(pids[0], signal.SIGKILL)
-        _wait_for(lambda: "restarting" in stderr.read_text(), "the supervisor to notice")
-        _wait_for(lambda: len(ready_ports()) >= 3, "the replacement worker")
+        _wait_for(lambda: "restarting" in stderr.read_text(), "a restart", log=stderr)
+        _wait_for(lambda: len(ready_ports()) >= 3, "the replacement worker", log=stderr)
         assert ready_ports()[-1] == str(port)
         assert all(answers() for _ in range(6))
     finally:
