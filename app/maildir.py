@@ -117,7 +117,8 @@ class MaildirStore:
         self._fsync = fsync
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
-        self._known_dirs: set[Path] = set()
+        # Maildirs known to exist, by mailbox: a delivery skips the path checks and mkdirs.
+        self._known_dirs: dict[MailboxRef, Path] = {}
 
     # ---------------------------------------------------------------- paths
     def mailbox_path(self, mailbox: MailboxRef) -> Path:
@@ -137,12 +138,13 @@ class MaildirStore:
 
     def ensure(self, mailbox: MailboxRef) -> Path:
         """Create the Maildir (tmp, new, cur) if missing and return its path."""
+        known = self._known_dirs.get(mailbox)
+        if known is not None:
+            return known
         path = self.mailbox_path(mailbox)
-        if path in self._known_dirs:
-            return path
         for sub in ("tmp", "new", "cur"):
             (path / sub).mkdir(parents=True, exist_ok=True)
-        self._known_dirs.add(path)
+        self._known_dirs[mailbox] = path
         return path
 
     def _unique_base(self) -> str:
@@ -160,7 +162,7 @@ class MaildirStore:
         except FileNotFoundError:
             # Our cache said the Maildir exists, but another process removed it (mailbox
             # deleted, then created again): forget the cache entry, recreate, retry once.
-            self._known_dirs.discard(self.mailbox_path(mailbox))
+            self._known_dirs.pop(mailbox, None)
             self.ensure(mailbox)
             return os.open(tmp, flags, 0o600)
 
@@ -304,7 +306,7 @@ class MaildirStore:
         import shutil
 
         path = self.mailbox_path(mailbox)
-        self._known_dirs.discard(path)
+        self._known_dirs.pop(mailbox, None)
         shutil.rmtree(path, ignore_errors=True)
 
     def clean_tmp(self, *, older_than: float = DEFAULT_STALE_TMP_SECONDS) -> int:
