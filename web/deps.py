@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.db import transaction
 from app.maildir import MaildirStore
 
 
@@ -30,15 +31,8 @@ def get_session(request: Request) -> Iterator[Session]:
     Routes that catch a service error and answer normally must roll back themselves.
     """
     factory: sessionmaker[Session] = request.app.state.session_factory
-    session = factory()
-    try:
+    with transaction(factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def client_ip(request: Request) -> str | None:

@@ -1,4 +1,7 @@
-"""Plumbing shared by the API routers: state access, cursors, pages and Idempotency-Key."""
+"""Plumbing shared by the API routers: state access, cursors, pages and Idempotency-Key.
+
+The store and the client address are the portal's too: they live in ``web.deps``.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.errors import MailhostError, ValidationError
-from app.maildir import MaildirStore
 from app.models import IdempotencyRecord
 
 if TYPE_CHECKING:
@@ -33,18 +35,7 @@ def get_factory(request: Request) -> sessionmaker[Session]:
     return factory
 
 
-def get_store(request: Request) -> MaildirStore:
-    store: MaildirStore = request.app.state.store
-    return store
-
-
-def client_ip(request: Request) -> str | None:
-    """The peer address as the server sees it (proxy headers are not trusted)."""
-    return request.client.host if request.client else None
-
-
 FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
-StoreDep = Annotated[MaildirStore, Depends(get_store)]
 
 
 @contextmanager

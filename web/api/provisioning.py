@@ -33,7 +33,6 @@ from web.api.common import (
     IdempotencyKey,
     Limit,
     Page,
-    StoreDep,
     api_fields,
     decode_cursor,
     make_page,
@@ -57,6 +56,7 @@ from web.api.schemas import (
     MailboxUpdate,
     Status,
 )
+from web.deps import StoreDep
 
 log = logging.getLogger(__name__)
 
