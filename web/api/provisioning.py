@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
@@ -75,6 +75,15 @@ WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422, 503)
 router = APIRouter(route_class=ProblemRoute)
 
 
+class _HasId(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+Row = TypeVar("Row", bound=_HasId)
+Item = TypeVar("Item", bound=BaseModel)
+
+
 def _no_content() -> Response:
     return Response(status_code=204)
 
@@ -112,6 +121,29 @@ def _read(factory: sessionmaker[Session], build: Callable[[Session], BaseModel])
         return build(session)
 
 
+def _page(
+    factory: sessionmaker[Session],
+    cursor: str | None,
+    limit: int,
+    fetch: Callable[[Session, int | None, int], Sequence[Row]],
+    public: Callable[[Row], Item],
+    *,
+    customer_must_exist: int | None = None,
+) -> Page[Item]:
+    """One page of a list: ``fetch(session, after_id, limit + 1)`` rows, shown as ``public``.
+
+    ``customer_must_exist`` is for the ``/customers/{id}/...`` views: an unknown customer is a
+    404 there, not an empty page.
+    """
+    after = decode_cursor(cursor)
+    with transaction(factory) as s:
+        if customer_must_exist is not None:
+            customers.get_customer(s, customer_id=customer_must_exist)
+        rows = fetch(s, after, limit + 1)
+        kept, next_cursor = make_page(rows, limit, lambda row: row.id)
+        return Page[Item](items=[public(row) for row in kept], next_cursor=next_cursor)
+
+
 # ================================================================================= customers
 @router.get(
     "/customers", response_model=Page[CustomerPublic], responses=READ_ERRORS, tags=["customers"]
@@ -124,15 +156,15 @@ def list_customers(
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[CustomerPublic]:
-    after = decode_cursor(cursor)
-    with transaction(factory) as s:
-        rows = customers.list_customers(
-            s, search=search, status=status, after_id=after, limit=limit + 1
-        )
-        kept, next_cursor = make_page(rows, limit, lambda c: c.id)
-        return Page[CustomerPublic](
-            items=[CustomerPublic.of(c) for c in kept], next_cursor=next_cursor
-        )
+    return _page(
+        factory,
+        cursor,
+        limit,
+        lambda s, after, n: customers.list_customers(
+            s, search=search, status=status, after_id=after, limit=n
+        ),
+        CustomerPublic.of,
+    )
 
 
 @router.post(
@@ -245,10 +277,6 @@ def delete_customer(
 
 
 # ---------------------------------------------------------------- customer-scoped (tenant) views
-def _require_customer(s: Session, customer_id: int) -> None:
-    customers.get_customer(s, customer_id=customer_id)
-
-
 @router.get(
     "/customers/{customer_id}/domains",
     response_model=Page[DomainPublic],
@@ -367,20 +395,16 @@ def _domain_page(
     *,
     must_exist: bool = False,
 ) -> Page[DomainPublic]:
-    after = decode_cursor(cursor)
-    with transaction(factory) as s:
-        if must_exist and customer_id is not None:
-            _require_customer(s, customer_id)
-        rows = domains.list_domains(
-            s,
-            customer_id=customer_id,
-            search=search,
-            status=status,
-            after_id=after,
-            limit=limit + 1,
-        )
-        kept, next_cursor = make_page(rows, limit, lambda d: d.id)
-        return Page[DomainPublic](items=[DomainPublic.of(d) for d in kept], next_cursor=next_cursor)
+    return _page(
+        factory,
+        cursor,
+        limit,
+        lambda s, after, n: domains.list_domains(
+            s, customer_id=customer_id, search=search, status=status, after_id=after, limit=n
+        ),
+        DomainPublic.of,
+        customer_must_exist=customer_id if must_exist else None,
+    )
 
 
 @router.post(
@@ -581,23 +605,22 @@ def _mailbox_page(
     *,
     must_exist: bool = False,
 ) -> Page[MailboxPublic]:
-    after = decode_cursor(cursor)
-    with transaction(factory) as s:
-        if must_exist and customer_id is not None:
-            _require_customer(s, customer_id)
-        rows = mailboxes.list_mailboxes(
+    return _page(
+        factory,
+        cursor,
+        limit,
+        lambda s, after, n: mailboxes.list_mailboxes(
             s,
             domain_id=domain_id,
             customer_id=customer_id,
             search=search,
             status=status,
             after_id=after,
-            limit=limit + 1,
-        )
-        kept, next_cursor = make_page(rows, limit, lambda m: m.id)
-        return Page[MailboxPublic](
-            items=[MailboxPublic.of(m, store) for m in kept], next_cursor=next_cursor
-        )
+            limit=n,
+        ),
+        lambda m: MailboxPublic.of(m, store),
+        customer_must_exist=customer_id if must_exist else None,
+    )
 
 
 @router.post(
@@ -746,20 +769,16 @@ def _alias_page(
     *,
     must_exist: bool = False,
 ) -> Page[AliasPublic]:
-    after = decode_cursor(cursor)
-    with transaction(factory) as s:
-        if must_exist and customer_id is not None:
-            _require_customer(s, customer_id)
-        rows = aliases.list_aliases(
-            s,
-            domain_id=domain_id,
-            customer_id=customer_id,
-            search=search,
-            after_id=after,
-            limit=limit + 1,
-        )
-        kept, next_cursor = make_page(rows, limit, lambda a: a.id)
-        return Page[AliasPublic](items=[AliasPublic.of(a) for a in kept], next_cursor=next_cursor)
+    return _page(
+        factory,
+        cursor,
+        limit,
+        lambda s, after, n: aliases.list_aliases(
+            s, domain_id=domain_id, customer_id=customer_id, search=search, after_id=after, limit=n
+        ),
+        AliasPublic.of,
+        customer_must_exist=customer_id if must_exist else None,
+    )
 
 
 @router.post(
