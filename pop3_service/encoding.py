@@ -49,7 +49,10 @@ class WireEncoder:
                 if not block:
                     return b""
             block = block.replace(b"\r\n", b"\n")
-        stuffed = block.replace(b"\n.", b"\n..")
+        # bytes.replace with a two-byte pattern searches at ~1 GB/s, a one-byte membership test
+        # runs at memchr speed: blocks without any "." (base64 attachments, the bulk of large
+        # mail) skip the stuffing search altogether (measured in bench/pop3_download.py).
+        stuffed = block.replace(b"\n.", b"\n..") if b"." in block else block
         if self._at_line_start and stuffed[:1] == b".":
             stuffed = b"." + stuffed
         self._at_line_start = stuffed[-1:] == b"\n"
