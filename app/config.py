@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     pop3_idle_timeout: float = 600.0
     pop3_require_tls: bool = False
     pop3_max_unknown_commands: int = 10
+    # Per worker process: refused with "-ERR [SYS/TEMP]" in place of the greeting.
+    pop3_max_connections: int = 1000
+    pop3_max_connections_per_ip: int = 20
 
     # --- portal / API ------------------------------------------------------------------------
     web_host: str = "127.0.0.1"

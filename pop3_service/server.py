@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -55,6 +56,13 @@ FLUSH_THRESHOLD = 256 * 1024
 TLS_HANDSHAKE_TIMEOUT = 30.0
 # The longest plausible address (RFC 5321 section 4.5.3.1: 64 + 1 + 255).
 MAX_USERNAME = 320
+# Sent instead of the greeting when a connection limit is reached.  RFC 3206 section 4:
+# [SYS/TEMP] is a temporary system problem, worth trying again later, so a client retries
+# without asking the user anything.  Not [IN-USE] (RFC 2449 section 8.1.1): that says the
+# *maildrop* is locked, which tells users their mail is being read elsewhere.  RFC 1939 has
+# no -ERR greeting, but clients treat any -ERR as "cannot connect" (Dovecot does the same).
+TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+TOO_MANY_CONNECTIONS_IP = b"-ERR [SYS/TEMP] Too many connections from your address\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,32 @@ class MaildirMaildrop:
 
 class _Shutdown(Exception):
     pass
+
+
+class ConnectionLimits:
+    """Open connections of one server process: in total and per client address."""
+
+    def __init__(self, *, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.total = 0
+        self.per_ip: Counter[str] = Counter()
+
+    def admit(self, ip: str) -> bytes | None:
+        """Take a slot and return None, or return the refusal to send."""
+        if self.total >= self.max_total:
+            return TOO_MANY_CONNECTIONS
+        if self.per_ip[ip] >= self.max_per_ip:
+            return TOO_MANY_CONNECTIONS_IP
+        self.total += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
 
 
 class _Connection(asyncio.Protocol):
@@ -113,6 +147,15 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip = str(peer[0])
+        refusal = self._server.limits.admit(self.peer_ip)
+        if refusal is not None:
+            log.warning("POP3 connection limit reached, refusing %s", self.peer_ip)
+            # Nothing was read: answer and close without starting a session.
+            transport.write(refusal)
+            transport.close()
+            self._lost = True
+            return
+        self.counted = True
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -140,6 +183,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._cancel_idle_timer()
+        if self.counted:
+            self.counted = False
+            self._server.limits.release(self.peer_ip)
         self._wake()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
@@ -302,6 +348,10 @@ class Pop3Server:
         self.locks = MaildropLocks(session_factory, lease_seconds=lease_seconds)
         self.shutdown_deadline = shutdown_deadline
         self.tls_context: ssl.SSLContext | None = server_context(settings)
+        self.limits = ConnectionLimits(
+            max_total=settings.pop3_max_connections,
+            max_per_ip=settings.pop3_max_connections_per_ip,
+        )
         self._servers: list[asyncio.Server] = []
         self._ports: dict[str, int] = {}
         self._tasks: dict[asyncio.Task[None], _Connection] = {}
@@ -479,8 +529,19 @@ class Pop3Server:
         if ctx.conn.closed:  # client went away meanwhile: give the lease back at once
             await self._release(outcome.mailbox_id)
             return session.auth_failed(AuthFailure.TEMPORARY)
-        ctx.maildrop = outcome
+        ctx.maildrop = outcome  # from here on, _handle gives the lease back whatever happens
+        # Counted only now that the session enters TRANSACTION: a login answered [IN-USE] or
+        # [SYS/TEMP] is not a POP3 login for the portal's statistics.
+        try:
+            await asyncio.to_thread(self._count_login)
+        except (TemporaryError, SQLAlchemyError):
+            # A statistics counter is not worth refusing someone their mail.
+            log.exception("counting a POP3 login failed")
         return session.auth_succeeded(outcome, username=event.username)
+
+    def _count_login(self) -> None:
+        with transaction(self.session_factory) as db:
+            stats.bump(db, metric="pop3_logins")
 
     def _throttle_delay(self, keys: list[str]) -> float:
         with transaction(self.session_factory) as db:
@@ -502,7 +563,6 @@ class Pop3Server:
                             MailboxRef(domain=mailbox.domain.name, local_part=mailbox.local_part),
                         )
                         accounts.clear_login_failures(db, keys=keys)
-                        stats.bump(db, metric="pop3_logins")
             except TemporaryError:
                 raise
             except MailhostError:  # e.g. ValidationError on a malformed address
