@@ -7,13 +7,12 @@ import re
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.errors import MailhostError
 from app.models import Alias, Domain
 from app.services import aliases, domains
 from web.deps import SessionDep
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import PAGE_SIZE, redirect, split_page
-from web.portal.forms import FormState
+from web.portal.forms import FormState, saving
 from web.portal.render import render
 
 router = APIRouter()
@@ -41,7 +40,7 @@ def alias_list(
     rows = aliases.list_aliases(
         session, domain_id=domain, search=q.strip() or None, after_id=after, limit=PAGE_SIZE + 1
     )
-    page, more = split_page(rows, PAGE_SIZE)
+    page, next_after = split_page(rows)
     return render(
         request,
         "aliases/list.html",
@@ -49,7 +48,7 @@ def alias_list(
             "aliases": page,
             "scope": scope,
             "q": q,
-            "next_after": page[-1].id if more else None,
+            "next_after": next_after,
         },
     )
 
@@ -67,17 +66,14 @@ def alias_new(
 @router.post("/aliases/new", response_model=None)
 def alias_create(request: Request, session: SessionDep, auth: AdminDep, data: FormDep) -> Response:
     form = FormState(values=data.values(), fields=FIELDS)
-    try:
+    with saving(session, form, default_field="address"):
         alias = aliases.create_alias(
             session,
             actor=auth.actor,
             address=data.text("address"),
             targets=parse_targets(data.get("targets")),
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="address")
+    if not form.ok:
         return render(request, "aliases/new.html", {"form": form}, status=422)
     return redirect(f"/aliases/{alias.id}?done=created")
 
@@ -104,14 +100,11 @@ def alias_targets(
 ) -> Response:
     aliases.get_alias(session, alias_id=alias_id)
     form = FormState(values=data.values(), fields=("targets",))
-    try:
+    with saving(session, form, default_field="targets"):
         aliases.set_alias_targets(
             session, actor=auth.actor, alias_id=alias_id, targets=parse_targets(data.get("targets"))
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="targets")
+    if not form.ok:
         return _detail(request, aliases.get_alias(session, alias_id=alias_id), form, status=422)
     return redirect(f"/aliases/{alias_id}?done=saved")
 

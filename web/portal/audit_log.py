@@ -9,11 +9,10 @@ from sqlalchemy import select
 from app.models import AuditEntry
 from web.deps import SessionDep
 from web.portal.auth import AuthDep
+from web.portal.common import PAGE_SIZE, split_page
 from web.portal.render import render
 
 router = APIRouter()
-
-PAGE_SIZE = 50
 
 
 @router.get("/audit")
@@ -39,9 +38,7 @@ def audit_list(
         query = query.where(AuditEntry.actor == actor.strip())
     if before is not None:
         query = query.where(AuditEntry.id < before)
-    rows = list(session.scalars(query))
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+    rows, next_before = split_page(session.scalars(query).all())
     filters = {"object_type": object_type, "object": object, "actor": actor}
     return render(
         request,
@@ -49,7 +46,7 @@ def audit_list(
         {
             "entries": rows,
             "filters": filters,
-            "next_before": rows[-1].id if more else None,
+            "next_before": next_before,
             "object_types": ["customer", "domain", "mailbox", "alias", "operator", "token"],
         },
     )

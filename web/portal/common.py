@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
@@ -13,8 +13,6 @@ from sqlalchemy.orm import Session
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore
 from app.models import Domain, Mailbox
-
-T = TypeVar("T")
 
 PAGE_SIZE = 50
 
@@ -35,9 +33,19 @@ def redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-def split_page(rows: Sequence[T], limit: int) -> tuple[list[T], bool]:
-    """Rows fetched with ``limit + 1``: (the page, whether there is a next one)."""
-    return list(rows[:limit]), len(rows) > limit
+class _HasId(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+Row = TypeVar("Row", bound=_HasId)
+
+
+def split_page(rows: Sequence[Row], limit: int = PAGE_SIZE) -> tuple[list[Row], int | None]:
+    """Rows fetched with ``limit + 1``: (the page, the id of its last row when there is a next
+    page, else None). That id is where the next page's keyset query continues."""
+    page = list(rows[:limit])
+    return page, page[-1].id if len(rows) > limit else None
 
 
 def parse_decimal(text: str, *, field_name: str) -> Decimal:

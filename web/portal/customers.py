@@ -19,7 +19,7 @@ from web.portal.common import (
     remove_maildirs,
     split_page,
 )
-from web.portal.forms import FormState
+from web.portal.forms import FormState, saving
 from web.portal.render import render
 
 router = APIRouter()
@@ -43,7 +43,7 @@ def customer_list(
         after_id=after,
         limit=PAGE_SIZE + 1,
     )
-    page, more = split_page(rows, PAGE_SIZE)
+    page, next_after = split_page(rows)
     return render(
         request,
         "customers/list.html",
@@ -51,7 +51,7 @@ def customer_list(
             "customers": page,
             "q": q,
             "status": status,
-            "next_after": page[-1].id if more else None,
+            "next_after": next_after,
         },
     )
 
@@ -67,7 +67,7 @@ def customer_create(
     request: Request, session: SessionDep, auth: AdminDep, data: FormDep
 ) -> Response:
     form = FormState(values=data.values(), fields=FIELDS)
-    try:
+    with saving(session, form, default_field="name"):
         customer = customers.create_customer(
             session,
             actor=auth.actor,
@@ -77,10 +77,7 @@ def customer_create(
             ),
             currency=data.text("currency").upper() or "EUR",
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="name")
+    if not form.ok:
         return render(request, "customers/form.html", {"form": form, "customer": None}, status=422)
     return redirect(f"/customers/{customer.id}?done=created")
 
@@ -133,7 +130,7 @@ def customer_edit(
 ) -> Response:
     customer = customers.get_customer(session, customer_id=customer_id)
     form = FormState(values=data.values(), fields=FIELDS)
-    try:
+    with saving(session, form, default_field="name"):
         customers.update_customer(
             session,
             actor=auth.actor,
@@ -144,10 +141,7 @@ def customer_edit(
             ),
             currency=data.text("currency").upper(),
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="name")
+    if not form.ok:
         return render(
             request, "customers/form.html", {"form": form, "customer": customer}, status=422
         )

@@ -23,7 +23,7 @@ from web.portal.common import (
     remove_maildirs,
     split_page,
 )
-from web.portal.forms import FormState, optional_int, optional_size, size_text
+from web.portal.forms import FormState, optional_int, optional_size, saving, size_text
 from web.portal.render import render
 
 router = APIRouter()
@@ -69,7 +69,7 @@ def domain_list(
         after_id=after,
         limit=PAGE_SIZE + 1,
     )
-    page, more = split_page(rows, PAGE_SIZE)
+    page, next_after = split_page(rows)
     customer_ids = {d.customer_id for d in page}
     names: dict[int, str] = {}
     if customer_ids:
@@ -100,7 +100,7 @@ def domain_list(
             "q": q,
             "status": status,
             "customer": customer,
-            "next_after": page[-1].id if more else None,
+            "next_after": next_after,
         },
     )
 
@@ -131,7 +131,7 @@ def domain_new(
 @router.post("/domains/new", response_model=None)
 def domain_create(request: Request, session: SessionDep, auth: AdminDep, data: FormDep) -> Response:
     form = FormState(values=data.values(), fields=CREATE_FIELDS)
-    try:
+    with saving(session, form, default_field="name"):
         customer_id = _customer_from_text(session, data.text("customer"))
         domain = domains.create_domain(
             session,
@@ -146,10 +146,7 @@ def domain_create(request: Request, session: SessionDep, auth: AdminDep, data: F
                 data.text("total_quota_bytes"), field_name="total_quota_bytes"
             ),
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="name")
+    if not form.ok:
         return render(request, "domains/new.html", {"form": form}, status=422)
     return redirect(f"/domains/{domain.id}?done=created")
 
@@ -206,7 +203,7 @@ def domain_limits(
 ) -> Response:
     domain = domains.get_domain(session, domain_id=domain_id)
     form = FormState(values=data.values(), fields=LIMIT_FIELDS)
-    try:
+    with saving(session, form, default_field="max_mailboxes"):
         max_mailboxes = optional_int(data.text("max_mailboxes"), field_name="max_mailboxes")
         total = optional_size(data.text("total_quota_bytes"), field_name="total_quota_bytes")
         domains.update_domain(
@@ -221,10 +218,7 @@ def domain_limits(
             clear_max_mailboxes=max_mailboxes is None,
             clear_total_quota=total is None,
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="max_mailboxes")
+    if not form.ok:
         domain = domains.get_domain(session, domain_id=domain_id)
         return _detail(request, session, domain, status=422, limits=form)
     return redirect(f"/domains/{domain_id}?done=saved")
@@ -244,14 +238,11 @@ def domain_catchall(
 ) -> Response:
     domains.get_domain(session, domain_id=domain_id)
     form = FormState(values=data.values(), fields=("target",))
-    try:
+    with saving(session, form, default_field="target"):
         domains.set_catchall(
             session, actor=auth.actor, domain_id=domain_id, target=data.text("target") or None
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="target")
+    if not form.ok:
         domain = domains.get_domain(session, domain_id=domain_id)
         return _detail(request, session, domain, status=422, catchall=form)
     return redirect(f"/domains/{domain_id}?done=saved")
@@ -263,14 +254,11 @@ def domain_alias_add(
 ) -> Response:
     domains.get_domain(session, domain_id=domain_id)
     form = FormState(values=data.values(), fields=("alias_name",))
-    try:
+    with saving(session, form, default_field="alias_name"):
         domains.add_domain_alias(
             session, actor=auth.actor, domain_id=domain_id, alias_name=data.text("alias_name")
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="alias_name")
+    if not form.ok:
         domain = domains.get_domain(session, domain_id=domain_id)
         return _detail(request, session, domain, status=422, alias_form=form)
     return redirect(f"/domains/{domain_id}?done=created")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
 from app.errors import MailhostError
@@ -67,6 +70,19 @@ class FormState:
     @property
     def ok(self) -> bool:
         return not self.errors and not self.general
+
+
+@contextmanager
+def saving(session: Session, form: FormState, *, default_field: str) -> Iterator[None]:
+    """Commit what the block changed; a service error instead rolls it all back (nothing is
+    half-saved) and is shown on ``form``. The caller re-renders the form when ``not form.ok``.
+    """
+    try:
+        yield
+        session.commit()
+    except MailhostError as exc:
+        session.rollback()
+        form.add(exc, default_field=default_field)
 
 
 def optional_int(text: str, *, field_name: str) -> int | None:

@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.errors import MailhostError, ValidationError
+from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore, Usage
 from app.models import Domain, Mailbox
 from app.services import domains, mailboxes
 from web.deps import SessionDep, StoreDep
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import PAGE_SIZE, redirect, split_page
-from web.portal.forms import FormState, optional_size, size_text
+from web.portal.forms import FormState, optional_size, saving, size_text
 from web.portal.render import render
 
 router = APIRouter()
@@ -50,7 +50,7 @@ def mailbox_list(
         after_id=after,
         limit=PAGE_SIZE + 1,
     )
-    page, more = split_page(rows, PAGE_SIZE)
+    page, next_after = split_page(rows)
     # One directory scan per row shown (50 at most): cheap, and always current.
     usage = {m.id: usage_of(store, m) for m in page}
     return render(
@@ -62,7 +62,7 @@ def mailbox_list(
             "scope": scope,
             "q": q,
             "status": status,
-            "next_after": page[-1].id if more else None,
+            "next_after": next_after,
         },
     )
 
@@ -87,7 +87,7 @@ def mailbox_create(
     form = FormState(values=data.values(), fields=CREATE_FIELDS)
     typed = data.get("password")
     password = typed or mailboxes.generate_password()
-    try:
+    with saving(session, form, default_field="address"):
         mailbox = mailboxes.create_mailbox(
             session,
             actor=auth.actor,
@@ -96,10 +96,7 @@ def mailbox_create(
             quota_bytes=optional_size(data.text("quota_bytes"), field_name="quota_bytes"),
             pop3_enabled=data.checked("pop3_enabled"),
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="address")
+    if not form.ok:
         return render(request, "mailboxes/new.html", {"form": form, "scope": None}, status=422)
     if typed:
         return redirect(f"/mailboxes/{mailbox.id}?done=created")
@@ -171,14 +168,11 @@ def mailbox_password(
     generate = data.checked("generate") or not typed
     password = mailboxes.generate_password() if generate else typed
     form = FormState(fields=("password",))
-    try:
+    with saving(session, form, default_field="password"):
         if not generate and typed != data.get("password_confirm"):
             raise ValidationError("the two passwords differ", field="password")
         mailboxes.set_password(session, actor=auth.actor, mailbox_id=mailbox_id, password=password)
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="password")
+    if not form.ok:
         mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
         return _detail(request, session, store, mailbox, status=422, password_form=form)
     if generate:
@@ -197,7 +191,7 @@ def mailbox_settings(
 ) -> Response:
     mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
     form = FormState(values=data.values(), fields=SETTINGS_FIELDS)
-    try:
+    with saving(session, form, default_field="quota_bytes"):
         quota = optional_size(data.text("quota_bytes"), field_name="quota_bytes")
         if quota is None:
             raise ValidationError("enter a quota such as 2G or 500M", field="quota_bytes")
@@ -208,10 +202,7 @@ def mailbox_settings(
             quota_bytes=quota,
             pop3_enabled=data.checked("pop3_enabled"),
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="quota_bytes")
+    if not form.ok:
         mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
         return _detail(request, session, store, mailbox, status=422, settings_form=form)
     return redirect(f"/mailboxes/{mailbox_id}?done=saved")

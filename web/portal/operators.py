@@ -12,7 +12,7 @@ from web.deps import SessionDep
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import redirect
 from web.portal.errors import not_found
-from web.portal.forms import FormState
+from web.portal.forms import FormState, saving
 from web.portal.render import render
 
 router = APIRouter()
@@ -43,7 +43,7 @@ def operator_create(
     request: Request, session: SessionDep, auth: AdminDep, data: FormDep
 ) -> Response:
     form = FormState(values=data.values(), fields=OPERATOR_FIELDS)
-    try:
+    with saving(session, form, default_field="username"):
         if data.get("password") != data.get("password_confirm"):
             raise ValidationError("the two passwords differ", field="password")
         accounts.create_operator(
@@ -53,10 +53,7 @@ def operator_create(
             password=data.get("password"),
             role=data.text("role"),
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="username")
+    if not form.ok:
         return render(
             request,
             "operators/new.html",
@@ -118,7 +115,7 @@ def token_new(request: Request, auth: AdminDep) -> HTMLResponse:
 def token_create(request: Request, session: SessionDep, auth: AdminDep, data: FormDep) -> Response:
     form = FormState(values=data.values(), fields=TOKEN_FIELDS)
     chosen = data.getlist("scopes")
-    try:
+    with saving(session, form, default_field="name"):
         if not chosen:
             raise ValidationError("choose at least one scope", field="scopes")
         token, secret = accounts.create_token(
@@ -128,10 +125,7 @@ def token_create(request: Request, session: SessionDep, auth: AdminDep, data: Fo
             scopes=chosen,
             owner=data.text("owner") or auth.me.username,
         )
-        session.commit()
-    except MailhostError as exc:
-        session.rollback()
-        form.add(exc, default_field="name")
+    if not form.ok:
         return render(
             request,
             "tokens/new.html",
