@@ -204,19 +204,9 @@ def usage(
                 storage_bytes=c.storage_bytes,
                 storage_messages=c.storage_messages,
                 amount=c.amount,
+                # A line's fields are named as in the service's UsageLine.
                 line_items=[
-                    UsageLinePublic(
-                        domain=li.domain,
-                        mailboxes_active_end=li.mailboxes_active_end,
-                        mailboxes_suspended_end=li.mailboxes_suspended_end,
-                        peak_mailboxes=li.peak_mailboxes,
-                        mailbox_days=li.mailbox_days,
-                        suspended_days=li.suspended_days,
-                        storage_bytes=li.storage_bytes,
-                        storage_messages=li.storage_messages,
-                        amount=li.amount,
-                    )
-                    for li in c.lines
+                    UsageLinePublic.model_validate(li, from_attributes=True) for li in c.lines
                 ],
             )
             for c in report.customers
