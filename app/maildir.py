@@ -30,6 +30,7 @@ from typing import BinaryIO
 # validated long before this, this is the last line of defence.
 _SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~.\-]+$")
 _SIZE_FIELD = re.compile(r",([SW])=(\d+)")
+_USEC_FIELD = re.compile(r"M(\d{1,6})")
 # Files in tmp/ older than this are debris of a crashed delivery (the DATA deadline is far
 # shorter), never something still being written.
 DEFAULT_STALE_TMP_SECONDS = 3600.0
@@ -77,6 +78,16 @@ def uid_from_name(name: str) -> str:
     if _UIDL_OK.match(base):
         return base
     return hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()  # noqa: S324
+
+
+def _time_from_name(name: str) -> float | None:
+    """The delivery time every Maildir name starts with (``{sec}.`` then, for Dovecot's and
+    ours ``M{usec}P...``, for Postfix's ``V{dev}I{inode}M{usec}``)."""
+    sec, _, rest = name.partition(".")
+    if not sec.isdigit():
+        return None
+    usec = _USEC_FIELD.search(rest.split(".", 1)[0])
+    return int(sec) + (int(usec.group(1)) / 1_000_000 if usec else 0.0)
 
 
 def _sizes_from_name(name: str) -> tuple[int | None, int | None]:
@@ -226,7 +237,11 @@ class MaildirStore:
 
     # ---------------------------------------------------------------- reading
     def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
-        """Messages in ``new/`` and ``cur/``, oldest first (by mtime, then name)."""
+        """Messages in ``new/`` and ``cur/``, oldest first (by delivery time, then name).
+
+        Names we (or Dovecot) wrote carry the sizes and start with the delivery second, so
+        they need no stat; only foreign names are stat'ed for their size and time.
+        """
         path = self.mailbox_path(mailbox)
         found: list[MessageInfo] = []
         for sub in ("new", "cur"):
@@ -239,17 +254,21 @@ class MaildirStore:
                 if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
                     continue
                 s, w = _sizes_from_name(entry.name)
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:  # expunged meanwhile by another process
-                    continue
+                stamp = _time_from_name(entry.name)
+                if s is None or stamp is None:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # expunged meanwhile by another process
+                        continue
+                    s = st.st_size if s is None else s
+                    stamp = st.st_mtime if stamp is None else stamp
                 found.append(
                     MessageInfo(
                         uid=uid_from_name(entry.name),
                         path=Path(entry.path),
-                        size=s if s is not None else st.st_size,
+                        size=s,
                         wire_size=w,
-                        mtime=st.st_mtime,
+                        mtime=stamp,
                     )
                 )
         found.sort(key=lambda m: (m.mtime, m.path.name))
@@ -283,19 +302,32 @@ class MaildirStore:
         return Usage(bytes=sum(m.size for m in messages), messages=len(messages))
 
     # ---------------------------------------------------------------- removal
-    def expunge(self, mailbox: MailboxRef, uids: Iterable[str]) -> int:
-        """Delete the messages with these uids; returns how many files were removed."""
-        wanted = set(uids)
+    def expunge(self, mailbox: MailboxRef, messages: Iterable[MessageInfo]) -> int:
+        """Delete these listed messages; returns how many files were removed.
+
+        The listed paths are unlinked directly (no new listing on the hot path). A message
+        another reader renamed meanwhile (``new/`` to ``cur/``, flags changed) is found again
+        by its uid; one already gone counts as not removed.
+        """
         removed = 0
         dirs: set[Path] = set()
-        for message in self.list_messages(mailbox):
-            if message.uid in wanted:
-                try:
-                    message.path.unlink()
-                except FileNotFoundError:
-                    continue
-                removed += 1
-                dirs.add(message.path.parent)
+        moved: set[str] = set()
+        for message in messages:
+            self._check_inside(message.path)
+            try:
+                message.path.unlink()
+            except FileNotFoundError:
+                moved.add(message.uid)
+                continue
+            removed += 1
+            dirs.add(message.path.parent)
+        if moved:
+            for message in self.list_messages(mailbox):
+                if message.uid in moved:
+                    with contextlib.suppress(FileNotFoundError):
+                        message.path.unlink()
+                        removed += 1
+                        dirs.add(message.path.parent)
         if self._fsync:
             for directory in dirs:
                 _fsync_dir(directory)

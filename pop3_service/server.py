@@ -682,7 +682,9 @@ class Pop3Server:
         try:
             # Still ours?  A session whose lease lapsed must not delete (another may be live).
             await asyncio.to_thread(self.locks.confirm, maildrop.mailbox_id)
-            removed = await asyncio.to_thread(self.store.expunge, maildrop.ref, event.uids)
+            wanted = set(event.uids)
+            doomed = [m.info for m in maildrop.messages if m.uid in wanted]
+            removed = await asyncio.to_thread(self.store.expunge, maildrop.ref, doomed)
         except (LeaseLost, OSError, MaildirError, SQLAlchemyError, TemporaryError):
             log.exception("POP3 expunge failed for mailbox %s", maildrop.mailbox_id)
             return ctx.session.expunge_failed()

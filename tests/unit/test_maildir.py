@@ -138,15 +138,40 @@ def test_uid_is_rfc1939_safe() -> None:
     assert re.fullmatch(r"[0-9a-f]{40}", uid_from_name("name with space"))
 
 
-def test_expunge_removes_only_the_given_uids(mstore: MaildirStore) -> None:
-    infos = mstore.deliver([(ALICE, [b"1\n"]), (ALICE, [b"2\n"]), (ALICE, [b"3\n"])])
+def test_expunge_removes_only_the_given_messages(mstore: MaildirStore) -> None:
+    mstore.deliver([(ALICE, [b"1\n"]), (ALICE, [b"2\n"]), (ALICE, [b"3\n"])])
     flagged = mstore.ensure(ALICE) / "cur" / "99.M1P1.foreign:2,S"
     flagged.write_bytes(b"4\n")
-    removed = mstore.expunge(ALICE, [infos[0].uid, "99.M1P1.foreign", "no-such-uid"])
+    listed = mstore.list_messages(ALICE)
+    by_uid = {m.uid: m for m in listed}
+    first = listed[0] if listed[0].uid != "99.M1P1.foreign" else listed[1]
+    removed = mstore.expunge(ALICE, [first, by_uid["99.M1P1.foreign"]])
     assert removed == 2
-    assert [m.uid for m in mstore.list_messages(ALICE)] == [infos[1].uid, infos[2].uid]
-    assert mstore.expunge(ALICE, [infos[0].uid]) == 0
+    assert [m.uid for m in mstore.list_messages(ALICE)] == [
+        m.uid for m in listed if m.uid not in (first.uid, "99.M1P1.foreign")
+    ]
+    assert mstore.expunge(ALICE, [first]) == 0  # already gone
     assert mstore.usage(ALICE).messages == 2
+
+
+def test_expunge_finds_a_message_renamed_since_the_listing(mstore: MaildirStore) -> None:
+    [info] = mstore.deliver([(ALICE, [b"1\n"])])
+    [listed] = mstore.list_messages(ALICE)
+    # Another reader moves it from new/ to cur/ with flags (as Dovecot or mutt would).
+    listed.path.rename(mstore.ensure(ALICE) / "cur" / (listed.path.name + ":2,S"))
+    assert mstore.expunge(ALICE, [listed]) == 1
+    assert mstore.list_messages(ALICE) == []
+
+
+def test_listing_our_names_needs_no_stat(mstore: MaildirStore, monkeypatch) -> None:
+    [info] = mstore.deliver([(ALICE, [b"Subject: x\n\nbody\n"])])
+
+    def no_stat(*args, **kwargs):
+        raise AssertionError("stat called for a name that carries S= and W=")
+
+    monkeypatch.setattr(os.DirEntry, "stat", no_stat, raising=False)
+    [listed] = mstore.list_messages(ALICE)
+    assert (listed.uid, listed.size, listed.wire_size) == (info.uid, 17, 20)
 
 
 def test_listing_a_mailbox_that_never_got_mail(mstore: MaildirStore) -> None:
