@@ -106,6 +106,7 @@ def _worker_of(client: RawClient, workers: dict[str, Worker]) -> str:
     return next(name for name in workers if name.encode() in client.greeting)
 
 
+@pytest.mark.postgres
 def test_second_session_refused_across_processes_and_released_on_sigkill(
     workers: tuple[int, dict[str, Worker]],
     session_factory: sessionmaker[Session],
