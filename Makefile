@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
-# Debian packages the test suite drives: a real browser, and real mail/HTTP clients.
-SYSTEM_PACKAGES := chromium curl swaks
+# Debian packages the test suite drives: a real browser, real mail/HTTP clients, and
+# docker-compose to validate docker-compose.yml (it needs no Docker engine for `config`).
+SYSTEM_PACKAGES := chromium curl swaks docker-compose
 PYTEST_ARGS ?=
 
 .PHONY: run test lint pytest bench clean distclean system-packages
@@ -28,7 +29,7 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 run: $(RUN_STAMP)
 	$(BIN)/mailhost serve
 
-## system-packages: install chromium, curl and swaks with apt-get when missing (as root)
+## system-packages: install $(SYSTEM_PACKAGES) with apt-get when missing (as root)
 system-packages:
 	@missing=""; \
 	for pkg in $(SYSTEM_PACKAGES); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \

@@ -16,6 +16,7 @@ import yaml
 
 from app.config import Settings
 from mailhost.cli import build_parser
+from tests.conftest import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 EDGE_SERVICES = {"smtp": 2525, "pop3": 1110, "web": 8000}
@@ -91,17 +92,26 @@ def test_compose_healthchecks_probe_the_right_ports() -> None:
     assert "/healthz" in services["web"]["healthcheck"]["test"][3]
 
 
-def test_docker_compose_config_when_the_client_has_compose() -> None:
+def _compose_command() -> list[str] | None:
+    """`docker compose` (the plugin) or Debian's `docker-compose`; neither needs an engine."""
     docker = shutil.which("docker")
-    has_compose = (
-        docker is not None
+    if (
+        docker
         and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
-    )
-    if not has_compose:
-        pytest.skip("no `docker compose` plugin on this machine; the YAML checks above apply")
-    assert docker is not None
+    ):
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_docker_compose_config_is_valid() -> None:
+    compose = _compose_command()
+    if compose is None:
+        if in_ci():
+            pytest.fail("CI must validate docker-compose.yml: `make test` installs docker-compose")
+        pytest.skip("neither `docker compose` nor docker-compose here; the YAML checks above apply")
     result = subprocess.run(
-        [docker, "compose", "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
+        [*compose, "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
         capture_output=True,
         text=True,
         cwd=REPO,
