@@ -254,16 +254,16 @@ def test_crash_between_write_and_rename_leaves_nothing(
     assert [mstore.usage(r).messages for r in (ALICE, BOB)] == [1, 1]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_new_directory_fails_cleanly(mstore: MaildirStore) -> None:
+def test_rename_into_a_broken_new_fails_cleanly(mstore: MaildirStore) -> None:
+    """A real rename failure (works as root too, unlike a read-only directory): ``new`` is a
+    plain file, so rename(tmp/x, new/x) fails with ENOTDIR; nothing may be left behind."""
     root = mstore.ensure(ALICE)
-    (root / "new").chmod(0o500)
-    try:
-        with pytest.raises(PermissionError):
-            mstore.deliver([(ALICE, [BODY])])
-    finally:
-        (root / "new").chmod(0o700)
-    assert _files(root / "new") == [] and _files(root / "tmp") == []
+    (root / "new").rmdir()
+    (root / "new").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        mstore.deliver([(ALICE, [BODY])])
+    assert _files(root / "tmp") == []
+    assert (root / "new").read_bytes() == b""
 
 
 def test_write_failure_removes_the_tmp_file(
