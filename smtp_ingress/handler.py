@@ -22,6 +22,7 @@ import email.utils
 import itertools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -205,6 +206,57 @@ class StatsBatcher:
         await self.flush()
 
 
+class LoopCompletions:
+    """Hands results of executor jobs back to the event loop, several per wake-up.
+
+    Why not ``loop.run_in_executor``: it wraps a ``concurrent.futures.Future`` in an asyncio
+    one (``wrap_future`` and its state copying) and wakes the loop once per job; the profile
+    put the hand-off and return at ~15 % of the event loop's samples. Here a worker thread
+    appends its result to a list and wakes the loop only when no wake-up is pending yet, and
+    the loop completes every asyncio future in that list in one callback.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Any], BaseException | None, Any]] = []
+
+    def run(self, executor: Executor, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn(*args)`` on ``executor``; the returned future completes on the loop."""
+        future: asyncio.Future[T] = self._loop.create_future()
+
+        def job() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
+                self._complete(future, exc, None)
+            else:
+                self._complete(future, None, result)
+
+        executor.submit(job)
+        return future
+
+    def _complete(
+        self, future: asyncio.Future[Any], exc: BaseException | None, result: Any
+    ) -> None:
+        with self._lock:
+            self._done.append((future, exc, result))
+            wake = len(self._done) == 1  # else a wake-up is already on its way
+        if wake:
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+        for future, exc, result in done:
+            if future.done():  # cancelled meanwhile (connection lost, deadline)
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
 class IngressHandler:
     """The aiosmtpd handler: HELO/EHLO, MAIL, RCPT policy, DATA delivery, error mapping."""
 
@@ -225,9 +277,13 @@ class IngressHandler:
         self.resolutions = ResolutionCache(settings.smtp_resolution_cache_seconds)
         self.queue_ids = QueueIds()
         self.received_date = ReceivedDate()
+        self._completions: LoopCompletions | None = None
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        completions = self._completions
+        if completions is None:  # first use, on the serving loop
+            completions = self._completions = LoopCompletions(asyncio.get_running_loop())
+        return await completions.run(self.executor, fn, *args)
 
     # ------------------------------------------------------------------ greeting commands
     async def handle_HELO(
@@ -324,23 +380,32 @@ class IngressHandler:
             (target.ref, [self._trace_headers(server, session, txn, target, rcpt), content])
             for target, rcpt in txn.targets.values()
         ]
+        reply = replies.delivered(txn.queue_id)
+        # The transaction's log line is written by the delivery job after the copies are
+        # stored, so the event loop never waits on log I/O; its fields are taken here.
+        line = self._transaction_line(session, txn, len(content), reply[:9])
         try:
-            await self._blocking(self._deliver, copies)
+            await self._blocking(self._deliver, copies, line)
         except Exception:
             cid = secrets.token_hex(4)
             log.exception("delivery failed id=%s qid=%s", cid, txn.queue_id)
-            self._log_transaction(session, txn, len(content), f"451 4.3.0 ref={cid}")
+            failed = self._transaction_line(session, txn, len(content), f"451 4.3.0 ref={cid}")
+            if failed is not None:
+                log.info(*failed)
             return replies.TEMPFAIL
         self.stats.add(len(copies))
         server.transaction_done()
-        reply = replies.delivered(txn.queue_id)
-        self._log_transaction(session, txn, len(content), reply[:9])
         return reply
 
-    def _deliver(self, copies: list[tuple[MailboxRef, list[bytes]]]) -> None:
+    def _deliver(
+        self, copies: list[tuple[MailboxRef, list[bytes]]], line: tuple[Any, ...] | None
+    ) -> None:
+        """One executor job per transaction: store every copy, then log the transaction."""
         # Empty chunks are left out: MaildirStore.deliver's writev loop never drops a
         # zero-length chunk and would spin forever on an empty message body.
         self.store.deliver([(ref, [c for c in chunks if c]) for ref, chunks in copies])
+        if line is not None:
+            log.info(*line)
 
     def _trace_headers(
         self, server: ServerLike, session: Any, txn: Transaction, target: Target, rcpt: str
@@ -379,14 +444,20 @@ class IngressHandler:
             reply[:9],
         )
 
-    def _log_transaction(self, session: Any, txn: Transaction, size: int, result: str) -> None:
-        log.info(
+    def _transaction_line(
+        self, session: Any, txn: Transaction, size: int, result: str
+    ) -> tuple[Any, ...] | None:
+        """The arguments of the one log line per transaction, or None when INFO is off (then
+        nothing is formatted at all)."""
+        if not log.isEnabledFor(logging.INFO):
+            return None
+        return (
             "qid=%s client=%s helo=%s from=<%s> to=%s copies=%d size=%d result=%s",
             txn.queue_id,
             _peer_ip(session),
             session.host_name,
             txn.sender,
-            ",".join(f"<{a}>" for a in txn.accepted),
+            ",".join(["<" + a + ">" for a in txn.accepted]),
             len(txn.targets),
             size,
             result,

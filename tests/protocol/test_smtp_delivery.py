@@ -3,12 +3,14 @@ catch-all, domain alias, upper case, STARTTLS, and failures that must answer 451
 
 from __future__ import annotations
 
+import logging
 import re
 import smtplib
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -275,3 +277,52 @@ def test_smtp_held_pipelined_replies_are_sent_before_waiting_for_input(
     ]
     assert client.cmd("QUIT").startswith("221 2.0.0")
     client.close()
+
+
+def test_smtp_logs_one_line_per_transaction_without_body(
+    smtp_server: IngressThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The line is written by the delivery job (off the event loop) before the 250 is sent,
+    # so it is there as soon as the client has its reply.
+    caplog.set_level(logging.INFO, logger="smtp_ingress")
+    _send(smtp_server.port, [ADDRESSES["team"], ADDRESSES["user"]], sender="a@remote.example")
+    lines = [r.getMessage() for r in caplog.records if r.name == "smtp_ingress"]
+    transactions = [line for line in lines if line.startswith("qid=")]
+    assert len(transactions) == 1, lines
+    assert re.fullmatch(
+        r"qid=[0-9A-F]{12} client=127\.0\.0\.1 helo=client\.example from=<a@remote\.example>"
+        r" to=<team@hosted\.example>,<user@hosted\.example> copies=2"
+        rf" size={len(BODY_LF)} result=250 2\.0\.0",
+        transactions[0],
+    ), transactions[0]
+    assert not any("line one" in line or "Subject" in line for line in lines)
+
+
+def test_smtp_failed_delivery_is_logged_with_its_reference(
+    smtp_world: None,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtp_ingress")
+    store = _FailingStore(settings.maildir_root, hostname=settings.hostname)
+    running = IngressThread(settings, session_factory, store, greet_delay=0.05).start()
+    try:
+        client = RawClient(running.port)
+        client.cmd("EHLO client.example")
+        client.cmd("MAIL FROM:<a@remote.example>")
+        client.cmd("RCPT TO:<team@hosted.example>")
+        client.cmd("DATA")
+        reply = client.cmd(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        client.close()
+    finally:
+        running.stop()
+    assert reply.startswith("451 4.3.0 ")
+    # The transaction line and the stack trace share a reference, so one finds the other.
+    transactions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("qid=")]
+    assert len(transactions) == 1
+    ref = re.search(r" result=451 4\.3\.0 ref=([0-9a-f]{8})$", transactions[0])
+    assert ref is not None, transactions[0]
+    failures = [r for r in caplog.records if r.getMessage().startswith("delivery failed")]
+    assert len(failures) == 1 and f"id={ref.group(1)}" in failures[0].getMessage()
+    assert failures[0].exc_info is not None

@@ -1,12 +1,17 @@
 """Sans-IO parts of the ingress: the DATA body decoder, the enhanced-code rewriter and the
-address fast path."""
+address fast path; the hand-back of executor results to the event loop."""
 
 from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from aiosmtpd.smtp import SMTP
 
 from smtp_ingress.data import BodyError, decode_body
+from smtp_ingress.handler import LoopCompletions
 from smtp_ingress.protocol import IngressSMTP
 from smtp_ingress.replies import with_enhanced_code
 
@@ -90,3 +95,39 @@ def test_smtp_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
     stock = SMTP.__new__(SMTP)
     ours.local_part_limit = stock.local_part_limit = 64
     assert ours._getaddr(arg) == stock._getaddr(arg)
+
+
+def test_smtp_loop_completions_results_errors_cancellation_and_batching() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        completions = LoopCompletions(loop)
+        wakeups = 0
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counting(*args: object) -> object:
+            nonlocal wakeups
+            wakeups += 1
+            return call_soon_threadsafe(*args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        with ThreadPoolExecutor(4) as pool:
+            assert await completions.run(pool, lambda a, b: a + b, 2, 3) == 5
+            with pytest.raises(OSError, match="disk full"):
+                await completions.run(pool, _raise, OSError("disk full"))
+            # Four jobs finishing while the loop is blocked: one wake-up hands back all four.
+            gate = threading.Event()
+            futures = [completions.run(pool, lambda n=n: gate.wait(5) and n) for n in range(4)]
+            cancelled = completions.run(pool, gate.wait, 5)
+            cancelled.cancel()  # e.g. the connection was lost meanwhile: no error later
+            before = wakeups
+            gate.set()
+            pool.shutdown(wait=True)  # the loop is blocked here while all five finish
+            assert await asyncio.gather(*futures) == [0, 1, 2, 3]
+            assert wakeups - before == 1
+            assert cancelled.cancelled()
+
+    asyncio.run(scenario())
+
+
+def _raise(error: Exception) -> None:
+    raise error
