@@ -3,6 +3,7 @@ processes (started here, against a temp SQLite database and Maildir), and in the
 plain aiosmtpd baseline (stock ``SMTP`` class, a ``handle_DATA`` that writes the Maildir file
 with tmp/fsync/rename/directory fsync; defined below, not in ``smtp_ingress``) under the same
 client and concurrency, plus the disk's own write + fsync + rename rate for the same size.
+Our workers log at INFO to a file, as in production (one line per transaction).
 
 Prints accepted messages/s, MB/s, server CPU milliseconds per message (utime + stime of the
 server processes from ``/proc/<pid>/stat``), the client's CPU share (``os.times``; if it nears
