@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 
 from app.config import Settings
 from app.errors import MailhostError, TemporaryError
+from app.logsetup import start_logging
 from app.maildir import MaildirError
 from mailhost import commands
 from mailhost.context import Context, UsageError
@@ -31,11 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------- server commands
 def _setup_logging(ctx: Context) -> None:
-    logging.basicConfig(
-        level=ctx.settings.log_level.upper(),
-        stream=ctx.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    start_logging(ctx.settings.log_level, stream=ctx.stderr)
     # Alembic announces each of its plugins at INFO; the migrations it runs stay visible.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 

@@ -185,12 +185,13 @@ def _announce(settings: Settings, listening: dict[str, list[int]]) -> None:
         for port in ports:
             where = f"http://{hosts[kind]}:{port}/" if kind == "web" else f"{hosts[kind]}:{port}"
             log.info("%s listening on %s", kind, where)
-    print(
-        "mailhost: ready: "
-        + ", ".join(f"{k} {hosts[k]}:{','.join(map(str, p))}" for k, p in listening.items()),
-        file=sys.stderr,
-        flush=True,
+    line = "mailhost: ready: " + ", ".join(
+        f"{k} {hosts[k]}:{','.join(map(str, p))}" for k, p in listening.items()
     )
+    # One write of the whole line: the log writer thread shares stderr (print() would write
+    # the text and its newline separately, and a log record could land in between).
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def run(settings: Settings, kinds: Sequence[str]) -> int:

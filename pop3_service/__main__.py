@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
 from app.config import Settings
 from app.db import make_engine, make_session_factory
+from app.logsetup import start_logging
 from app.maildir import MaildirStore
 from pop3_service.locking import DEFAULT_LEASE_SECONDS
 from pop3_service.server import Pop3Server
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+    start_logging(settings.log_level)
     asyncio.run(_run(settings, args.lease_seconds))
     return 0
 

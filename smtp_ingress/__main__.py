@@ -8,15 +8,12 @@ port (SO_REUSEPORT); the ``mailhost`` CLI supervises them in production.
 from __future__ import annotations
 
 import asyncio
-import logging
-import logging.handlers
 import os
-import queue
 import signal
-import sys
 
 from app.config import Settings
 from app.db import make_engine, make_session_factory
+from app.logsetup import start_logging
 from app.maildir import MaildirStore
 from smtp_ingress.server import SmtpIngress
 
@@ -42,24 +39,8 @@ async def _serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = Settings()
-    # Records go through a queue to a listener thread that formats and writes them, so the
-    # event loop never blocks on log I/O (a full pipe to a slow supervisor, a slow disk).
-    output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(
-        logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    )
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, output)
-    logging.basicConfig(
-        level=settings.log_level.upper(), handlers=[logging.handlers.QueueHandler(records)]
-    )
-    # aiosmtpd logs every command line at INFO; our own transaction lines are enough.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    listener.start()
-    try:
-        asyncio.run(_serve(settings))
-    finally:
-        listener.stop()  # writes what is still queued
+    start_logging(settings.log_level)
+    asyncio.run(_serve(settings))
 
 
 if __name__ == "__main__":
