@@ -9,6 +9,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_hostname() -> str:
+    """This host's FQDN; when the resolver only knows it as ``localhost`` (common on VMs and
+    containers), the kernel's host name, so Maildir file names still differ between hosts."""
+    fqdn = socket.getfqdn()
+    if fqdn == "localhost" or fqdn.startswith("localhost."):
+        return socket.gethostname() or fqdn
+    return fqdn
+
+
 class Settings(BaseSettings):
     """Every knob of Mailhost. Environment variables use the prefix ``MAILHOST_``."""
 
@@ -19,7 +28,7 @@ class Settings(BaseSettings):
     # --- storage -----------------------------------------------------------------------------
     database_url: str = "sqlite:///./var/mailhost.db"
     maildir_root: Path = Path("./var/mail")
-    hostname: str = Field(default_factory=socket.getfqdn)
+    hostname: str = Field(default_factory=lambda: default_hostname())
     # The host name customers publish as their MX (shown in the portal's DNS panel).
     mx_hostname: str = "mx.mailhost.example"
 

@@ -429,7 +429,7 @@ def test_the_readme_tour_is_true(sqlite_server: Server) -> None:
     readme_password = re.search(r"^password\s+(\S+)$", readme, re.M)
     assert readme_password is not None
 
-    served = server.start(1, MAILHOST_HOSTNAME="localhost")  # the README shows `220 localhost`
+    served = server.start(1, MAILHOST_HOSTNAME="vm")  # the README shows `220 vm` (its host name)
     env = server.env()
     del env["MAILHOST_DATABASE_URL"], env["MAILHOST_MAILDIR_ROOT"]
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
