@@ -249,13 +249,15 @@ def start_floor(maildir_root: Path) -> tuple[int, subprocess.Popen[bytes]]:
     return _read_ready(proc), proc
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of the server processes (Linux /proc)."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU time of the server processes (Linux /proc)."""
+    user = system = 0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
+        user += int(fields[11])  # utime, in clock ticks
+        system += int(fields[12])  # stime: on loopback it includes the receiver's TCP work
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 # --------------------------------------------------------------------------------- client
@@ -353,6 +355,7 @@ class Result:
     octets: int
     seconds: float
     server_cpu: float
+    server_sys: float
     client_cpu: float
 
 
@@ -376,7 +379,7 @@ def run_users(port: int, addresses: list[str], pipelined: bool, pids: list[int])
     threads = [
         threading.Thread(target=one, args=(c, n)) for c, n in zip(clients, counts, strict=True)
     ]
-    cpu_before, client_before = cpu_seconds(pids), os.times()
+    (user_before, sys_before), client_before = cpu_seconds(pids), os.times()
     began = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -384,13 +387,15 @@ def run_users(port: int, addresses: list[str], pipelined: bool, pids: list[int])
         thread.join()
     seconds = time.perf_counter() - began
     client_after = os.times()
+    user_after, sys_after = cpu_seconds(pids)
     if errors:
         raise errors[0]
     return Result(
         messages=sum(counts),
         octets=sum(c.octets for c in clients),
         seconds=seconds,
-        server_cpu=cpu_seconds(pids) - cpu_before,
+        server_cpu=user_after + sys_after - user_before - sys_before,
+        server_sys=sys_after - sys_before,
         client_cpu=(client_after.user + client_after.system)
         - (client_before.user + client_before.system),
     )
@@ -404,6 +409,7 @@ def main() -> None:
     parser.add_argument("--times", type=int, default=1, help="multiply message counts")
     parser.add_argument("--profile", default=None, help="py-spy raw profile of the worker(s)")
     parser.add_argument("--only", default=None, help="run scenarios whose label contains this")
+    parser.add_argument("--repeat", type=int, default=1, help="run each scenario N times")
     parser.add_argument("--baseline-server", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
@@ -423,6 +429,7 @@ def main() -> None:
     ]
     if args.only:
         scenarios = [s for s in scenarios if args.only in s[0]]
+    scenarios = [s for s in scenarios for _ in range(args.repeat)]
     with tempfile.TemporaryDirectory(prefix="pop3-bench-") as tmp:
         root = Path(tmp)
         url = args.database_url or f"sqlite:///{root / 'bench.db'}"
@@ -432,7 +439,8 @@ def main() -> None:
         floor_port, floor = start_floor(settings.maildir_root)
         print(f"POP3 download benchmark: {args.workers} worker process(es), {os.cpu_count()} CPUs")
         print(
-            f"{'scenario':<33} {'msg/s':>7} {'MB/s':>6} {'srv us/msg':>10} {'cli us/msg':>10}"
+            f"{'scenario':<33} {'msg/s':>7} {'MB/s':>6} {'srv us/msg':>10} {'sys%':>4}"
+            f" {'cli us/msg':>10}"
             f" | {'floor msg/s':>11} {'srv us/msg':>10} | {'disk msg/s':>10} {'MB/s':>6}"
             f" | {'wall':>5} {'CPU':>5}"
         )
@@ -445,9 +453,11 @@ def main() -> None:
                 real = run_users(port, addresses[:users], pipelined, pids)
                 rate, base_rate = real.messages / real.seconds, base.messages / base.seconds
                 cpu, base_cpu = real.server_cpu / real.messages, base.server_cpu / base.messages
+                sys_share = 100 * real.server_sys / real.server_cpu if real.server_cpu else 0
                 print(
                     f"{label:<33} {rate:>7.0f} {real.octets / real.seconds / 1e6:>6.1f}"
-                    f" {cpu * 1e6:>10.0f} {real.client_cpu / real.messages * 1e6:>10.0f}"
+                    f" {cpu * 1e6:>10.0f} {sys_share:>4.0f}"
+                    f" {real.client_cpu / real.messages * 1e6:>10.0f}"
                     f" | {base_rate:>11.0f} {base_cpu * 1e6:>10.0f}"
                     f" | {disk[0] / disk[2]:>10.0f} {disk[1] / disk[2] / 1e6:>6.0f}"
                     f" | {rate / base_rate:>5.2f} {cpu / base_cpu if base_cpu else 0:>5.2f}",

@@ -3,11 +3,12 @@
 RFC 1939 section 3: each line of a multi-line response ends in CRLF, a line starting with "."
 gets one more "." prepended, and the response ends with a line holding a single ".".  Doing
 that line by line in Python costs far more than the socket; instead each block is rewritten
-with two or three ``bytes.replace`` calls, which run in C:
+by two passes that run in C:
 
-* ``b"\\n." -> b"\\n.."`` stuffs every line that starts inside the block, and the encoder
-  remembers whether the previous block ended a line, to stuff a "." at the start of the next;
-* ``b"\\n" -> b"\\r\\n"`` gives CRLF endings.
+* a compiled regex ``\\n\\.`` -> ``\\n..`` stuffs every line that starts inside the block
+  (skipped when the block holds no "." at all), and the encoder remembers whether the previous
+  block ended a line, to stuff a "." at the start of the next;
+* ``bytes.replace(b"\\n", b"\\r\\n")`` gives CRLF endings (a one-byte pattern: memchr speed).
 
 Files Mailhost writes hold LF endings only and their names carry the wire size (``W=``), which
 counts every LF as CRLF; they are encoded exactly that way.  Files written by Postfix or Dovecot
@@ -18,10 +19,12 @@ a CRLF split across two blocks is still seen).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, overload
 
 TERMINATOR = b".\r\n"
+_LINE_START_DOT = re.compile(rb"\n\.")
 # Large enough that the per-block Python overhead is noise, small enough for flat memory.
 BLOCK_SIZE = 256 * 1024
 
@@ -36,7 +39,14 @@ class WireEncoder:
         self._at_line_start = True
         self._carry_cr = False
 
-    def feed(self, block: bytes) -> bytes:
+    @overload
+    def feed(self, block: bytes) -> bytes: ...
+    @overload
+    def feed(self, block: bytearray) -> bytes | bytearray: ...
+
+    def feed(self, block: bytes | bytearray) -> bytes | bytearray:
+        """The wire bytes for ``block``; a new object whenever ``block`` is a bytearray, so the
+        caller may refill its read buffer while the transport still holds the result."""
         if not block:
             return b""
         if self._crlf_source:
@@ -49,10 +59,12 @@ class WireEncoder:
                 if not block:
                     return b""
             block = block.replace(b"\r\n", b"\n")
-        # bytes.replace with a two-byte pattern searches at ~1 GB/s, a one-byte membership test
-        # runs at memchr speed: blocks without any "." (base64 attachments, the bulk of large
-        # mail) skip the stuffing search altogether (measured in bench/pop3_download.py).
-        stuffed = block.replace(b"\n.", b"\n..") if b"." in block else block
+        # A one-byte membership test runs at memchr speed: blocks without any "." (base64
+        # attachments, the bulk of large mail) skip the stuffing search altogether.  Otherwise
+        # a compiled regex finds the line-initial dots: bytes.replace(b"\n.", ...) searches a
+        # two-byte pattern at ~0.5 GB/s (count pass + copy pass), the regex scan at ~2 GB/s
+        # (measured on 1 MiB of text: 2,200 us against 640 us; see bench/pop3_download.py).
+        stuffed = _LINE_START_DOT.sub(b"\n..", block) if b"." in block else block
         if self._at_line_start and stuffed[:1] == b".":
             stuffed = b"." + stuffed
         self._at_line_start = stuffed[-1:] == b"\n"

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import socket
 import ssl
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -286,7 +289,7 @@ class _Connection(asyncio.Protocol):
         self._out.clear()
         await self.drain(timeout)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self.transport is not None and not self._lost:
             self.transport.write(data)
 
@@ -311,6 +314,26 @@ class _Context:
     conn: _Connection
     session: Pop3Session
     maildrop: MaildirMaildrop | None = None
+
+
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _read_cached(fd: int, buffer: bytearray, offset: int) -> int | None:
+    """Bytes read into ``buffer`` from the page cache without blocking, or None when the
+    data is not cached (or the platform or file system cannot tell): read it in a thread."""
+    global _RWF_NOWAIT
+    if _RWF_NOWAIT is None:
+        return None
+    try:
+        return os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            _RWF_NOWAIT = None  # not supported here: always use the thread from now on
+            return None
+        raise
 
 
 def _plausible(text: str, *, limit: int) -> bool:
@@ -637,24 +660,7 @@ class Pop3Server:
             conn.queue(event.status)
             await conn.flush(timeout)
             if event.body_lines is None:
-                # RETR: only the read runs in a thread (it releases the GIL, so the next block
-                # is read while this one is encoded and sent); the encoding holds the GIL
-                # wherever it runs, and running it in the thread made both threads fight for
-                # the GIL (profiled: a sixth of the time went to cross-thread wake-ups).
-                encoder = WireEncoder(crlf_source=crlf_source)
-                read = fh.read
-                pending = loop.run_in_executor(None, read, BLOCK_SIZE)
-                while True:
-                    block = await pending
-                    pending = None
-                    if not block:
-                        break
-                    pending = loop.run_in_executor(None, read, BLOCK_SIZE)
-                    conn.write(encoder.feed(block))
-                    await conn.drain(timeout)
-                    if conn.closed:
-                        raise ConnectionError("client went away during RETR")
-                conn.write(encoder.finish())
+                await self._stream_retr(conn, fh, crlf_source=crlf_source, timeout=timeout)
             else:
                 # TOP is line-oriented and rare: read and encode in the thread.
                 chunks: Iterator[bytes] = iter_top(fh, event.body_lines, crlf_source=crlf_source)
@@ -674,6 +680,48 @@ class Pop3Server:
                 with contextlib.suppress(Exception):
                     await pending
             fh.close()
+
+    async def _stream_retr(
+        self, conn: _Connection, fh: BinaryIO, *, crlf_source: bool, timeout: float
+    ) -> None:
+        """RETR of a large message: read a block, encode it, write it, respect flow control.
+
+        Blocks already in the page cache are read on the loop thread with RWF_NOWAIT (Linux
+        preadv2: the kernel answers EAGAIN instead of going to disk, so the loop never waits
+        on a disk).  Measured: a 256 KiB cached read costs ~20 us, a thread round trip per
+        block cost more than that and made the reader and the encoder fight for the GIL
+        (bench/pop3_download.py: server CPU per 1 MiB message ~2,100 -> ~1,600 us).  A block
+        that is not cached is read in a worker thread as before.  Blocks of 256 KiB stay in
+        the CPU cache through the three passes of the encoder; 1 MiB blocks measured slower.
+        """
+        loop = asyncio.get_running_loop()
+        encoder = WireEncoder(crlf_source=crlf_source)
+        fd = fh.fileno()
+        buffer = bytearray(BLOCK_SIZE)
+        offset = 0
+        pending: asyncio.Future[int] | None = None
+        try:
+            while True:
+                n = _read_cached(fd, buffer, offset)
+                if n is None:
+                    pending = loop.run_in_executor(None, os.preadv, fd, [buffer], offset)
+                    n = await pending
+                    pending = None
+                if n == 0:
+                    break
+                offset += n
+                # The encoder never returns the buffer itself (every path makes new bytes),
+                # so refilling it below cannot change what the transport still holds.
+                conn.write(encoder.feed(buffer if n == BLOCK_SIZE else buffer[:n]))
+                await conn.drain(timeout)
+                if conn.closed:
+                    raise ConnectionError("client went away during RETR")
+            conn.write(encoder.finish())
+        finally:
+            if pending is not None:
+                # Cancelled mid-read: let the thread finish with the buffer and the fd first.
+                with contextlib.suppress(Exception):
+                    await pending
 
     # ------------------------------------------------------------------ QUIT
     async def _expunge(self, ctx: _Context, event: Expunge) -> list[Event]:

@@ -121,6 +121,24 @@ def to_wire(data: bytes) -> bytes:
     return data.replace(b"\n", b"\r\n")
 
 
+def reference_wire(stored: bytes, *, crlf_source: bool = False) -> bytes:
+    """RFC 1939 section 3 done the slow, obvious way, line by line: the RETR body and ".".
+
+    ``crlf_source``: a foreign (Postfix, Dovecot) file, where CRLF is a line end like LF.
+    """
+    lines = stored.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the file ended with a line end: no partial last line
+    out: list[bytes] = []
+    for number, line in enumerate(lines):
+        ended = number < len(lines) - 1 or stored.endswith(b"\n")
+        if crlf_source and ended and line.endswith(b"\r"):
+            line = line[:-1]
+        out.append((b"." + line if line.startswith(b".") else line) + b"\r\n")
+    out.append(b".\r\n")
+    return b"".join(out)
+
+
 class RawClient:
     """Line-oriented POP3 over a plain socket, for what poplib cannot express."""
 

@@ -15,11 +15,13 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+import pop3_service.server as pop3_server
 from app.config import Settings
 from app.db import transaction
 from app.maildir import MaildirStore
 from app.models import AuthFailure, Mailbox, MaildropLease
 from app.services import stats
+from pop3_service.encoding import BLOCK_SIZE
 from tests.factories import DEFAULT_PASSWORD, seed_mailbox
 from tests.protocol.pop3_helpers import (
     TIMEOUT,
@@ -28,6 +30,7 @@ from tests.protocol.pop3_helpers import (
     client_tls_context,
     deliver,
     ref,
+    reference_wire,
     require_curl,
     running_server,
     to_wire,
@@ -566,3 +569,68 @@ def test_50_mb_message_streams_with_flat_memory(server: ServerThread, store: Mai
     # Server thread and client in one process: both together stay far below 50 MB.
     assert peak < 12 * 1024 * 1024, peak
     client.cmd("QUIT")
+
+
+def _fill_to(buf: bytearray, offset: int, eol: bytes) -> None:
+    """Append filler lines so that ``buf`` ends with a line end exactly at ``offset``."""
+    while len(buf) < offset:
+        room = offset - len(buf) - len(eol)
+        buf += b"x" * max(0, min(room, 98)) + eol
+    assert len(buf) == offset
+
+
+def _block_edge_messages() -> tuple[bytes, bytes]:
+    """An own (LF) and a foreign (CRLF) message whose line-initial dots and line ends fall
+    on the server's read-block boundaries."""
+    own = bytearray(b"Subject: block edges\n\n")
+    _fill_to(own, BLOCK_SIZE, b"\n")  # block 2 starts a line with "."
+    own += b".dot at the start of a block\n"
+    _fill_to(own, 2 * BLOCK_SIZE - 1, b"\n")
+    own += b".dot as the last byte of a block\n"  # "\n." split from the rest of the line
+    _fill_to(own, 3 * BLOCK_SIZE - 40, b"\n")
+    own += b"y" * 39 + b".." + b" dots in mid-line across the edge, not stuffed\n.\n..\nend"
+    foreign = bytearray(b"Subject: block edges\r\n\r\n")
+    _fill_to(foreign, BLOCK_SIZE - 1, b"\r\n")
+    foreign[-1:] = b"\r"  # the CR of a CRLF ends block 1, its LF starts block 2
+    foreign += b"\n.dot after a split CRLF\r\n"
+    _fill_to(foreign, 2 * BLOCK_SIZE + 7, b"\r\n")
+    foreign += b".\r\nbare lf\n.\r\n"
+    return bytes(own), bytes(foreign)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["page-cache-read", "thread-read"])
+def test_large_retr_is_exact_across_read_blocks(
+    start: Callable[..., ServerThread],
+    store: MaildirStore,
+    monkeypatch: pytest.MonkeyPatch,
+    cached: bool,
+) -> None:
+    own, foreign = _block_edge_messages()
+    reads: list[int | None] = []
+    real_read_cached = pop3_server._read_cached
+
+    def spy(fd: int, buffer: bytearray, offset: int) -> int | None:
+        reads.append(real_read_cached(fd, buffer, offset) if cached else None)
+        return reads[-1]
+
+    monkeypatch.setattr(pop3_server, "_read_cached", spy)
+    deliver(store, ALICE, own)
+    (store.ensure(ref(ALICE)) / "new" / "1700000003.V801I2M4.postfix-host").write_bytes(foreign)
+    expected = {
+        False: reference_wire(own),
+        True: reference_wire(foreign, crlf_source=True),
+    }
+    server = start()
+    client = RawClient(server.port)
+    client.login(ALICE, DEFAULT_PASSWORD)
+    for number, info in enumerate(store.list_messages(ref(ALICE)), start=1):
+        wire = expected[info.wire_size is None]
+        assert client.cmd(f"RETR {number}").startswith(b"+OK ")
+        assert client.multiline_raw() == wire
+    client.cmd("QUIT")
+    assert reads, "RETR of a large message never read a block"
+    if cached and pop3_server._RWF_NOWAIT is not None:
+        # Freshly written files are in the page cache: the loop thread read them itself.
+        assert any(n for n in reads), reads
+    if not cached:
+        assert all(n is None for n in reads)

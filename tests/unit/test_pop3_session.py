@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 import tracemalloc
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from pop3_service.session import (
     State,
     Waiting,
 )
+from tests.protocol.pop3_helpers import reference_wire
 
 HOST = "pop.test.example"
 
@@ -507,3 +509,30 @@ def test_streaming_50_mb_keeps_memory_flat() -> None:
 def test_encoder_is_incremental() -> None:
     enc = WireEncoder()
     assert enc.feed(b"a\n") + enc.feed(b".b") + enc.finish() == b"a\r\n..b\r\n.\r\n"
+
+
+@pytest.mark.parametrize("crlf_source", [False, True], ids=["own-lf", "foreign-crlf"])
+def test_encoder_matches_the_line_by_line_reference_for_any_block_split(
+    crlf_source: bool,
+) -> None:
+    """Random messages made of the bytes that matter (".", CR, LF), fed in random blocks
+    through one reused bytearray, as the server's RETR does: the same bytes as the obvious
+    line-by-line encoding, whatever the split."""
+    rng = random.Random(1939)
+    alphabet = b"..\n\n\rab"
+    for _ in range(300):
+        stored = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))
+        expected = reference_wire(stored, crlf_source=crlf_source)
+        assert encode_whole(stored, crlf_source=crlf_source) == expected, stored
+        encoder = WireEncoder(crlf_source=crlf_source)
+        buffer = bytearray(8)
+        out: list[bytes | bytearray] = []
+        position = 0
+        while position < len(stored):
+            n = rng.randrange(1, 9)
+            chunk = stored[position : position + n]
+            position += len(chunk)
+            buffer[: len(chunk)] = chunk
+            out.append(encoder.feed(buffer if len(chunk) == len(buffer) else buffer[: len(chunk)]))
+            buffer[:] = b"\xff" * len(buffer)  # refilled: what was returned must not change
+        assert b"".join(out) + encoder.finish() == expected, stored
