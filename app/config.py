@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # How long a recipient lookup is reused across transactions (a suspension or a new alias
     # takes at most this long to take effect).
     smtp_resolution_cache_seconds: float = 2.0
+    # The platform postmaster: a hosted address (mailbox or alias) that receives mail for the
+    # bare <Postmaster> and for postmaster@ of a domain with no mailbox of its own to take it
+    # (RFC 5321 section 4.5.1). Set it in production; unset, those get 550 5.1.1.
+    postmaster_address: str | None = None
 
     # --- POP3 --------------------------------------------------------------------------------
     pop3_host: str = "127.0.0.1"

@@ -11,6 +11,11 @@ Address policy decisions (written down as the brief asks):
   4.1.1.3 / appendix C says: the address is ``user@foreign.example``, i.e. relay -> 554 5.7.1.
 * ``%`` / ``!`` hacks, quoted local parts and address literals are never hosted addresses:
   554 5.7.1 without asking the database.
+* ``<Postmaster>`` without a domain (any case) is the platform postmaster (RFC 5321 sections
+  4.1.1.3 and 4.5.1: it MUST be accepted), ``Settings.postmaster_address``; without one it is
+  ``550 5.1.1`` saying that no postmaster mailbox is configured. aiosmtpd's parser also maps
+  ``< Postmaster>``, ``<"Postmaster">`` and ``<@relay:Postmaster>`` to ``Postmaster``; those
+  are taken as the same (liberal in what we accept; none of them can reach a foreign host).
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ from app.db import transaction
 from app.errors import TemporaryError
 from app.maildir import MailboxRef, MaildirStore
 from app.services import stats
-from app.services.resolution import Resolution, Target, Verdict, resolve_recipient
+from app.services.resolution import (
+    POSTMASTER,
+    Resolution,
+    Target,
+    Verdict,
+    existing_mailbox_ids,
+    resolve_recipient,
+)
 from smtp_ingress import replies
 
 log = logging.getLogger("smtp_ingress")
@@ -343,7 +355,7 @@ class IngressHandler:
             return replies.BAD_RCPT
         if len(txn.accepted) >= self.settings.smtp_max_recipients:
             return replies.TOO_MANY_RECIPIENTS
-        if _relay_trick(address):
+        if address.lower() != POSTMASTER and _relay_trick(address):
             self._log_reject(session, txn, address, replies.RELAY_DENIED)
             return replies.RELAY_DENIED
         key = address.lower()
@@ -370,12 +382,18 @@ class IngressHandler:
 
     def _resolve(self, address: str) -> Resolution:
         with transaction(self.session_factory) as session:
-            return resolve_recipient(session, address=address, store=self.store)
+            return resolve_recipient(
+                session,
+                address=address,
+                store=self.store,
+                postmaster_address=self.settings.postmaster_address,
+            )
 
     # ------------------------------------------------------------------ delivery
     async def handle_DATA(self, server: ServerLike, session: Any, envelope: Any) -> str:
         txn: Transaction = envelope.txn
         content: bytes = envelope.content
+        targets = [target for target, _ in txn.targets.values()]
         copies = [
             (target.ref, [self._trace_headers(server, session, txn, target, rcpt), content])
             for target, rcpt in txn.targets.values()
@@ -385,7 +403,7 @@ class IngressHandler:
         # stored, so the event loop never waits on log I/O; its fields are taken here.
         line = self._transaction_line(session, txn, len(content), reply[:9])
         try:
-            await self._blocking(self._deliver, copies, line)
+            kept = await self._blocking(self._deliver, targets, copies, line)
         except Exception:
             cid = secrets.token_hex(4)
             log.exception("delivery failed id=%s qid=%s", cid, txn.queue_id)
@@ -393,19 +411,61 @@ class IngressHandler:
             if failed is not None:
                 log.info(*failed)
             return replies.TEMPFAIL
-        self.stats.add(len(copies))
+        if not kept:
+            return replies.RECIPIENTS_GONE
+        self.stats.add(kept)
         server.transaction_done()
         return reply
 
     def _deliver(
-        self, copies: list[tuple[MailboxRef, list[bytes]]], line: tuple[Any, ...] | None
-    ) -> None:
-        """One executor job per transaction: store every copy, then log the transaction."""
+        self,
+        targets: list[Target],
+        copies: list[tuple[MailboxRef, list[bytes]]],
+        line: tuple[Any, ...] | None,
+    ) -> int:
+        """One executor job per transaction: store every copy, drop the copies of mailboxes
+        deleted meanwhile, log the transaction; returns how many copies were kept.
+
+        Why the check after storing: a target was resolved at RCPT time (or up to
+        ``smtp_resolution_cache_seconds`` earlier), and ``MaildirStore.deliver`` re-creates
+        a Maildir that a deletion removed, where the next mailbox created at that address
+        would find the message. Mailbox ids are never reused, so "id still exists" is exact.
+
+        Why it is race-free: the check's query starts after every copy is renamed into
+        ``new/``. A deletion commits its row first and removes the Maildir after its commit
+        (``mailbox remove``, the portal, the API). If the check does not see the mailbox, we
+        remove the copy ourselves. If it does see it, the deletion commits after the check
+        began, hence after our rename, and its removal of the Maildir, which runs later
+        still, takes our copy with it. Either way nothing is left for a later owner of the
+        address. Semantically the copy was delivered and then deleted with its mailbox.
+
+        Why all copies go back on a failure here: we could not tell which copies are safe,
+        and a 451 makes the sender retry, so removing them loses nothing (no POP3 session
+        has seen them: a POP3 maildrop is listed at login, which needs the database too).
+        """
         # Empty chunks are left out: MaildirStore.deliver's writev loop never drops a
         # zero-length chunk and would spin forever on an empty message body.
-        self.store.deliver([(ref, [c for c in chunks if c]) for ref, chunks in copies])
+        stored = self.store.deliver([(ref, [c for c in chunks if c]) for ref, chunks in copies])
+        try:
+            with transaction(self.session_factory) as session:
+                alive = existing_mailbox_ids(session, ids=[t.mailbox_id for t in targets])
+            for target, info in zip(targets, stored, strict=True):
+                if target.mailbox_id not in alive:
+                    # The deletion's own removal of the Maildir may be running right now.
+                    with contextlib.suppress(FileNotFoundError):
+                        self.store.expunge(target.ref, [info])
+        except BaseException:
+            for target, info in zip(targets, stored, strict=True):
+                with contextlib.suppress(OSError):
+                    self.store.expunge(target.ref, [info])
+            raise
+        kept = sum(1 for target in targets if target.mailbox_id in alive)
         if line is not None:
+            if kept != len(targets):
+                result = line[-1] if kept else replies.RECIPIENTS_GONE[:9]
+                line = (*line[:-3], kept, line[-2], f"{result} gone={len(targets) - kept}")
             log.info(*line)
+        return kept
 
     def _trace_headers(
         self, server: ServerLike, session: Any, txn: Transaction, target: Target, rcpt: str

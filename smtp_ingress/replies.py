@@ -50,6 +50,13 @@ TOO_MANY_ERRORS = "421 4.7.0 Too many errors or junk commands, closing connectio
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
 DATA_TIMEOUT = "421 4.4.2 DATA deadline exceeded, closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+# After DATA, when every recipient's mailbox was deleted during the transaction (or within the
+# resolution cache's lifetime before RCPT): no copy is kept. RFC 5321 section 4.2.5 lets the
+# reply after the final dot refuse the whole message, and here the whole message reached
+# nobody, so the sender gets the bounce it would have got at RCPT time instead of a 250 for
+# mail that no one can ever read. 5.1.1: the recipient address no longer exists.
+RECIPIENTS_GONE = "550 5.1.1 Recipient mailbox no longer exists, message not delivered"
+NO_POSTMASTER = "550 5.1.1 Recipient address rejected: no postmaster mailbox is configured"
 
 
 def delivered(queue_id: str) -> str:
@@ -69,6 +76,9 @@ VERDICT_REPLIES: dict[Verdict, str] = {
     Verdict.OVER_QUOTA: "452 4.2.2 Mailbox full, try again later",
     Verdict.UNKNOWN_DOMAIN: RELAY_DENIED,
     Verdict.INVALID_ADDRESS: RELAY_DENIED,
+    # RFC 5321 section 4.5.1 wants postmaster deliverable: this is an operator's fault
+    # (Settings.postmaster_address unset or not a hosted mailbox), and the text says so.
+    Verdict.NO_POSTMASTER: NO_POSTMASTER,
 }
 
 # aiosmtpd built-ins (exact text, or prefix ending in a space) -> our replies.

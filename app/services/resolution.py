@@ -7,6 +7,12 @@ of all pending addresses in one query and the aliases of the rest in a second, s
 mailbox costs two queries and a chain of N aliases about 2N+2. A visited set and a depth limit
 end cycles. The domain's catch-all and the postmaster fallback apply to the address as given
 only; an alias target that no longer exists is ignored, never redirected.
+
+Postmaster (RFC 5321 section 4.5.1): ``postmaster@`` of every hosted domain and the bare
+``Postmaster`` of section 4.1.1.3 must be deliverable. A domain's own postmaster mailbox or
+alias comes first, then its catch-all, then its oldest active mailbox, and last the platform
+postmaster (``Settings.postmaster_address``, passed in as ``postmaster_address``). Without
+one, NO_POSTMASTER says so, so the edge can answer with a reason an operator can act on.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Verdict(enum.Enum):
     UNKNOWN_USER = "unknown_user"  # hosted domain, no such address
     SUSPENDED = "suspended"  # mailbox, domain or customer suspended
     OVER_QUOTA = "over_quota"  # every target mailbox is full
+    NO_POSTMASTER = "no_postmaster"  # a postmaster address with nowhere to go: none configured
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,7 @@ _FIRST_MAILBOX = (
     .order_by(Mailbox.id)
     .limit(1)
 )
+_EXISTING_MAILBOXES = select(Mailbox.id).where(Mailbox.id.in_(bindparam("ids", expanding=True)))
 
 
 def _pairs(
@@ -173,18 +181,29 @@ def _target(mailbox_id: int, local: str, domain: str, quota: int) -> Target:
 
 
 def resolve_recipient(
-    session: Session, *, address: str, store: MaildirStore | None = None
+    session: Session,
+    *,
+    address: str,
+    store: MaildirStore | None = None,
+    postmaster_address: str | None = None,
 ) -> Resolution:
     """Resolve ``address`` (as given after RCPT TO, brackets removed).
 
     Follows aliases (possibly chained), domain aliases and the domain's catch-all, loop-safe
     (a cycle or depth > 10 ends that branch), case-insensitive on the domain (and local part).
-    ``postmaster@`` of every hosted domain (or alias domain) always resolves: to a mailbox or
+    ``postmaster@`` of every active hosted domain (or alias domain) resolves: to a mailbox or
     alias of that name if there is one, else to the domain's catch-all, else to the first
-    mailbox of the domain (RFC 5321 section 4.5.1). Duplicates are removed. With ``store``,
-    targets over quota are dropped and OVER_QUOTA returned if none remain. A quota of 0 means
-    no limit (as in Dovecot).
+    active mailbox of the domain, else to ``postmaster_address`` (the platform postmaster,
+    RFC 5321 section 4.5.1); so does the bare ``Postmaster`` (any case, no domain; section
+    4.1.1.3). When that last step has nowhere to go (unset, or not a deliverable hosted
+    address) the verdict is NO_POSTMASTER. A suspended domain's postmaster stays SUSPENDED:
+    suspension is the operator refusing that domain's mail (section 4.5.1 allows blocking
+    postmaster in such cases). Duplicates are removed. With ``store``, targets over quota are
+    dropped and OVER_QUOTA returned if none remain. A quota of 0 means no limit (as in
+    Dovecot).
     """
+    if address.strip().lower() == POSTMASTER:
+        return _platform_postmaster(session, postmaster_address, store)
     try:
         local, domain_name = split_address(address)
     except ValidationError:
@@ -239,6 +258,10 @@ def resolve_recipient(
         depth += 1
 
     targets = list(found.values())
+    if not targets and local == POSTMASTER:
+        # Nothing of the domain's own took it (no mailbox at all, a dangling catch-all, or
+        # only suspended ones): the platform postmaster is the last resort.
+        return _platform_postmaster(session, postmaster_address, store)
     if not targets:
         return Resolution(Verdict.SUSPENDED if suspended_seen else Verdict.UNKNOWN_USER)
     if store is not None:
@@ -257,6 +280,34 @@ def _fallback(resolver: _Resolver, domain: _DomainInfo, local: str) -> list[tupl
         if first is not None:
             return [(first, domain.name)]
     return []
+
+
+def _platform_postmaster(
+    session: Session, postmaster_address: str | None, store: MaildirStore | None
+) -> Resolution:
+    """The platform postmaster's resolution, or NO_POSTMASTER when it is unset or does not
+    name a deliverable hosted address (then "no such user" or "relay denied" would mislead).
+    Resolved without a postmaster fallback of its own, so a misconfiguration cannot loop."""
+    if not postmaster_address:
+        return Resolution(Verdict.NO_POSTMASTER)
+    result = resolve_recipient(session, address=postmaster_address, store=store)
+    if result.verdict in (Verdict.OK, Verdict.OVER_QUOTA):
+        return result
+    return Resolution(Verdict.NO_POSTMASTER)
+
+
+def existing_mailbox_ids(session: Session, *, ids: Iterable[int]) -> set[int]:
+    """Which of ``ids`` are mailboxes that still exist (in any status).
+
+    For the SMTP edge's check after storing a message: a target resolved earlier may have
+    been deleted since. Mailbox ids are never reused (sqlite_autoincrement, PostgreSQL
+    sequences), so a mailbox created again at the same address has a new id and is not
+    mistaken for the deleted one.
+    """
+    wanted = sorted(set(ids))
+    if not wanted:
+        return set()
+    return set(session.scalars(_EXISTING_MAILBOXES, {"ids": wanted}))
 
 
 def _over_quota(store: MaildirStore, target: Target) -> bool:

@@ -129,6 +129,7 @@ class RawClient:
 
 
 HOSTED = "hosted.example"
+EMPTY_DOMAIN = "empty.example"
 ADDRESSES = {
     "user": "user@hosted.example",
     "other": "other@hosted.example",
@@ -162,7 +163,25 @@ def seed_world(session_factory: sessionmaker[Session], store: MaildirStore) -> N
         closed = make_domain(s, "closed.example")
         make_mailbox(s, ADDRESSES["closed_domain_user"], password_hash=pw)
         domains.set_domain_status(s, actor=CLI_ACTOR, domain_id=closed.id, status="suspended")
+        make_domain(s, EMPTY_DOMAIN)  # hosted, no mailbox, no catch-all
     store.deliver([(ref(ADDRESSES["full"]), [b"Subject: filler\n\n" + b"x" * 2048 + b"\n"])])
+
+
+def add_mailbox(session_factory: sessionmaker[Session], address: str) -> int:
+    """Create a mailbox in its own committed transaction; returns its id."""
+    with transaction(session_factory) as s:
+        return make_mailbox(s, address, password_hash=_password_hash()).id
+
+
+def remove_mailbox(
+    session_factory: sessionmaker[Session], store: MaildirStore, address: str
+) -> None:
+    """What ``mailhost mailbox remove`` does: delete the row in a committed transaction, then
+    the Maildir (after the commit)."""
+    with transaction(session_factory) as s:
+        mailbox = mailboxes.get_mailbox_by_address(s, address=address)
+        mailboxes.delete_mailbox(s, actor=CLI_ACTOR, mailbox_id=mailbox.id)
+    store.remove_mailbox(ref(address))
 
 
 def ref(address: str) -> MailboxRef:

@@ -1,5 +1,6 @@
 """Delivery through a real ingress with smtplib: golden path, trace headers, aliases,
-catch-all, domain alias, upper case, STARTTLS, and failures that must answer 451."""
+catch-all, domain alias, upper case, STARTTLS, failures that must answer 451, and mailboxes
+deleted while a message for them is in flight."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, make_session_factory, transaction
 from app.maildir import MailboxRef, MaildirStore
-from app.services import stats
+from app.services import mailboxes, stats
+from app.services.audit import CLI_ACTOR
 from tests.protocol.smtp_helpers import (
     ADDRESSES,
     IngressThread,
     RawClient,
+    add_mailbox,
     all_message_files,
     new_messages,
+    ref,
+    remove_mailbox,
 )
 
 BODY = (
@@ -326,3 +331,133 @@ def test_smtp_failed_delivery_is_logged_with_its_reference(
     failures = [r for r in caplog.records if r.getMessage().startswith("delivery failed")]
     assert len(failures) == 1 and f"id={ref.group(1)}" in failures[0].getMessage()
     assert failures[0].exc_info is not None
+
+
+# --------------------------------------------------------------------------- deleted mailboxes
+DAVE = "dave@hosted.example"
+OLD_MAIL = b"Subject: for old dave\r\n\r\nmail for old dave\r\n"
+
+
+def _files_of(store: MaildirStore, address: str) -> list[Path]:
+    """Every file in the Maildir of ``address`` (tmp, new and cur)."""
+    path = store.mailbox_path(ref(address))
+    return sorted(p for p in path.glob("*/*") if p.is_file())
+
+
+def _start_data(port: int, rcpts: list[str]) -> RawClient:
+    """A session left in DATA after the 354 (every RCPT accepted)."""
+    client = RawClient(port)
+    client.cmd("EHLO client.example")
+    assert client.cmd("MAIL FROM:<a@remote.example>").startswith("250")
+    for rcpt in rcpts:
+        assert client.cmd(f"RCPT TO:<{rcpt}>").startswith("250 2.1.5"), rcpt
+    assert client.cmd("DATA").startswith("354")
+    client.send(OLD_MAIL)  # the body, without its end
+    return client
+
+
+def test_smtp_mailbox_deleted_during_data_is_not_inherited_by_the_next_owner(
+    smtp_server: IngressThread,
+    session_factory: sessionmaker[Session],
+    store: MaildirStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtp_ingress")
+    add_mailbox(session_factory, DAVE)
+    client = _start_data(smtp_server.port, [DAVE])
+    remove_mailbox(session_factory, store, DAVE)  # between RCPT and the end of DATA
+    # Nobody got the message: refused as a whole (RFC 5321 4.2.5), the sender gets a bounce.
+    assert client.cmd(b".\r\n").startswith("550 5.1.1 Recipient mailbox no longer exists")
+    assert client.cmd("RSET").startswith("250 2.0.0")
+    client.close()
+    add_mailbox(session_factory, DAVE)  # a new owner at the same address
+    assert store.list_messages(ref(DAVE)) == []
+    assert _files_of(store, DAVE) == []
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("qid=")]
+    # size: the body with LF line endings (41 octets); gone: copies dropped
+    assert line.endswith(" copies=0 size=41 result=550 5.1.1 gone=1"), line
+
+
+def test_smtp_mailbox_deleted_during_data_other_recipients_still_get_it(
+    smtp_server: IngressThread, session_factory: sessionmaker[Session], store: MaildirStore
+) -> None:
+    add_mailbox(session_factory, DAVE)
+    before = len(new_messages(store, ADDRESSES["user"]))
+    client = _start_data(smtp_server.port, [DAVE, ADDRESSES["user"]])
+    remove_mailbox(session_factory, store, DAVE)
+    assert client.cmd(b".\r\n").startswith("250 2.0.0 Ok: delivered as ")
+    client.close()
+    messages = new_messages(store, ADDRESSES["user"])
+    assert len(messages) == before + 1 and messages[-1].endswith(b"\nmail for old dave\n")
+    add_mailbox(session_factory, DAVE)
+    assert _files_of(store, DAVE) == []
+
+
+def test_smtp_mailbox_deleted_after_its_lookup_was_cached(
+    smtp_world: None,
+    smtp_start: Callable[..., IngressThread],
+    session_factory: sessionmaker[Session],
+    store: MaildirStore,
+) -> None:
+    # The resolution cache accepts RCPT for a mailbox deleted since it was looked up; the
+    # check after storing closes that window too.
+    server = smtp_start(smtp_resolution_cache_seconds=600)
+    add_mailbox(session_factory, DAVE)
+    assert _send(server.port, [DAVE]) == {}
+    assert len(new_messages(store, DAVE)) == 1
+    remove_mailbox(session_factory, store, DAVE)
+    add_mailbox(session_factory, DAVE)  # the new owner exists before the next message
+    client = _start_data(server.port, [DAVE])  # RCPT answered from the cache
+    assert client.cmd(b".\r\n").startswith("550 5.1.1 ")
+    client.close()
+    assert _files_of(store, DAVE) == []
+
+
+def test_smtp_mailbox_deletion_committing_after_the_check_takes_the_copy_with_it(
+    smtp_server: IngressThread, session_factory: sessionmaker[Session], store: MaildirStore
+) -> None:
+    # The other side of the ordering argument in IngressHandler._deliver: the deletion is
+    # not committed when the delivery checks, so the copy is kept and answered 250; the
+    # deletion commits afterwards and removes the Maildir, copy included.
+    mailbox_id = add_mailbox(session_factory, DAVE)
+    client = _start_data(smtp_server.port, [DAVE])
+    with transaction(session_factory) as session:
+        mailboxes.delete_mailbox(session, actor=CLI_ACTOR, mailbox_id=mailbox_id)
+        assert client.cmd(b".\r\n").startswith("250 2.0.0 ")
+        assert len(new_messages(store, DAVE)) == 1
+    store.remove_mailbox(ref(DAVE))
+    client.close()
+    add_mailbox(session_factory, DAVE)
+    assert _files_of(store, DAVE) == []
+
+
+class _Switchable:
+    """A session factory that is the real one until ``down`` is set, then one bound to a real
+    engine where no database listens (every use raises OperationalError)."""
+
+    def __init__(self, up: sessionmaker[Session], down: sessionmaker[Session]) -> None:
+        self.up, self.down_factory, self.down = up, down, False
+
+    def __call__(self) -> Session:
+        return (self.down_factory if self.down else self.up)()
+
+
+def test_smtp_check_failing_after_storing_answers_451_and_keeps_nothing(
+    smtp_world: None, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    down = Settings(database_url="postgresql://postgres@127.0.0.1:9/none", _env_file=None)  # type: ignore[call-arg]
+    engine = make_engine(down, connect_args={"connect_timeout": 2})
+    factory = _Switchable(session_factory, make_session_factory(engine))
+    store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
+    running = IngressThread(settings, factory, store, greet_delay=0.05).start()  # type: ignore[arg-type]
+    try:
+        before = all_message_files(Path(settings.maildir_root))
+        client = _start_data(running.port, [ADDRESSES["team"]])  # two copies
+        factory.down = True
+        assert client.cmd(b".\r\n").startswith("451 4.3.0 ")
+        client.close()
+        assert all_message_files(Path(settings.maildir_root)) == before
+    finally:
+        factory.down = False
+        running.stop()
+        engine.dispose()

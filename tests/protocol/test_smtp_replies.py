@@ -32,8 +32,16 @@ class Row:
     prelude: list[str]
     send: str | bytes  # str: a command line (CRLF added); bytes: sent as is
     expect: str  # exact prefix of the reply
-    stored: int = 0  # messages expected to arrive in user@hosted.example's new/
+    stored: int = 0  # messages expected to arrive in new/ of ``mailbox``
     survives: bool = True
+    mailbox: str = "user"  # key of ADDRESSES
+    # "default": no platform postmaster configured; "pm": postmaster_address=PLATFORM_PM
+    server: str = "default"
+
+
+# The platform postmaster of the "pm" server (Settings.postmaster_address).
+PLATFORM_PM = ADDRESSES["other"]
+NO_PM = "550 5.1.1 Recipient address rejected: no postmaster mailbox is configured"
 
 
 ROWS = [
@@ -79,6 +87,65 @@ ROWS = [
     Row("rcpt catch-all", MAIL, "RCPT TO:<anyone@catchall.example>", "250 2.1.5 "),
     Row("rcpt postmaster", MAIL, "RCPT TO:<postmaster@hosted.example>", "250 2.1.5 "),
     Row("rcpt unknown user", MAIL, "RCPT TO:<nobody@hosted.example>", "550 5.1.1 "),
+    # RFC 5321 4.5.1 / 4.1.1.3: postmaster of every hosted domain, and <Postmaster> bare
+    Row("bare postmaster, none configured", MAIL, "RCPT TO:<Postmaster>", NO_PM),
+    Row(
+        "empty domain's postmaster, none configured",
+        MAIL,
+        "RCPT TO:<postmaster@empty.example>",
+        NO_PM,
+    ),
+    Row(
+        "empty domain, other user",
+        MAIL,
+        "RCPT TO:<nobody@empty.example>",
+        "550 5.1.1 Recipient address rejected: user unknown",
+    ),
+    Row("bare postmaster", MAIL, "RCPT TO:<Postmaster>", "250 2.1.5 ", server="pm"),
+    Row("bare postmaster, upper case", MAIL, "RCPT TO:<POSTMASTER>", "250 2.1.5 ", server="pm"),
+    Row("bare postmaster, lower case", MAIL, "RCPT TO:<postmaster>", "250 2.1.5 ", server="pm"),
+    Row(
+        "empty domain's postmaster",
+        MAIL,
+        "RCPT TO:<postmaster@empty.example>",
+        "250 2.1.5 ",
+        server="pm",
+    ),
+    Row(
+        "empty domain, other user, postmaster configured",
+        MAIL,
+        "RCPT TO:<nobody@empty.example>",
+        "550 5.1.1 Recipient address rejected: user unknown",
+        server="pm",
+    ),
+    Row(
+        "message to bare postmaster",
+        [*MAIL, "RCPT TO:<Postmaster>", "DATA"],
+        MSG + b".\r\n",
+        "250 2.0.0 ",
+        stored=1,
+        mailbox="other",
+        server="pm",
+    ),
+    Row(
+        "message to an empty domain's postmaster",
+        [*MAIL, "RCPT TO:<postmaster@empty.example>", "DATA"],
+        MSG + b".\r\n",
+        "250 2.0.0 ",
+        stored=1,
+        mailbox="other",
+        server="pm",
+    ),
+    Row(
+        "postmaster with an empty domain", MAIL, "RCPT TO:<Postmaster@>", "553 5.1.3 ", server="pm"
+    ),
+    Row(
+        "bare postmaster is not a relay",
+        MAIL,
+        "RCPT TO:<postmaster%foreign.example>",
+        "554 5.7.1 ",
+        server="pm",
+    ),
     Row("rcpt suspended mailbox", MAIL, "RCPT TO:<frozen@hosted.example>", "550 5.2.1 "),
     Row("rcpt suspended domain", MAIL, "RCPT TO:<someone@closed.example>", "550 5.2.1 "),
     Row("rcpt over quota", MAIL, "RCPT TO:<full@hosted.example>", "452 4.2.2 "),
@@ -135,11 +202,14 @@ ROWS = [
 def test_smtp_reply_table(
     smtp_world: None, smtp_start: Callable[..., IngressThread], store: MaildirStore
 ) -> None:
-    server = smtp_start(smtp_max_message_size=MAX_SIZE)
+    servers = {
+        "default": smtp_start(smtp_max_message_size=MAX_SIZE),
+        "pm": smtp_start(smtp_max_message_size=MAX_SIZE, postmaster_address=PLATFORM_PM),
+    }
     failures: list[str] = []
     for row in ROWS:
-        before = len(new_messages(store, ADDRESSES["user"]))
-        client = RawClient(server.port)
+        before = len(new_messages(store, ADDRESSES[row.mailbox]))
+        client = RawClient(servers[row.server].port)
         client.sock.settimeout(5)
         try:
             for step in row.prelude:
@@ -161,7 +231,7 @@ def test_smtp_reply_table(
             failures.append(f"{row.name}: {exc!r}")
         finally:
             client.close()
-        stored = len(new_messages(store, ADDRESSES["user"])) - before
+        stored = len(new_messages(store, ADDRESSES[row.mailbox])) - before
         if stored != row.stored:
             failures.append(f"{row.name}: {stored} messages stored, expected {row.stored}")
     assert not failures, "\n".join(failures)

@@ -87,6 +87,11 @@ def test_smtp_enhanced_codes(raw: str, sent: str) -> None:
         "<>",
         "a@b.c",
         "<" + "x" * 65 + "@b.c>",
+        # RFC 5321 4.1.1.3: "<Postmaster>" is a valid Forward-path; aiosmtpd 1.4.6 returns
+        # "Postmaster" (the handler, not the parser, used to refuse it as a relay attempt).
+        "<Postmaster>",
+        "<postmaster> SIZE=1",
+        "<Postmaster@>",
     ],
 )
 def test_smtp_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
@@ -95,6 +100,13 @@ def test_smtp_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
     stock = SMTP.__new__(SMTP)
     ours.local_part_limit = stock.local_part_limit = 64
     assert ours._getaddr(arg) == stock._getaddr(arg)
+
+
+def test_smtp_bare_postmaster_reaches_the_handler() -> None:
+    ours = IngressSMTP.__new__(IngressSMTP)
+    ours.local_part_limit = 64
+    assert ours._getaddr("<Postmaster>") == ("Postmaster", "")
+    assert ours._getaddr("<POSTMASTER> SIZE=1") == ("POSTMASTER", "SIZE=1")
 
 
 def test_smtp_loop_completions_results_errors_cancellation_and_batching() -> None:

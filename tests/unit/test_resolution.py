@@ -14,7 +14,7 @@ from app.maildir import MailboxRef, MaildirStore
 from app.passwords import hash_password
 from app.services import aliases, customers, domains, mailboxes
 from app.services.audit import CLI_ACTOR
-from app.services.resolution import Verdict, resolve_recipient
+from app.services.resolution import Verdict, existing_mailbox_ids, resolve_recipient
 from tests.factories import make_alias, make_customer, make_domain, make_mailbox
 
 OK = Verdict.OK
@@ -23,6 +23,9 @@ NO_DOMAIN = Verdict.UNKNOWN_DOMAIN
 NO_USER = Verdict.UNKNOWN_USER
 SUSPENDED = Verdict.SUSPENDED
 FULL = Verdict.OVER_QUOTA
+NO_PM = Verdict.NO_POSTMASTER
+# The platform postmaster of the world below (Settings.postmaster_address in production).
+PLATFORM_PM = "hostmaster@isp.example"
 
 
 @functools.cache
@@ -95,6 +98,12 @@ def build_world(session: Session) -> None:
     _mailbox(session, "someone@pmbox.example")
     _mailbox(session, "postmaster@pmbox.example")
     make_domain(session, "empty.example", acme)
+    make_domain(session, "dormant.example", acme)
+    sleeper = _mailbox(session, "sleeper@dormant.example")
+    mailboxes.set_mailbox_status(session, actor=CLI_ACTOR, mailbox_id=sleeper, status="suspended")
+    make_domain(session, "isp.example", acme)
+    _mailbox(session, PLATFORM_PM)
+    make_alias(session, "pm-team@isp.example", [PLATFORM_PM, "user@hosted.example"])
     make_domain(session, "bücher.example", acme)
     _mailbox(session, "leser@bücher.example")
 
@@ -145,7 +154,11 @@ ROWS: list[tuple[str, Verdict, tuple[str, ...]]] = [
     ("Postmaster@PM.example", OK, ("first@pm.example",)),
     ("postmaster@catchall.example", OK, ("catch@catchall.example",)),
     ("postmaster@hosted.example", OK, ("user@hosted.example",)),
-    ("postmaster@empty.example", NO_USER, ()),
+    # ... and nothing else without a platform postmaster (see POSTMASTER_ROWS for one)
+    ("postmaster@empty.example", NO_PM, ()),
+    ("postmaster@dormant.example", NO_PM, ()),  # its only mailbox is suspended
+    ("Postmaster", NO_PM, ()),  # RFC 5321 4.1.1.3: <Postmaster> without a domain
+    ("nobody@empty.example", NO_USER, ()),
     # internationalised domain names, Unicode or punycode
     ("leser@bücher.example", OK, ("leser@xn--bcher-kva.example",)),
     ("LESER@BÜCHER.EXAMPLE", OK, ("leser@xn--bcher-kva.example",)),
@@ -184,6 +197,41 @@ ROWS: list[tuple[str, Verdict, tuple[str, ...]]] = [
 ]
 
 
+# RFC 5321 section 4.5.1 with a platform postmaster configured: (address, postmaster_address,
+# verdict, targets). The domain's own choices come first; the platform postmaster is the last
+# resort, and a platform postmaster that is not a deliverable hosted address counts as none.
+POSTMASTER_ROWS: list[tuple[str, str | None, Verdict, tuple[str, ...]]] = [
+    ("postmaster@empty.example", PLATFORM_PM, OK, (PLATFORM_PM,)),
+    ("POSTMASTER@EMPTY.EXAMPLE", PLATFORM_PM, OK, (PLATFORM_PM,)),
+    ("postmaster@dormant.example", PLATFORM_PM, OK, (PLATFORM_PM,)),
+    ("Postmaster", PLATFORM_PM, OK, (PLATFORM_PM,)),
+    ("postmaster", PLATFORM_PM, OK, (PLATFORM_PM,)),
+    ("POSTMASTER", PLATFORM_PM, OK, (PLATFORM_PM,)),
+    ("postmaster", None, NO_PM, ()),
+    ("postmaster", "", NO_PM, ()),
+    # the domain's own postmaster, catch-all or first mailbox still win
+    ("postmaster@pmbox.example", PLATFORM_PM, OK, ("postmaster@pmbox.example",)),
+    ("Postmaster@PM.example", PLATFORM_PM, OK, ("first@pm.example",)),
+    ("postmaster@catchall.example", PLATFORM_PM, OK, ("catch@catchall.example",)),
+    ("postmaster@alias.example", PLATFORM_PM, OK, ("user@hosted.example",)),
+    # only postmaster falls back; suspension and unknown domains are not overridden
+    ("nobody@empty.example", PLATFORM_PM, NO_USER, ()),
+    ("postmaster@susp.example", PLATFORM_PM, SUSPENDED, ()),
+    ("postmaster@late.example", PLATFORM_PM, SUSPENDED, ()),
+    ("postmaster@nowhere.example", PLATFORM_PM, NO_DOMAIN, ()),
+    ("postmaster@", PLATFORM_PM, INVALID, ()),
+    # the platform postmaster may be an alias
+    ("Postmaster", "pm-team@isp.example", OK, (PLATFORM_PM, "user@hosted.example")),
+    # misconfigured platform postmaster: no such user, not hosted, suspended, or itself a
+    # postmaster with nowhere to go (no loop)
+    ("postmaster@empty.example", "nobody@isp.example", NO_PM, ()),
+    ("postmaster@empty.example", "pm@foreign.example", NO_PM, ()),
+    ("postmaster@empty.example", "carol@hosted.example", NO_PM, ()),
+    ("postmaster@empty.example", "postmaster@empty.example", NO_PM, ()),
+    ("Postmaster", "Postmaster", NO_PM, ()),
+]
+
+
 @pytest.fixture
 def world(session: Session) -> Iterator[Session]:
     build_world(session)
@@ -199,6 +247,43 @@ def test_resolution_table(world: Session) -> None:
             failures.append(f"{address!r}: expected {(verdict, targets)}, got {got}")
     assert not failures, "\n".join(failures)
     assert len(ROWS) > 50
+
+
+def test_postmaster_table(world: Session) -> None:
+    failures = []
+    for address, platform, verdict, targets in POSTMASTER_ROWS:
+        result = resolve_recipient(world, address=address, postmaster_address=platform)
+        got = (result.verdict, tuple(sorted(t.address for t in result.targets)))
+        if got != (verdict, targets):
+            failures.append(f"{address!r} ({platform}): expected {(verdict, targets)}, got {got}")
+    assert not failures, "\n".join(failures)
+
+
+def test_platform_postmaster_over_quota_is_temporary(session: Session, store: MaildirStore) -> None:
+    make_domain(session, "empty.example")
+    make_domain(session, "isp.example")
+    _mailbox(session, PLATFORM_PM, quota=1000)
+    session.commit()
+    _fill(store, MailboxRef("isp.example", "hostmaster"), 1000)
+    for address in ("Postmaster", "postmaster@empty.example"):
+        result = resolve_recipient(
+            session, address=address, store=store, postmaster_address=PLATFORM_PM
+        )
+        assert result.verdict is FULL, address
+
+
+def test_existing_mailbox_ids(session: Session) -> None:
+    make_domain(session, "hosted.example")
+    kept = _mailbox(session, "kept@hosted.example")
+    gone = _mailbox(session, "gone@hosted.example")
+    mailboxes.delete_mailbox(session, actor=CLI_ACTOR, mailbox_id=gone)
+    again = _mailbox(session, "gone@hosted.example")
+    session.commit()
+    # A mailbox created again at a deleted one's address gets a new id (never reused).
+    assert again not in (kept, gone)
+    assert existing_mailbox_ids(session, ids=[kept, gone, again, kept]) == {kept, again}
+    assert existing_mailbox_ids(session, ids=[gone]) == set()
+    assert existing_mailbox_ids(session, ids=[]) == set()
 
 
 def test_targets_carry_mailbox_ref_and_quota(world: Session) -> None:
