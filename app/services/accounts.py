@@ -122,6 +122,37 @@ def set_operator_password(
     return operator
 
 
+def change_own_password(
+    session: Session,
+    *,
+    actor: Actor,
+    operator_id: int,
+    current_password: str,
+    new_password: str,
+) -> Operator:
+    """An operator replacing their own password: ``current_password`` must verify (else
+    ValidationError on field 'current_password'), ``new_password`` follows the same rules as
+    everywhere (field 'new_password'). Ending the operator's other login sessions is the
+    edge's part (it owns sessions and cookies)."""
+    operator = _get_operator(session, operator_id)
+    ok, _ = verify_password(current_password, operator.password_hash)
+    if not ok:
+        raise ValidationError("this is not your current password", field="current_password")
+    check_password(new_password, field="new_password")
+    operator.password_hash = hash_password(new_password)
+    session.flush()
+    audit(
+        session,
+        actor=actor,
+        action="operator.password",
+        object_type="operator",
+        object_id=operator.id,
+        object_name=operator.username,
+        detail="changed own password",
+    )
+    return operator
+
+
 def delete_operator(session: Session, *, actor: Actor, operator_id: int) -> None:
     """Refused (ConflictError) for the last active admin."""
     operator = _get_operator(session, operator_id)

@@ -114,3 +114,25 @@ def test_support_operator_view(live: LiveServer, page: Any) -> None:
     page.goto(f"{live.url}/mailboxes/{mailbox_id}/delete")
     assert "Not allowed for your role" in page.content()
     shot(page, "11-support-refused")
+
+
+def test_operator_changes_own_password(live: LiveServer, page: Any) -> None:
+    base = live.url
+    login(page, base, "sam")
+    page.click("#account-link")
+    page.wait_for_url(f"{base}/account")
+    page.fill("#f-current_password", "wrong guess")
+    page.fill("#f-new_password", "sam's new passphrase")
+    page.fill("#f-new_password_confirm", "sam's new passphrase")
+    page.click("button:has-text('Change password')")
+    assert "not your current password" in page.inner_text("#e-current_password")
+    page.fill("#f-current_password", "correct horse")
+    page.fill("#f-new_password", "sam's new passphrase")
+    page.fill("#f-new_password_confirm", "sam's new passphrase")
+    page.click("button:has-text('Change password')")
+    page.wait_for_selector("text=Your password was changed")
+    shot(page, "12-own-password-changed")
+    page.click("button:has-text('Log out')")
+    page.wait_for_url(f"{base}/login")
+    login(page, base, "sam", "sam's new passphrase")
+    assert "sam" in page.inner_text(".whoami")

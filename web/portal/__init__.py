@@ -38,6 +38,7 @@ def portal_errors() -> Iterator[None]:
 
 def build_router() -> APIRouter:
     from web.portal import (
+        account,
         aliases,
         audit_log,
         auth,
@@ -61,6 +62,7 @@ def build_router() -> APIRouter:
         aliases,
         bulk,
         operators,
+        account,
         audit_log,
     ):
         router.include_router(module.router)

@@ -166,13 +166,56 @@ def login_form(request: Request, next: str = "/") -> HTMLResponse:  # noqa: A002
     return _login_page(request, next_url=safe_next(next), status=200)
 
 
-def _throttle_keys(username: str, ip: str | None) -> list[str]:
+def throttle_keys(username: str, ip: str | None) -> list[str]:
     return [f"web:user:{username.lower()}", f"web:ip:{ip or 'unknown'}"]
 
 
 def _delay(factory: sessionmaker[Session], keys: list[str]) -> float:
     with transaction(factory) as session:
         return accounts.throttle_delay(session, keys=keys)
+
+
+def open_session(
+    session: Session, *, operator_id: int, remote_addr: str | None, max_age: int
+) -> str:
+    """A new login session (fresh id and CSRF token); the cookie value. Expired rows go."""
+    now = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at < now))
+    raw = secrets.token_urlsafe(32)
+    session.add(
+        WebSession(
+            id_hash=hash_session_id(raw),
+            operator_id=operator_id,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=max_age),
+            remote_addr=remote_addr,
+        )
+    )
+    session.flush()
+    return raw
+
+
+def end_sessions(session: Session, *, operator_id: int) -> int:
+    """Log the operator out everywhere (every browser, every machine); how many ended."""
+    result = session.execute(
+        delete(WebSession).where(WebSession.operator_id == operator_id),
+        execution_options={"synchronize_session": "fetch"},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def set_session_cookie(response: Response, raw: str, request: Request) -> None:
+    settings = request.app.state.settings
+    response.set_cookie(
+        SESSION_COOKIE,
+        raw,
+        max_age=settings.session_max_age,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/",
+    )
 
 
 def _login(
@@ -192,23 +235,13 @@ def _login(
             accounts.record_login_failure(session, keys=keys)
             return None
         accounts.clear_login_failures(session, keys=keys)
-        now = utcnow()
-        # Rotation: whatever session the browser had before is gone; expired rows go too.
+        # Rotation: whatever session the browser had before is gone.
         if old_cookie:
             session.execute(
                 delete(WebSession).where(WebSession.id_hash == hash_session_id(old_cookie))
             )
-        session.execute(delete(WebSession).where(WebSession.expires_at < now))
-        raw = secrets.token_urlsafe(32)
-        session.add(
-            WebSession(
-                id_hash=hash_session_id(raw),
-                operator_id=operator.id,
-                csrf_token=secrets.token_urlsafe(32),
-                created_at=now,
-                expires_at=now + dt.timedelta(seconds=max_age),
-                remote_addr=remote_addr,
-            )
+        raw = open_session(
+            session, operator_id=operator.id, remote_addr=remote_addr, max_age=max_age
         )
         audit(
             session,
@@ -240,7 +273,7 @@ async def login(request: Request) -> Response:
             status=400,
         )
     ip = client_ip(request)
-    keys = _throttle_keys(username, ip)
+    keys = throttle_keys(username, ip)
     factory = request.app.state.session_factory
     settings = request.app.state.settings
     delay = await run_in_threadpool(_delay, factory, keys)
@@ -266,15 +299,7 @@ async def login(request: Request) -> Response:
             status=400,
         )
     response = RedirectResponse(next_url, status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        raw,
-        max_age=settings.session_max_age,
-        httponly=True,
-        samesite="lax",
-        secure=settings.cookie_secure,
-        path="/",
-    )
+    set_session_cookie(response, raw, request)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 

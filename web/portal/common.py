@@ -24,6 +24,8 @@ DONE_MESSAGES = {
     "suspended": "Suspended.",
     "active": "Resumed: active again.",
     "password": "Password changed.",
+    "own_password": "Your password was changed. Your other sessions (other browsers and "
+    "machines) were logged out; this one continues.",
     "revoked": "Revoked.",
     "imported": "Import complete.",
 }

@@ -12,7 +12,17 @@ from starlette.datastructures import FormData, UploadFile
 from app.errors import MailhostError
 
 # Never echoed back into a re-rendered form.
-_SECRET_FIELDS = frozenset({"password", "password_confirm", "csrf_token", "csv_text"})
+_SECRET_FIELDS = frozenset(
+    {
+        "password",
+        "password_confirm",
+        "current_password",
+        "new_password",
+        "new_password_confirm",
+        "csrf_token",
+        "csv_text",
+    }
+)
 
 
 class PostForm:

@@ -8,8 +8,9 @@ from fastapi.responses import HTMLResponse, Response
 from app.errors import MailhostError, ValidationError
 from app.models import ROLE_ADMIN, ROLE_SUPPORT, SCOPES, Operator
 from app.services import accounts
+from app.services.mailboxes import generate_password
 from web.deps import SessionDep
-from web.portal.auth import AdminDep, AuthDep, FormDep
+from web.portal.auth import AdminDep, AuthDep, FormDep, end_sessions
 from web.portal.common import redirect
 from web.portal.errors import not_found
 from web.portal.forms import FormState, saving
@@ -98,6 +99,37 @@ def operator_delete(
             status=409,
         )
     return redirect("/operators?done=deleted")
+
+
+@router.get("/operators/{operator_id}/password", response_model=None)
+def operator_password_form(
+    request: Request, session: SessionDep, auth: AdminDep, operator_id: int
+) -> Response:
+    if operator_id == auth.me.id:
+        return redirect("/account")  # your own: the current password is asked there
+    return render(request, "operators/password.html", {"operator": _operator(session, operator_id)})
+
+
+@router.post("/operators/{operator_id}/password", response_model=None)
+def operator_password_reset(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, operator_id: int
+) -> Response:
+    """An admin resets another operator's password (forgotten, or a leak suspected): a
+    generated one, shown once; the operator is logged out everywhere."""
+    if operator_id == auth.me.id:
+        return redirect("/account")
+    operator = _operator(session, operator_id)
+    password = generate_password()
+    accounts.set_operator_password(
+        session, actor=auth.actor, operator_id=operator_id, password=password
+    )
+    end_sessions(session, operator_id=operator_id)
+    session.commit()
+    response = render(
+        request, "operators/password_shown.html", {"operator": operator, "password": password}
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/tokens")
