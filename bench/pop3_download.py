@@ -22,7 +22,10 @@ files, against two baselines, and the ratios are what to compare between runs:
   least; the real server can only approach it.
 
 Server CPU per message (user + system time of the server processes, from /proc) is printed for
-both servers: it does not depend on how busy the other core is, unlike wall-clock rates.
+both servers: it does not depend on how busy the other core is, unlike wall-clock rates.  The
+``sys%`` column is the kernel's share of it (on loopback the sender's kernel time includes
+most of the receiving side's TCP work).  ``--repeat N`` runs each scenario N times: on a shared
+machine compare several runs, not one.
 
 Reference (Dovecot on a machine of this kind): ~5,300 msg/s for 4 KiB one command at a time,
 ~9,000 msg/s pipelined, ~280 MB/s for 1 MiB messages.

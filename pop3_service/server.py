@@ -3,7 +3,9 @@
 The protocol itself lives in ``session.py`` and never does I/O; this module feeds it lines and
 carries out the events it returns.  Blocking work (database, password hashing, opening large
 files) runs in worker threads; small messages are read on the loop thread because measuring
-showed that a page-cached 4 KiB read costs less than handing it to a thread (see
+showed that a page-cached 4 KiB read costs less than handing it to a thread, and blocks of large
+messages are read on the loop thread only when the kernel can serve them from the page cache
+without waiting (preadv RWF_NOWAIT), otherwise in a thread (see ``_stream_retr`` and
 bench/pop3_download.py).
 """
 
