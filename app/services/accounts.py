@@ -29,6 +29,7 @@ from app.models import (
     AuthFailure,
     Mailbox,
     Operator,
+    WebSession,
     utcnow,
 )
 from app.passwords import dummy_verify, hash_password, verify_password
@@ -110,6 +111,7 @@ def set_operator_password(
     operator = _get_operator(session, operator_id)
     check_password(password)
     operator.password_hash = hash_password(password)
+    _end_portal_sessions(session, operator_id=operator.id)
     session.flush()
     audit(
         session,
@@ -120,6 +122,15 @@ def set_operator_password(
         object_name=operator.username,
     )
     return operator
+
+
+def _end_portal_sessions(session: Session, *, operator_id: int) -> None:
+    # A new password logs the operator out everywhere, whichever door set it (portal, CLI):
+    # a session that may have leaked must not outlive the password it was opened with.
+    session.execute(
+        delete(WebSession).where(WebSession.operator_id == operator_id),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def change_own_password(
@@ -133,13 +144,15 @@ def change_own_password(
     """An operator replacing their own password: ``current_password`` must verify (else
     ValidationError on field 'current_password'), ``new_password`` follows the same rules as
     everywhere (field 'new_password'). Ending the operator's other login sessions is the
-    edge's part (it owns sessions and cookies)."""
+    edge's part (it owns sessions and cookies); every existing session ends here, so the
+    edge opens a fresh one for the browser that made the change."""
     operator = _get_operator(session, operator_id)
     ok, _ = verify_password(current_password, operator.password_hash)
     if not ok:
         raise ValidationError("this is not your current password", field="current_password")
     check_password(new_password, field="new_password")
     operator.password_hash = hash_password(new_password)
+    _end_portal_sessions(session, operator_id=operator.id)
     session.flush()
     audit(
         session,

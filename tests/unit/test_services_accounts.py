@@ -299,3 +299,29 @@ def test_throttle_is_shared_through_the_database(session_factory) -> None:  # ty
         accounts.record_login_failure(s, keys=["web:user:x", "web:user:x"])
     with session_factory() as s:
         assert accounts.throttle_delay(s, keys=["web:user:x"]) == 2.0
+
+
+def test_a_new_operator_password_ends_every_portal_session(session) -> None:
+    import datetime as dt
+
+    from app.models import WebSession, utcnow
+    from app.services import accounts
+    from app.services.audit import CLI_ACTOR
+
+    op = accounts.create_operator(
+        session, actor=CLI_ACTOR, username="carol", password="first password", role="admin"
+    )
+    other = accounts.create_operator(
+        session, actor=CLI_ACTOR, username="dave", password="first password", role="admin"
+    )
+    later = utcnow() + dt.timedelta(hours=1)
+    for i, owner in enumerate((op, op, other)):
+        session.add(
+            WebSession(id_hash=f"h{i}", operator_id=owner.id, csrf_token="t", expires_at=later)
+        )
+    session.flush()
+    accounts.set_operator_password(
+        session, actor=CLI_ACTOR, operator_id=op.id, password="second password"
+    )
+    left = session.query(WebSession).all()
+    assert [(s.id_hash, s.operator_id) for s in left] == [("h2", other.id)]
