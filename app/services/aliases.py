@@ -8,34 +8,26 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from app.errors import ConflictError, NotFoundError, ValidationError
-from app.models import Alias, AliasTarget, Domain, DomainAlias, Mailbox
+from app.models import Alias, AliasTarget, Domain, Mailbox
 from app.services.addresses import split_address
 from app.services.audit import Actor, audit
 from app.services.customers import flush_or_conflict
-from app.services.domains import get_domain_by_name
+from app.services.domains import (
+    address_forms,
+    check_own_address,
+    forget_addresses,
+    get_domain_by_name,
+)
 
 # An alias is a small distribution list, not a mailing-list manager.
 MAX_TARGETS = 1000
 
 
-def _target_exists(session: Session, local: str, domain_name: str) -> bool:
-    domain_id = session.scalar(select(Domain.id).where(Domain.name == domain_name))
-    if domain_id is None:
-        # user@alias-domain names the same user as user@target-domain.
-        domain_id = session.scalar(
-            select(DomainAlias.target_domain_id).where(DomainAlias.name == domain_name)
-        )
-    if domain_id is None:
-        return False
-    for model in (Mailbox, Alias):
-        if session.scalar(
-            select(model.id).where(model.domain_id == domain_id, model.local_part == local)
-        ):
-            return True
-    return False
-
-
-def _clean_targets(session: Session, targets: Sequence[str], *, own: str | None) -> list[str]:
+def _clean_targets(
+    session: Session, targets: Sequence[str], *, own: str, customer_id: int
+) -> list[str]:
+    """Normalised, de-duplicated targets, each a mailbox or alias of a domain (or alias domain)
+    of the alias's own customer; see ``check_own_address``."""
     if isinstance(targets, str):
         targets = [targets]
     cleaned: list[str] = []
@@ -46,10 +38,9 @@ def _clean_targets(session: Session, targets: Sequence[str], *, own: str | None)
             raise ValidationError(f"alias {own} cannot deliver to itself", field="targets")
         if address in cleaned:
             continue
-        if not _target_exists(session, local, domain_name):
-            raise ValidationError(
-                f"target {address} is not a mailbox or alias hosted here", field="targets"
-            )
+        check_own_address(
+            session, customer_id=customer_id, address=address, field="targets", label="target"
+        )
         cleaned.append(address)
     if not cleaned:
         raise ValidationError("an alias needs at least one target", field="targets")
@@ -60,8 +51,9 @@ def _clean_targets(session: Session, targets: Sequence[str], *, own: str | None)
 
 def create_alias(session: Session, *, actor: Actor, address: str, targets: Sequence[str]) -> Alias:
     """Domain must be hosted; address must not be a mailbox or alias already (ConflictError);
-    at least one target; each target a valid address of a hosted domain that exists (mailbox
-    or alias); duplicates removed."""
+    at least one target; each target an existing mailbox or alias of a domain (or alias domain)
+    of the same customer as the alias's domain (ValidationError, field 'targets', with the same
+    message for another customer's address as for an unknown one); duplicates removed."""
     local, domain_name = split_address(address)
     normalised = f"{local}@{domain_name}"
     domain = get_domain_by_name(session, name=domain_name)
@@ -73,7 +65,7 @@ def create_alias(session: Session, *, actor: Actor, address: str, targets: Seque
         select(Alias.id).where(Alias.domain_id == domain.id, Alias.local_part == local)
     ):
         raise ConflictError(f"alias {normalised} already exists", field="address")
-    cleaned = _clean_targets(session, targets, own=normalised)
+    cleaned = _clean_targets(session, targets, own=normalised, customer_id=domain.customer_id)
     alias = Alias(
         domain=domain,
         local_part=local,
@@ -147,8 +139,11 @@ def list_aliases(
 def set_alias_targets(
     session: Session, *, actor: Actor, alias_id: int, targets: Sequence[str]
 ) -> Alias:
+    """Replace the targets; the same rules as ``create_alias``."""
     alias = get_alias(session, alias_id=alias_id)
-    cleaned = _clean_targets(session, targets, own=alias.address)
+    cleaned = _clean_targets(
+        session, targets, own=alias.address, customer_id=alias.domain.customer_id
+    )
     before = [t.address for t in alias.targets]
     if sorted(before) == sorted(cleaned):
         return alias
@@ -175,6 +170,8 @@ def set_alias_targets(
 
 
 def delete_alias(session: Session, *, actor: Actor, alias_id: int) -> None:
+    """Delete the alias and every reference to its addresses (targets of other aliases,
+    catch-alls; see ``forget_addresses``)."""
     alias = get_alias(session, alias_id=alias_id)
     audit(
         session,
@@ -184,5 +181,7 @@ def delete_alias(session: Session, *, actor: Actor, alias_id: int) -> None:
         object_id=alias.id,
         object_name=alias.address,
     )
+    forms = address_forms(session, domain=alias.domain, local_part=alias.local_part)
     session.delete(alias)
     session.flush()
+    forget_addresses(session, actor=actor, reason="alias deleted", addresses=forms)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload
 
 from app.errors import ConflictError, LimitExceededError, NotFoundError, ValidationError
 from app.models import Alias, AliasTarget, Domain, DomainAlias, Mailbox
@@ -254,18 +255,63 @@ def address_exists(session: Session, address: str) -> str | None:
     return None
 
 
+def customer_of_address(session: Session, address: str) -> int | None:
+    """The id of the customer owning the mailbox or alias at the normalised ``address``, or None.
+
+    ``user@alias-domain`` is the user of the alias domain's target domain, so it belongs to
+    that domain's customer."""
+    local, domain_name = address.rsplit("@", 1)
+    row = session.execute(
+        select(Domain.id, Domain.customer_id).where(Domain.name == domain_name)
+    ).first()
+    if row is None:
+        row = session.execute(
+            select(Domain.id, Domain.customer_id)
+            .join(DomainAlias, DomainAlias.target_domain_id == Domain.id)
+            .where(DomainAlias.name == domain_name)
+        ).first()
+    if row is None:
+        return None
+    domain_id, customer_id = row
+    for model in (Mailbox, Alias):
+        if session.scalar(
+            select(model.id).where(model.domain_id == domain_id, model.local_part == local)
+        ):
+            return int(customer_id)
+    return None
+
+
+def check_own_address(
+    session: Session, *, customer_id: int, address: str, field: str, label: str
+) -> str:
+    """Normalise ``address`` and require it to be a mailbox or alias of a domain (or alias
+    domain) of customer ``customer_id``: where an alias or catch-all delivers is that customer's
+    business only, so one customer's addresses can never be made to receive another's mail."""
+    local, domain_name = split_address(address, field=field)
+    normalised = f"{local}@{domain_name}"
+    if customer_of_address(session, normalised) != customer_id:
+        # One message for an unknown address, a domain not hosted and another customer's
+        # address: the refusal must not tell who hosts what.
+        raise ValidationError(
+            f"{label} {normalised} is not a mailbox or alias of this customer's domains",
+            field=field,
+        )
+    return normalised
+
+
 def set_catchall(session: Session, *, actor: Actor, domain_id: int, target: str | None) -> Domain:
-    """``target`` is a full address that must resolve to a local mailbox or alias; None clears."""
+    """``target`` is a full address that must be a mailbox or alias of a domain of the same
+    customer (ValidationError, field 'target', otherwise); None or blank clears."""
     domain = get_domain(session, domain_id=domain_id)
     normalised: str | None = None
     if target is not None and target.strip():
-        local, target_domain = split_address(target, field="target")
-        normalised = f"{local}@{target_domain}"
-        if address_exists(session, normalised) is None:
-            raise ValidationError(
-                f"catch-all target {normalised} is not a mailbox or alias hosted here",
-                field="target",
-            )
+        normalised = check_own_address(
+            session,
+            customer_id=domain.customer_id,
+            address=target,
+            field="target",
+            label="catch-all target",
+        )
     if normalised != domain.catchall_target:
         domain.catchall_target = normalised
         session.flush()
@@ -279,6 +325,120 @@ def set_catchall(session: Session, *, actor: Actor, domain_id: int, target: str 
             detail=f"catch-all -> {normalised}" if normalised else "catch-all cleared",
         )
     return domain
+
+
+# Addresses per IN list when forgetting references (well below SQLite's bound-parameter limit).
+_IN_CHUNK = 500
+
+
+def _references(
+    column: InstrumentedAttribute[str] | InstrumentedAttribute[str | None],
+    addresses: set[str],
+    domain_names: set[str],
+) -> list[ColumnElement[bool]]:
+    """Conditions matching ``column`` to one of ``addresses`` or to any address of one of
+    ``domain_names``; one element per statement to run (each stays a bounded size)."""
+    ordered = sorted(addresses)
+    conditions: list[ColumnElement[bool]] = [
+        column.in_(ordered[i : i + _IN_CHUNK]) for i in range(0, len(ordered), _IN_CHUNK)
+    ]
+    if domain_names:
+        # Stored addresses are normalised local@idna-domain and domain names hold no LIKE
+        # wildcards ('%', '_'), but escape anyway so the match stays exact.
+        conditions.append(
+            or_(
+                *(
+                    column.like("%@" + _escape_like(name), escape="\\")
+                    for name in sorted(domain_names)
+                )
+            )
+        )
+    return conditions
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def address_forms(session: Session, *, domain: Domain, local_part: str) -> set[str]:
+    """Every address naming ``local_part`` of ``domain``: its own and one per alias domain."""
+    names = [domain.name, *(alias.name for alias in domain.domain_aliases)]
+    return {f"{local_part}@{name}" for name in names}
+
+
+def forget_addresses(
+    session: Session,
+    *,
+    actor: Actor,
+    reason: str,
+    addresses: Iterable[str] = (),
+    domain_names: Iterable[str] = (),
+) -> None:
+    """Remove every reference to addresses that just stopped existing, so that whoever creates
+    one of them again later (perhaps another customer, after a domain is re-registered) does
+    not silently start receiving mail meant for the old owner.
+
+    ``addresses`` are normalised addresses, ``domain_names`` domain or alias-domain names all of
+    whose addresses went. Alias targets naming them are removed ('alias.target_removed'),
+    catch-alls naming them cleared ('domain.catchall_cleared'), and an alias left without
+    targets is deleted ('alias.deleted', 'last target deleted'), which in turn forgets its own
+    addresses; a visited set ends alias rings. Call after deleting the rows themselves."""
+    pending = set(addresses)
+    pending_domains = set(domain_names)
+    seen: set[str] = set()
+    while pending or pending_domains:
+        seen |= pending
+        for condition in _references(Domain.catchall_target, pending, pending_domains):
+            for domain in session.scalars(select(Domain).where(condition).order_by(Domain.id)):
+                audit(
+                    session,
+                    actor=actor,
+                    action="domain.catchall_cleared",
+                    object_type="domain",
+                    object_id=domain.id,
+                    object_name=domain.name,
+                    detail=f"{domain.catchall_target}: {reason}",
+                )
+                domain.catchall_target = None
+        emptied: dict[int, Alias] = {}
+        for condition in _references(AliasTarget.address, pending, pending_domains):
+            gone = session.scalars(
+                select(AliasTarget)
+                .where(condition)
+                .options(joinedload(AliasTarget.alias).joinedload(Alias.domain))
+                .order_by(AliasTarget.alias_id, AliasTarget.address)
+            ).all()
+            for target in gone:
+                alias = target.alias
+                audit(
+                    session,
+                    actor=actor,
+                    action="alias.target_removed",
+                    object_type="alias",
+                    object_id=alias.id,
+                    object_name=alias.address,
+                    detail=f"{target.address}: {reason}",
+                )
+                alias.targets.remove(target)  # delete-orphan deletes the row
+                if not alias.targets:
+                    emptied[alias.id] = alias
+        pending = set()
+        pending_domains = set()
+        for alias in emptied.values():
+            audit(
+                session,
+                actor=actor,
+                action="alias.deleted",
+                object_type="alias",
+                object_id=alias.id,
+                object_name=alias.address,
+                detail="last target deleted",
+            )
+            pending |= address_forms(session, domain=alias.domain, local_part=alias.local_part)
+            session.delete(alias)
+        pending -= seen
+        reason = "alias deleted (last target deleted)"
+        session.flush()
 
 
 def add_domain_alias(
@@ -325,11 +485,16 @@ def remove_domain_alias(session: Session, *, actor: Actor, alias_name: str) -> N
     )
     session.delete(alias)
     session.flush()
+    # user@alias-domain no longer names anyone; if the name is hosted again later (by any
+    # customer), old targets must not deliver there.
+    forget_addresses(session, actor=actor, reason="alias domain removed", domain_names=[alias.name])
 
 
 def delete_domain(session: Session, *, actor: Actor, domain_id: int, cascade: bool = False) -> None:
     """Refused while it has mailboxes or aliases unless ``cascade``; records 'deleted' events
-    for each mailbox and for the domain. Message files are removed by the edge afterwards."""
+    for each mailbox and for the domain. Alias targets and catch-alls of other domains that
+    point into this domain or its alias domains are removed (see ``forget_addresses``).
+    Message files are removed by the edge afterwards."""
     domain = get_domain(session, domain_id=domain_id)
     mailbox_rows = session.execute(
         select(Mailbox.id, Mailbox.local_part)
@@ -374,6 +539,8 @@ def delete_domain(session: Session, *, actor: Actor, domain_id: int, cascade: bo
             else None
         ),
     )
+    # Every address of the domain and of its alias domains stops existing with it.
+    names = {domain.name, *(alias.name for alias in domain.domain_aliases)}
     alias_ids = select(Alias.id).where(Alias.domain_id == domain.id).scalar_subquery()
     # Bulk deletes (one statement per table, not one per row) keep a big domain's deletion
     # quick; "fetch" synchronisation removes the deleted rows from the session too.
@@ -395,4 +562,5 @@ def delete_domain(session: Session, *, actor: Actor, domain_id: int, cascade: bo
         execution_options={"synchronize_session": "fetch"},
     )
     session.flush()
+    forget_addresses(session, actor=actor, reason="domain deleted", domain_names=names)
     session.expire_all()

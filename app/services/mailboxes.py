@@ -14,7 +14,13 @@ from app.passwords import hash_password, is_supported_hash
 from app.services.addresses import split_address
 from app.services.audit import Actor, audit, record_lifecycle
 from app.services.customers import check_status, flush_or_conflict
-from app.services.domains import MAX_BYTES, get_domain_by_name, usage_of
+from app.services.domains import (
+    MAX_BYTES,
+    address_forms,
+    forget_addresses,
+    get_domain_by_name,
+    usage_of,
+)
 
 MIN_PASSWORD_LENGTH = 8
 # Long enough for any passphrase, short enough that hashing it is not a denial of service.
@@ -318,9 +324,11 @@ def set_mailbox_status(session: Session, *, actor: Actor, mailbox_id: int, statu
 
 
 def delete_mailbox(session: Session, *, actor: Actor, mailbox_id: int) -> None:
-    """Deletes the row (and alias targets pointing at it stay as dangling addresses, ignored by
-    resolution); records a 'deleted' lifecycle event. Message files are removed by the edge
-    after commit with ``MaildirStore.remove_mailbox``."""
+    """Deletes the row and every reference to its addresses: alias targets naming it are
+    removed (an alias left without targets is deleted) and catch-alls naming it cleared, so a
+    mailbox created at that address later does not inherit its mail (see
+    ``domains.forget_addresses``). Records a 'deleted' lifecycle event. Message files are
+    removed by the edge after commit with ``MaildirStore.remove_mailbox``."""
     mailbox = get_mailbox(session, mailbox_id=mailbox_id)
     _lifecycle(session, mailbox, "deleted")
     audit(
@@ -331,8 +339,10 @@ def delete_mailbox(session: Session, *, actor: Actor, mailbox_id: int) -> None:
         object_id=mailbox.id,
         object_name=mailbox.address,
     )
+    forms = address_forms(session, domain=mailbox.domain, local_part=mailbox.local_part)
     session.delete(mailbox)
     session.flush()
+    forget_addresses(session, actor=actor, reason="mailbox deleted", addresses=forms)
 
 
 def generate_password() -> str:

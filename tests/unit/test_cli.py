@@ -503,3 +503,22 @@ def test_password_prompt_asks_twice_on_a_terminal(
     assert status == 0, output
     with session_factory() as s:
         assert accounts.authenticate_mailbox(s, address="c@acme.example", password="typed-secret-1")
+
+
+def test_alias_and_catchall_refuse_another_customers_mailbox(run: Run, engine: Engine) -> None:
+    """The audit's finding through the CLI door: one-line error, exit 1, nothing changed."""
+    _add_alice(run)
+    assert run("customer", "add", "Beta").status == 0
+    assert run("domain", "add", "beta.example", "--customer", "Beta").status == 0
+    r = run("mailbox", "add", "bob@beta.example", "--password-stdin", stdin="bob-password-1\n")
+    assert r.status == 0, r
+    before = snapshot(engine)
+    for argv in (
+        ["alias", "add", "steal@acme.example", "bob@beta.example"],
+        ["alias", "add", "steal@acme.example", "alice@acme.example", "bob@beta.example"],
+        ["domain", "change", "acme.example", "--catchall", "bob@beta.example"],
+    ):
+        assert_one_line_error(run(*argv), "bob@beta.example", "this customer's domains")
+    assert snapshot(engine) == before
+    # The same address is fine for Beta's own alias.
+    assert run("alias", "add", "team@beta.example", "bob@beta.example").status == 0

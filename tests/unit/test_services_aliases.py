@@ -10,15 +10,19 @@ from app.errors import ConflictError, NotFoundError, ValidationError
 from app.models import Alias, AliasTarget, AuditEntry
 from app.services import aliases, domains
 from app.services.audit import CLI_ACTOR
-from tests.factories import make_alias, make_domain, make_mailbox
+from tests.factories import make_alias, make_customer, make_domain, make_mailbox
 
 
 @pytest.fixture
 def hosted(session: Session) -> Session:
     domain = make_domain(session, "hosted.example")
+    # other.example belongs to the same customer (targets may cross its domains);
+    # foreign.example to another customer.
+    make_domain(session, "other.example", domain.customer)
     make_mailbox(session, "a@hosted.example")
     make_mailbox(session, "b@hosted.example")
     make_mailbox(session, "c@other.example")
+    make_mailbox(session, "z@foreign.example")
     domains.add_domain_alias(
         session, actor=CLI_ACTOR, domain_id=domain.id, alias_name="alias.example"
     )
@@ -106,8 +110,91 @@ def test_set_targets_and_delete(hosted: Session) -> None:
 
 def test_list_aliases_by_domain_and_page(hosted: Session) -> None:
     ids = [make_alias(hosted, f"l{i}@hosted.example", ["a@hosted.example"]).id for i in range(4)]
-    other = make_alias(hosted, "x@other.example", ["c@other.example"]).id
+    other = make_alias(hosted, "x@foreign.example", ["z@foreign.example"]).id
     domain = domains.get_domain_by_name(hosted, name="hosted.example")
     assert [a.id for a in aliases.list_aliases(hosted, domain_id=domain.id)] == ids
     assert [a.id for a in aliases.list_aliases(hosted, after_id=ids[2])] == [ids[3], other]
     assert [a.id for a in aliases.list_aliases(hosted, customer_id=domain.customer_id)] == ids
+
+
+# ------------------------------------------------------------------ cross-customer isolation
+def _two_customers(session: Session) -> dict[str, int]:
+    """Acme (acme.example, acme2.example, alias domain acme-alias.example) and Beta
+    (beta.example, alias domain beta-alias.example), each with a mailbox and an alias."""
+    acme = make_customer(session, "Acme")
+    beta = make_customer(session, "Beta")
+    acme_domain = make_domain(session, "acme.example", acme)
+    make_domain(session, "acme2.example", acme)
+    beta_domain = make_domain(session, "beta.example", beta)
+    for address in ("alice@acme.example", "carol@acme2.example", "bob@beta.example"):
+        make_mailbox(session, address)
+    make_alias(session, "team@acme.example", ["alice@acme.example"])
+    make_alias(session, "sales@beta.example", ["bob@beta.example"])
+    for domain, name in ((acme_domain, "acme-alias.example"), (beta_domain, "beta-alias.example")):
+        domains.add_domain_alias(session, actor=CLI_ACTOR, domain_id=domain.id, alias_name=name)
+    existing = make_alias(session, "existing@acme.example", ["alice@acme.example"])
+    return {"acme_domain": acme_domain.id, "existing": existing.id}
+
+
+def _create(session: Session, ids: dict[str, int], target: str) -> None:
+    aliases.create_alias(session, actor=CLI_ACTOR, address="new@acme.example", targets=[target])
+
+
+def _set_targets(session: Session, ids: dict[str, int], target: str) -> None:
+    aliases.set_alias_targets(
+        session, actor=CLI_ACTOR, alias_id=ids["existing"], targets=["alice@acme.example", target]
+    )
+
+
+def _catchall(session: Session, ids: dict[str, int], target: str) -> None:
+    domains.set_catchall(session, actor=CLI_ACTOR, domain_id=ids["acme_domain"], target=target)
+
+
+OPERATIONS = {"create": (_create, "targets"), "set": (_set_targets, "targets"),
+              "catchall": (_catchall, "target")}  # fmt: skip
+FOREIGN = "is not a mailbox or alias of this customer's domains"
+TARGET_ROWS = [
+    # (operation, target, allowed): every door of the service layer, own and foreign targets.
+    *[(op, "bob@beta.example", False) for op in OPERATIONS],  # another customer's mailbox
+    *[(op, "sales@beta.example", False) for op in OPERATIONS],  # another customer's alias
+    *[(op, "BOB@Beta-Alias.example", False) for op in OPERATIONS],  # ... via its alias domain
+    *[(op, "nobody@beta.example", False) for op in OPERATIONS],  # foreign, does not exist
+    *[(op, "nobody@nowhere.example", False) for op in OPERATIONS],  # not hosted at all
+    *[(op, "nobody@acme.example", False) for op in OPERATIONS],  # own domain, no such address
+    *[(op, "carol@acme2.example", True) for op in OPERATIONS],  # own other domain
+    *[(op, "alice@acme-alias.example", True) for op in OPERATIONS],  # own alias domain
+    *[(op, "team@acme.example", True) for op in OPERATIONS],  # own alias
+]
+
+
+@pytest.mark.parametrize(("operation", "target", "allowed"), TARGET_ROWS)
+def test_targets_must_belong_to_the_same_customer(
+    session: Session, operation: str, target: str, allowed: bool
+) -> None:
+    ids = _two_customers(session)
+    run, field = OPERATIONS[operation]
+    before = (
+        session.scalars(select(AliasTarget.address).order_by(AliasTarget.id)).all(),
+        session.scalar(select(func.count(AuditEntry.id))),
+    )
+    if allowed:
+        run(session, ids, target)
+        session.flush()
+        delivered_to = {
+            *session.scalars(select(AliasTarget.address)),
+            domains.get_domain(session, domain_id=ids["acme_domain"]).catchall_target,
+        }
+        assert target in delivered_to
+        return
+    with pytest.raises(ValidationError) as info:
+        run(session, ids, target)
+    normalised = target.lower()
+    # The same words whether the foreign address exists or not: no probing other customers.
+    assert info.value.field == field
+    assert info.value.message.endswith(f"{normalised} {FOREIGN}"), info.value.message
+    after = (
+        session.scalars(select(AliasTarget.address).order_by(AliasTarget.id)).all(),
+        session.scalar(select(func.count(AuditEntry.id))),
+    )
+    assert after == before
+    assert domains.get_domain(session, domain_id=ids["acme_domain"]).catchall_target is None

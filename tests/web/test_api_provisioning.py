@@ -394,3 +394,29 @@ def test_domain_limit_exceeded_is_a_409_problem(api: Api) -> None:
     problem = assert_problem(response, 409)
     assert problem["type"] == "urn:mailhost:problem:limit-exceeded"
     assert d["max_mailboxes"] == 1
+
+
+def test_aliases_and_catchalls_cannot_deliver_to_another_customer(api: Api) -> None:
+    """The audit's finding through the API door: each refused with 422 naming the field, the
+    same words for another customer's real address and a made-up one, nothing changed."""
+    a = seed(api, "Alpha", "alpha.example")
+    seed(api, "Bravo", "bravo.example")
+    own = api.created(
+        f"{V1}/aliases", {"address": "team@alpha.example", "targets": ["bob@alpha.example"]}
+    )
+    did = a["domain"]["id"]
+    details: dict[tuple[str, str], set[str]] = {}
+    for target in ("bob@bravo.example", "nobody@bravo.example"):
+        for method, path, body, field in (
+            ("POST", "/aliases", {"address": "x2@alpha.example", "targets": [target]}, "targets"),
+            ("PATCH", f"/aliases/{own['id']}", {"targets": [target]}, "targets"),
+            ("PATCH", f"/domains/{did}", {"catchall_target": target}, "catchall_target"),
+        ):
+            problem = assert_problem(api.call(method, V1 + path, api.admin, json=body), 422, field)
+            details.setdefault((method, path), set()).add(problem["detail"].replace(target, "X"))
+    assert all(len(words) == 1 for words in details.values()), details
+    assert api.get(f"{V1}/aliases/{own['id']}").json()["targets"] == ["bob@alpha.example"]
+    assert api.get(f"{V1}/domains/{did}").json()["catchall_target"] is None
+    assert [i["address"] for i in api.get(f"{V1}/aliases").json()["items"]] == [
+        "team@alpha.example"
+    ]
