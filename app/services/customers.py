@@ -215,7 +215,8 @@ def delete_customer(
     session: Session, *, actor: Actor, customer_id: int, cascade: bool = False
 ) -> None:
     """Refused with ConflictError while it has domains, unless ``cascade`` (which deletes its
-    domains, mailboxes and aliases, recording lifecycle events for each)."""
+    domains, mailboxes and aliases, recording lifecycle events for each, and removes alias
+    targets and catch-alls anywhere that named their addresses; see ``delete_domain``)."""
     from app.services.domains import delete_domain
 
     customer = get_customer(session, customer_id=customer_id)

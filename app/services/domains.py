@@ -255,28 +255,33 @@ def address_exists(session: Session, address: str) -> str | None:
     return None
 
 
-def customer_of_address(session: Session, address: str) -> int | None:
+def customer_of_address(session: Session, address: str, *, lock: bool = False) -> int | None:
     """The id of the customer owning the mailbox or alias at the normalised ``address``, or None.
 
     ``user@alias-domain`` is the user of the alias domain's target domain, so it belongs to
-    that domain's customer."""
+    that domain's customer. ``lock`` takes a shared row lock (PostgreSQL; SQLite serialises
+    writers anyway) on the mailbox or alias row, and on the alias domain row, until commit: a
+    concurrent deletion waits for this transaction, so its cleanup (``forget_addresses``) sees
+    the reference being added instead of leaving it dangling."""
     local, domain_name = address.rsplit("@", 1)
     row = session.execute(
         select(Domain.id, Domain.customer_id).where(Domain.name == domain_name)
     ).first()
     if row is None:
-        row = session.execute(
+        via_alias = (
             select(Domain.id, Domain.customer_id)
             .join(DomainAlias, DomainAlias.target_domain_id == Domain.id)
             .where(DomainAlias.name == domain_name)
-        ).first()
+        )
+        if lock:
+            via_alias = via_alias.with_for_update(read=True, of=DomainAlias)
+        row = session.execute(via_alias).first()
     if row is None:
         return None
     domain_id, customer_id = row
     for model in (Mailbox, Alias):
-        if session.scalar(
-            select(model.id).where(model.domain_id == domain_id, model.local_part == local)
-        ):
+        query = select(model.id).where(model.domain_id == domain_id, model.local_part == local)
+        if session.scalar(query.with_for_update(read=True) if lock else query):
             return int(customer_id)
     return None
 
@@ -289,7 +294,7 @@ def check_own_address(
     business only, so one customer's addresses can never be made to receive another's mail."""
     local, domain_name = split_address(address, field=field)
     normalised = f"{local}@{domain_name}"
-    if customer_of_address(session, normalised) != customer_id:
+    if customer_of_address(session, normalised, lock=True) != customer_id:
         # One message for an unknown address, a domain not hosted and another customer's
         # address: the refusal must not tell who hosts what.
         raise ValidationError(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import transaction
 from app.errors import ConflictError, NotFoundError, ValidationError
-from app.models import Alias, AliasTarget, AuditEntry
-from app.services import aliases, domains
+from app.models import Alias, AliasTarget, AuditEntry, Mailbox
+from app.services import aliases, domains, mailboxes
 from app.services.audit import CLI_ACTOR
 from tests.factories import make_alias, make_customer, make_domain, make_mailbox
 
@@ -198,3 +201,43 @@ def test_targets_must_belong_to_the_same_customer(
     )
     assert after == before
     assert domains.get_domain(session, domain_id=ids["acme_domain"]).catchall_target is None
+
+
+def test_target_added_while_its_mailbox_is_deleted_does_not_dangle(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Transaction A adds an alias targeting bob while transaction B deletes bob. Whatever the
+    interleaving, no committed target may name an address that no longer exists. On
+    PostgreSQL the target check's row lock makes B wait for A (B's cleanup then removes A's
+    target); on SQLite B either waits for A's write lock or fails and rolls back."""
+    with transaction(session_factory) as s:
+        make_domain(s, "hosted.example")
+        bob = make_mailbox(s, "bob@hosted.example").id
+        make_mailbox(s, "carol@hosted.example")
+    outcome: list[BaseException | None] = []
+
+    def delete_bob() -> None:
+        try:
+            with transaction(session_factory) as s:
+                mailboxes.delete_mailbox(s, actor=CLI_ACTOR, mailbox_id=bob)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome.append(exc)
+
+    with transaction(session_factory) as a:
+        make_alias(a, "team@hosted.example", ["bob@hosted.example"])
+        deleter = threading.Thread(target=delete_bob, daemon=True)
+        deleter.start()
+        deleter.join(timeout=0.5)  # give B time to reach its DELETE (and wait there)
+    deleter.join(timeout=30)
+    assert not deleter.is_alive() and len(outcome) == 1
+    with session_factory() as s:
+        bob_exists = s.get(Mailbox, bob) is not None
+        targets = s.scalars(select(AliasTarget.address)).all()
+        if outcome[0] is None:
+            assert not bob_exists
+            assert targets == []
+            assert s.scalar(select(func.count(Alias.id))) == 0  # its last target went
+        else:
+            assert bob_exists, outcome[0]  # B failed and rolled back: nothing dangles
+            assert targets == ["bob@hosted.example"]
