@@ -98,7 +98,7 @@ class Domain(Base):
     default_quota_bytes: Mapped[int] = mapped_column(BigInteger, default=1024**3)
     total_quota_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Full address (local@domain) that receives mail for unknown users of this domain.
-    catchall_target: Mapped[str | None] = mapped_column(String(320), default=None)
+    catchall_target: Mapped[str | None] = mapped_column(String(320), default=None, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     customer: Mapped[Customer] = relationship(back_populates="domains")
@@ -177,8 +177,8 @@ class AliasTarget(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     alias_id: Mapped[int] = mapped_column(ForeignKey("aliases.id", ondelete="CASCADE"))
-    # Normalised full address: local@idna-domain.
-    address: Mapped[str] = mapped_column(String(320))
+    # Normalised full address: local@idna-domain (indexed: deletions find who names it).
+    address: Mapped[str] = mapped_column(String(320), index=True)
 
     alias: Mapped[Alias] = relationship(back_populates="targets")
 

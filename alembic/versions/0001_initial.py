@@ -277,6 +277,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("mailbox_id", name=op.f("pk_maildrop_leases")),
     )
 
+    # Deleting a mailbox or alias finds the alias targets and catch-alls naming it.
+    op.create_index(op.f("ix_alias_targets_address"), "alias_targets", ["address"], unique=False)
+    op.create_index(
+        op.f("ix_domains_catchall_target"), "domains", ["catchall_target"], unique=False
+    )
+
 
 def downgrade() -> None:
     op.drop_table("maildrop_leases")
