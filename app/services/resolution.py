@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select
+from sqlalchemy import ColumnElement, Connection, Dialect, Select, and_, bindparam, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import ValidationError
@@ -94,7 +94,6 @@ _FIRST_MAILBOX = (
     .order_by(Mailbox.id)
     .limit(1)
 )
-_EXISTING_MAILBOXES = select(Mailbox.id).where(Mailbox.id.in_(bindparam("ids", expanding=True)))
 
 
 def _pairs(
@@ -296,18 +295,42 @@ def _platform_postmaster(
     return Resolution(Verdict.NO_POSTMASTER)
 
 
-def existing_mailbox_ids(session: Session, *, ids: Iterable[int]) -> set[int]:
+def existing_mailbox_ids(session: Session | Connection, *, ids: Iterable[int]) -> set[int]:
     """Which of ``ids`` are mailboxes that still exist (in any status).
 
     For the SMTP edge's check after storing a message: a target resolved earlier may have
     been deleted since. Mailbox ids are never reused (sqlite_autoincrement, PostgreSQL
     sequences), so a mailbox created again at the same address has a new id and is not
-    mistaken for the deleted one.
+    mistaken for the deleted one. Takes a Session or, cheaper, a Core Connection.
     """
     wanted = sorted(set(ids))
     if not wanted:
         return set()
-    return set(session.scalars(_EXISTING_MAILBOXES, {"ids": wanted}))
+    connection = session.connection() if isinstance(session, Session) else session
+    # This runs once per delivered message, from a thread pool. SQLAlchemy's execution layer
+    # cost 0.1 ms of CPU per call (Session) and 0.06 ms (Connection) against 0.012 ms for the
+    # driver's cursor (SQLite, measured); under load the Session version took a quarter of
+    # bench/smtp_ingest.py's 4 KiB throughput. So the statement is compiled by SQLAlchemy
+    # once per dialect (right paramstyle on both backends) and run on the driver's cursor.
+    sql, positions = _existing_sql(connection.dialect, len(wanted))
+    named = {f"i{n}": mailbox_id for n, mailbox_id in enumerate(wanted)}
+    params: Any = named if positions is None else tuple(named[p] for p in positions)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return {int(row[0]) for row in cursor.fetchall()}
+    finally:
+        cursor.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _existing_sql(dialect: Dialect, count: int) -> tuple[str, tuple[str, ...] | None]:
+    """The driver-level SQL of ``SELECT id FROM mailboxes WHERE id IN (...count...)`` and,
+    for a positional paramstyle, the order of its parameters."""
+    statement = select(Mailbox.id).where(Mailbox.id.in_([bindparam(f"i{n}") for n in range(count)]))
+    compiled = statement.compile(dialect=dialect)
+    positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+    return compiled.string, positions
 
 
 def _over_quota(store: MaildirStore, target: Target) -> bool:

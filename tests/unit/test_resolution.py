@@ -272,7 +272,7 @@ def test_platform_postmaster_over_quota_is_temporary(session: Session, store: Ma
         assert result.verdict is FULL, address
 
 
-def test_existing_mailbox_ids(session: Session) -> None:
+def test_existing_mailbox_ids(session: Session, engine: Engine) -> None:
     make_domain(session, "hosted.example")
     kept = _mailbox(session, "kept@hosted.example")
     gone = _mailbox(session, "gone@hosted.example")
@@ -284,6 +284,12 @@ def test_existing_mailbox_ids(session: Session) -> None:
     assert existing_mailbox_ids(session, ids=[kept, gone, again, kept]) == {kept, again}
     assert existing_mailbox_ids(session, ids=[gone]) == set()
     assert existing_mailbox_ids(session, ids=[]) == set()
+    # The SMTP edge passes a Core connection (cheaper); same answers on both backends.
+    with engine.connect() as connection:
+        assert existing_mailbox_ids(connection, ids=[again, gone, kept]) == {kept, again}
+        assert existing_mailbox_ids(connection, ids=[gone, gone]) == set()
+        many = list(range(1, 70))  # more ids than mailboxes: one parameter each
+        assert existing_mailbox_ids(connection, ids=many) == {kept, again}
 
 
 def test_targets_carry_mailbox_ref_and_quota(world: Session) -> None:
