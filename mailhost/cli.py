@@ -37,6 +37,16 @@ def _setup_logging(ctx: Context) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
+def _warn_without_postmaster(ctx: Context) -> None:
+    # RFC 5321 section 4.5.1: mail to <Postmaster> (and to postmaster@ of a domain with no
+    # mailbox) needs the platform postmaster mailbox; without it such mail is refused.
+    if ctx.settings.postmaster_address is None:
+        logging.getLogger("mailhost").warning(
+            "MAILHOST_POSTMASTER_ADDRESS is not set: mail to <Postmaster> and to postmaster@ "
+            "of a domain without mailboxes is refused (RFC 5321 section 4.5.1 wants it delivered)"
+        )
+
+
 def _upgrade(ctx: Context) -> None:
     from app.migrations import upgrade_to_head
 
@@ -61,6 +71,7 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     from mailhost.serve import run
 
     _setup_logging(ctx)
+    _warn_without_postmaster(ctx)
     _upgrade(ctx)
     _ensure_first_operator(ctx)
     removed = ctx.store.clean_tmp()
@@ -79,6 +90,7 @@ def _cmd_edge(kind: str) -> commands.Handler:
         if workers < 1:
             raise UsageError("--workers must be at least 1")
         if kind == "smtp":
+            _warn_without_postmaster(ctx)
             # Crash debris is cleaned where mail is written; never delivered (see MaildirStore).
             ctx.store.clean_tmp()
         ctx.close()
