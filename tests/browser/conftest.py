@@ -105,7 +105,7 @@ def live(
         sock.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped before other packages: its loop stays on this thread
 def browser() -> Iterator[Any]:
     executable = _need_chromium()
     from playwright.sync_api import sync_playwright
