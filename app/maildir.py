@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -335,8 +336,6 @@ class MaildirStore:
 
     def remove_mailbox(self, mailbox: MailboxRef) -> None:
         """Delete a whole Maildir (used when a mailbox is deleted)."""
-        import shutil
-
         path = self.mailbox_path(mailbox)
         self._known_dirs.pop(mailbox, None)
         shutil.rmtree(path, ignore_errors=True)

@@ -444,9 +444,7 @@ class IngressHandler:
         and a 451 makes the sender retry, so removing them loses nothing (no POP3 session
         has seen them: a POP3 maildrop is listed at login, which needs the database too).
         """
-        # Empty chunks are left out: MaildirStore.deliver's writev loop never drops a
-        # zero-length chunk and would spin forever on an empty message body.
-        stored = self.store.deliver([(ref, [c for c in chunks if c]) for ref, chunks in copies])
+        stored = self.store.deliver(copies)
         try:
             with self._read_connection() as connection:
                 alive = existing_mailbox_ids(connection, ids=[t.mailbox_id for t in targets])
