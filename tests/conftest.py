@@ -21,6 +21,7 @@ import app.models  # noqa: F401  (registers every table on Base.metadata)
 from app.config import Settings
 from app.db import Base, make_engine, make_session_factory
 from app.maildir import MaildirStore
+from tests.dnsserver import TestDNSServer
 
 PG_URL_ENV = "MAILHOST_TEST_DATABASE_URL"
 
@@ -107,3 +108,13 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def tls_settings(settings: Settings, tls_files: tuple[Path, Path]) -> Settings:
     """``settings`` with the test certificate configured (enables STARTTLS / STLS / POP3S)."""
     return settings.model_copy(update={"tls_cert_file": tls_files[0], "tls_key_file": tls_files[1]})
+
+
+@pytest.fixture
+def dns_server() -> Iterator[TestDNSServer]:
+    """A real DNS server on 127.0.0.1 (UDP and TCP, port picked by the OS) with an empty zone."""
+    server = TestDNSServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
