@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import pop3_service.server as pop3_server
+import app.maildir as maildir_module
 from app.config import Settings
 from app.db import transaction
 from app.maildir import MaildirStore
@@ -607,13 +607,13 @@ def test_large_retr_is_exact_across_read_blocks(
 ) -> None:
     own, foreign = _block_edge_messages()
     reads: list[int | None] = []
-    real_read_cached = pop3_server._read_cached
+    real_read_cached = maildir_module._read_cached
 
     def spy(fd: int, buffer: bytearray, offset: int) -> int | None:
         reads.append(real_read_cached(fd, buffer, offset) if cached else None)
         return reads[-1]
 
-    monkeypatch.setattr(pop3_server, "_read_cached", spy)
+    monkeypatch.setattr(maildir_module, "_read_cached", spy)
     deliver(store, ALICE, own)
     (store.ensure(ref(ALICE)) / "new" / "1700000003.V801I2M4.postfix-host").write_bytes(foreign)
     expected = {
@@ -629,7 +629,7 @@ def test_large_retr_is_exact_across_read_blocks(
         assert client.multiline_raw() == wire
     client.cmd("QUIT")
     assert reads, "RETR of a large message never read a block"
-    if cached and pop3_server._RWF_NOWAIT is not None:
+    if cached and maildir_module._RWF_NOWAIT is not None:
         # Freshly written files are in the page cache: the loop thread read them itself.
         assert any(n for n in reads), reads
     if not cached:
