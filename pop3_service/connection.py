@@ -230,13 +230,16 @@ class Pop3Connection(asyncio.Protocol):
 
     def discard_input(self) -> None:
         self._in.clear()
+        self._skipping_overlong = False
 
     async def start_tls(self, context: ssl.SSLContext, *, timeout: float) -> None:
         """Flush the replies queued so far, then negotiate TLS as the server."""
         assert self.transport is not None
         await self.flush(timeout)
-        # RFC 2595 section 4 / CVE-2011-0411: nothing sent before the handshake may be taken
-        # as a command sent after it.
+        # RFC 2595 section 4 / CVE-2011-0411: nothing sent in plaintext before the handshake
+        # may be taken as a command sent after it.  No await between this and start_tls():
+        # from there on the TLS layer gets every byte, and plaintext that still arrives is
+        # not TLS and fails the handshake.
         self.discard_input()
         loop = asyncio.get_running_loop()
         new_transport = await loop.start_tls(
@@ -250,7 +253,8 @@ class Pop3Connection(asyncio.Protocol):
             raise ConnectionError("TLS negotiation failed")
         new_transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.transport = new_transport
-        self.discard_input()
+        # Not discarded again: what arrived by now came through TLS, and a client may send its
+        # first command in the same segment as its Finished (GnuTLS does).
 
     def queue(self, data: bytes) -> None:
         self._out += data
