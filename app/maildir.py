@@ -14,6 +14,7 @@ Postfix or Dovecot (names without ``S=``/``W=``, ``:2,FLAGS`` suffixes in ``cur/
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import os
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 # Refuse path components that could escape the root or hide files; database values are
@@ -101,6 +103,67 @@ def _sizes_from_name(name: str) -> tuple[int | None, int | None]:
 def lf_to_wire_size(data: bytes) -> int:
     """Size of ``data`` (LF line endings) once every LF is sent as CRLF."""
     return len(data) + data.count(b"\n")
+
+
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _read_cached(fd: int, buffer: bytearray, offset: int) -> int | None:
+    """Bytes read into ``buffer`` from the page cache without blocking, or None when the
+    data is not cached (or the platform or file system cannot tell)."""
+    global _RWF_NOWAIT
+    if _RWF_NOWAIT is None:
+        return None
+    try:
+        return os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            _RWF_NOWAIT = None  # not supported here: callers read in a thread from now on
+            return None
+        raise
+
+
+class MessageReader:
+    """An open message: whole reads, line reads and positioned block reads.
+
+    ``read_cached_at`` lets an event loop read blocks that are already in the page cache on
+    its own thread (Linux preadv2 with RWF_NOWAIT: the kernel answers EAGAIN instead of
+    going to disk) and hand only the rest to a worker thread (``read_at``).
+    """
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._fd = fh.fileno()
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fh.read(size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._fh.readline(size)
+
+    def read_at(self, buffer: bytearray, offset: int) -> int:
+        """Fill ``buffer`` from ``offset`` (may block on the disk); 0 at the end."""
+        return os.preadv(self._fd, [buffer], offset)
+
+    def read_cached_at(self, buffer: bytearray, offset: int) -> int | None:
+        """Like ``read_at`` but never waits for the disk: None when not cached."""
+        return _read_cached(self._fd, buffer, offset)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> MessageReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -296,6 +359,10 @@ class MaildirStore:
         self._check_inside(message.path)
         fd = os.open(message.path, os.O_RDONLY | os.O_NOFOLLOW)
         return os.fdopen(fd, "rb")
+
+    def open_reader(self, message: MessageInfo) -> MessageReader:
+        """Open a listed message for streaming reads (raises FileNotFoundError if gone)."""
+        return MessageReader(self.open_message(message))
 
     def usage(self, mailbox: MailboxRef) -> Usage:
         """Bytes and messages stored, from file names (stat only for foreign files)."""

@@ -108,6 +108,13 @@ async def run_services(
     engine = make_engine(settings)
     factory = make_session_factory(engine)
     store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
+    # Every worker start, not only the supervisor's: a worker killed with SIGKILL leaves its
+    # half-written deliveries in tmp/ and its replacement is the next chance to clean them.
+    # Only files older than DEFAULT_STALE_TMP_SECONDS go, so a sibling's delivery in progress
+    # stays; none of them is ever delivered.
+    removed = await asyncio.to_thread(store.clean_tmp)
+    if removed:
+        log.warning("removed %d stale file(s) from tmp/", removed)
     stoppers: list[Callable[[], Awaitable[None]]] = []
     listening: dict[str, list[int]] = {}
     web_task: asyncio.Task[None] | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 
@@ -19,10 +20,17 @@ from app.maildir import MaildirStore
 from pop3_service.locking import DEFAULT_LEASE_SECONDS
 from pop3_service.server import Pop3Server
 
+log = logging.getLogger("pop3_service")
+
 
 async def _run(settings: Settings, lease_seconds: float) -> None:
     engine = make_engine(settings)
     store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
+    # Crash debris of killed deliveries (age-based, so a live writer's file stays; see
+    # MaildirStore.clean_tmp); never delivered.
+    removed = await asyncio.to_thread(store.clean_tmp)
+    if removed:
+        log.warning("removed %d stale file(s) from tmp/", removed)
     server = Pop3Server(
         settings,
         session_factory=make_session_factory(engine),

@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import BinaryIO, overload
+from typing import Protocol, overload
 
 TERMINATOR = b".\r\n"
 _LINE_START_DOT = re.compile(rb"\n\.")
 # Large enough that the per-block Python overhead is noise, small enough for flat memory.
 BLOCK_SIZE = 256 * 1024
+
+
+class Readable(Protocol):
+    """What the encoders read from: a binary file or ``app.maildir.MessageReader``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readline(self, size: int = -1, /) -> bytes: ...
 
 
 class WireEncoder:
@@ -90,7 +98,7 @@ def encode_whole(data: bytes, *, crlf_source: bool = False) -> bytes:
 
 
 def iter_message(
-    fh: BinaryIO, *, crlf_source: bool = False, block_size: int = BLOCK_SIZE
+    fh: Readable, *, crlf_source: bool = False, block_size: int = BLOCK_SIZE
 ) -> Iterator[bytes]:
     """Encoded blocks of a whole message, the terminator last (RETR)."""
     encoder = WireEncoder(crlf_source=crlf_source)
@@ -102,7 +110,7 @@ def iter_message(
 
 
 def iter_top(
-    fh: BinaryIO,
+    fh: Readable,
     body_lines: int,
     *,
     crlf_source: bool = False,

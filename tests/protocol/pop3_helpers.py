@@ -37,6 +37,16 @@ def require_curl() -> str:
     return path
 
 
+def require_mpop() -> str:
+    """Path of mpop; a skip locally when missing, a failure in CI (it must be installed)."""
+    path = shutil.which("mpop")
+    if path is None:
+        if in_ci():
+            pytest.fail("mpop is not installed (CI must install it: apt-get install mpop)")
+        pytest.skip("mpop is not installed")
+    return path
+
+
 class ServerThread:
     """A Pop3Server running on its own event loop in a daemon thread."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import poplib
+import ssl
 import subprocess
 import time
 import tracemalloc
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import pop3_service.server as pop3_server
+import app.maildir as maildir_module
 from app.config import Settings
 from app.db import transaction
 from app.maildir import MaildirStore
@@ -32,6 +33,7 @@ from tests.protocol.pop3_helpers import (
     ref,
     reference_wire,
     require_curl,
+    require_mpop,
     running_server,
     to_wire,
 )
@@ -84,6 +86,11 @@ def start(
 @pytest.fixture
 def server(start: Callable[..., ServerThread]) -> ServerThread:
     return start()
+
+
+@pytest.fixture
+def server_tls(start: Callable[..., ServerThread], tls_settings: Settings) -> ServerThread:
+    return start(tls_settings)
 
 
 def pop(port: int) -> poplib.POP3:
@@ -607,13 +614,13 @@ def test_large_retr_is_exact_across_read_blocks(
 ) -> None:
     own, foreign = _block_edge_messages()
     reads: list[int | None] = []
-    real_read_cached = pop3_server._read_cached
+    real_read_cached = maildir_module._read_cached
 
     def spy(fd: int, buffer: bytearray, offset: int) -> int | None:
         reads.append(real_read_cached(fd, buffer, offset) if cached else None)
         return reads[-1]
 
-    monkeypatch.setattr(pop3_server, "_read_cached", spy)
+    monkeypatch.setattr(maildir_module, "_read_cached", spy)
     deliver(store, ALICE, own)
     (store.ensure(ref(ALICE)) / "new" / "1700000003.V801I2M4.postfix-host").write_bytes(foreign)
     expected = {
@@ -629,8 +636,86 @@ def test_large_retr_is_exact_across_read_blocks(
         assert client.multiline_raw() == wire
     client.cmd("QUIT")
     assert reads, "RETR of a large message never read a block"
-    if cached and pop3_server._RWF_NOWAIT is not None:
+    if cached and maildir_module._RWF_NOWAIT is not None:
         # Freshly written files are in the page cache: the loop thread read them itself.
         assert any(n for n in reads), reads
     if not cached:
         assert all(n is None for n in reads)
+
+
+# ------------------------------------------------------------------------------ STLS timing
+def test_stls_answers_a_command_sent_with_the_last_handshake_bytes(
+    start: Callable[..., ServerThread], tls_settings: Settings
+) -> None:
+    """RFC 2595 section 4: the client's first command inside TLS may share a TCP segment with
+    its TLS Finished (GnuTLS clients such as mpop do this); it must be answered."""
+    server = start(tls_settings)
+    client = RawClient(server.port)
+    assert client.cmd("STLS") == b"+OK Begin TLS negotiation"
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_tls_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    sock = client.sock
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            data = sock.recv(65536)
+            assert data, "server closed during the handshake"
+            incoming.write(data)
+    # The handshake is complete on our side; the Finished is still in ``outgoing``.
+    tls.write(b"CAPA\r\n")
+    sock.sendall(outgoing.read())  # Finished and CAPA in one write
+    answer = b""
+    deadline = time.monotonic() + TIMEOUT
+    while not answer.endswith(b"\r\n.\r\n") and time.monotonic() < deadline:
+        try:
+            answer += tls.read(65536)
+        except ssl.SSLWantReadError:
+            data = sock.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+    assert answer.startswith(b"+OK"), answer
+    assert b"\r\nUSER\r\n" in answer and answer.endswith(b"\r\n.\r\n"), answer
+    sock.close()
+
+
+def test_mpop_fetches_over_stls(
+    server_tls: ServerThread, store: MaildirStore, tmp_path: Path
+) -> None:
+    mpop = require_mpop()
+    deliver(store, ALICE, MSG_PLAIN, MSG_DOTS)
+    target = tmp_path / "fetched"
+    for sub in ("tmp", "new", "cur"):
+        (target / sub).mkdir(parents=True)
+    config = tmp_path / "mpoprc"
+    config.write_text(
+        "account default\n"
+        "host 127.0.0.1\n"
+        f"port {server_tls.port}\n"
+        "tls on\n"
+        "tls_starttls on\n"
+        "tls_certcheck off\n"
+        "auth user\n"
+        f"user {ALICE}\n"
+        f"password {DEFAULT_PASSWORD}\n"
+        f"delivery maildir {target}\n"
+        "keep off\n"
+        "timeout 10\n"
+    )
+    config.chmod(0o600)
+    result = subprocess.run(
+        [mpop, "-C", str(config), "--quiet"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    fetched = sorted(p.read_bytes() for p in (target / "new").iterdir())
+    assert len(fetched) == 2
+    assert any(b"Subject: one" in m and b"Hello" in m for m in fetched)
+    assert any(b".starts with a dot" in m and b"\n..\n" in m for m in fetched)
+    # keep off: the messages were deleted on the server at QUIT.
+    assert store.list_messages(ref(ALICE)) == []

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -149,3 +149,82 @@ def test_second_session_refused_across_processes_and_released_on_sigkill(
     # The killed session's DELE was never applied.
     assert client.cmd("QUIT").startswith(b"+OK")
     assert len(store.list_messages(ref(ALICE))) == 1
+
+
+def _tmp_debris(store: MaildirStore) -> tuple[Path, Path]:
+    """A stale tmp file (two days old, crash debris) and a fresh one (a delivery in progress)."""
+    tmp = store.ensure(ref(ALICE)) / "tmp"
+    stale, fresh = tmp / "1700000000.M1P1Q1.dead", tmp / "1700000001.M1P1Q2.live"
+    stale.write_bytes(b"Subject: half written\n")
+    fresh.write_bytes(b"Subject: being written\n")
+    old = time.time() - 2 * 86400
+    os.utime(stale, (old, old))
+    return stale, fresh
+
+
+def test_a_worker_start_cleans_stale_tmp_files_only(
+    settings: Settings, store: MaildirStore, tmp_path: Path
+) -> None:
+    stale, fresh = _tmp_debris(store)
+    reserved = _shared_port()
+    try:
+        worker = Worker(settings, reserved.getsockname()[1], "worker-a.test", tmp_path)
+    finally:
+        reserved.close()
+    try:
+        assert not stale.exists()
+        assert fresh.exists()
+    finally:
+        worker.stop()
+
+
+def test_a_replacement_prefork_worker_cleans_stale_tmp_files(
+    settings: Settings, store: MaildirStore, tmp_path: Path
+) -> None:
+    """``mailhost pop3 --workers 2``: after a worker is SIGKILLed, its replacement cleans."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHOST_")}
+    env.update(
+        MAILHOST_DATABASE_URL=settings.database_url,
+        MAILHOST_MAILDIR_ROOT=str(settings.maildir_root),
+        MAILHOST_HOSTNAME="mx.test.example",
+        MAILHOST_POP3_PORT="0",
+        MAILHOST_LOG_LEVEL="INFO",
+        PYTHONPATH=str(REPO),
+    )
+    stderr = tmp_path / "pop3.err"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailhost", "pop3", "--workers", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    def wait_for(predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not predicate():
+            assert proc.poll() is None, stderr.read_text()
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {what}: {stderr.read_text()}"
+            )
+            time.sleep(0.1)
+
+    def ready() -> int:
+        return stderr.read_text().count("mailhost: ready:")
+
+    try:
+        wait_for(lambda: ready() >= 2, "two workers")
+        stale, fresh = _tmp_debris(store)  # left by a delivery killed after the workers began
+        pids = [
+            int(line.rsplit("pid ", 1)[1].rstrip(")"))
+            for line in stderr.read_text().splitlines()
+            if "started pop3 worker" in line
+        ]
+        os.kill(pids[0], signal.SIGKILL)
+        wait_for(lambda: ready() >= 3, "the replacement worker")
+        assert not stale.exists(), stderr.read_text()
+        assert fresh.exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

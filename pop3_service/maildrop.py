@@ -1,0 +1,154 @@
+"""Login -> maildrop lock -> snapshot: the maildrop object a POP3 session works on.
+
+As in Twisted's ``IMailbox``, the server never opens a message file itself: it asks the
+maildrop to ``open(i)`` a message of the snapshot, to ``expunge(uids)`` at QUIT and to
+``release()`` the lock; each goes through ``MaildirStore``.  Every method here blocks
+(database, password hashing, file system): the server calls them through
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import transaction
+from app.errors import MailhostError, TemporaryError
+from app.maildir import MailboxRef, MaildirStore, MessageInfo, MessageReader
+from app.services import accounts, stats
+from pop3_service.locking import MaildropLocks
+from pop3_service.session import AuthFailure
+
+# The longest plausible address (RFC 5321 section 4.5.3.1: 64 + 1 + 255).
+MAX_USERNAME = 320
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEntry:
+    """One message of a login snapshot: what the session sees, plus where it is."""
+
+    uid: str
+    size: int
+    info: MessageInfo
+
+    @property
+    def crlf_source(self) -> bool:
+        """True for foreign files whose line endings may already be CRLF."""
+        return self.info.wire_size is None
+
+
+@dataclass(slots=True)
+class MaildirMaildrop:
+    """The locked maildrop handed to the session after login (the session reads ``messages``)."""
+
+    mailbox_id: int
+    ref: MailboxRef
+    messages: list[SnapshotEntry]
+    _store: MaildirStore = field(repr=False)
+    _locks: MaildropLocks = field(repr=False)
+    _released: bool = False
+
+    def open(self, index: int) -> MessageReader:
+        """Open message ``index`` (0-based) of the snapshot; FileNotFoundError if gone."""
+        return self._store.open_reader(self.messages[index].info)
+
+    def expunge(self, uids: tuple[str, ...]) -> int:
+        """Remove these messages if the lock is still ours (else LeaseLost); how many went."""
+        # Still ours?  A session whose lock lapsed must not delete (another may be live).
+        self._locks.confirm(self.mailbox_id)
+        wanted = set(uids)
+        doomed = [m.info for m in self.messages if m.uid in wanted]
+        return self._store.expunge(self.ref, doomed)
+
+    def release(self) -> None:
+        """Give the lock back (once; later calls do nothing)."""
+        if self._released:
+            return
+        self._released = True
+        self._locks.release(self.mailbox_id)
+
+
+def _plausible(text: str, *, limit: int) -> bool:
+    """False for strings no mailbox login can contain (control characters, broken UTF-8)."""
+    if not text or len(text) > limit:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate-escaped bytes that were not UTF-8
+        return False
+    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def throttle_keys(ip: str, username: str) -> list[str]:
+    """Failed-login counter keys: per client address and per account (escaped, bounded)."""
+    user = ascii(username.strip().lower())[1:-1][:300]
+    return [f"pop3:ip:{ip}", f"pop3:user:{user}"]
+
+
+class Maildrops:
+    """Opens maildrops: checks credentials, takes the lock, snapshots the Maildir."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        store: MaildirStore,
+        locks: MaildropLocks,
+    ) -> None:
+        self._factory = session_factory
+        self._store = store
+        self.locks = locks
+
+    def throttle_delay(self, *, peer_ip: str, username: str) -> float:
+        """Seconds to wait before checking this login (the one place the throttle is asked)."""
+        keys = throttle_keys(peer_ip, username)
+        with transaction(self._factory) as db:
+            return float(accounts.throttle_delay(db, keys=keys))
+
+    def count_login(self) -> None:
+        with transaction(self._factory) as db:
+            stats.bump(db, metric="pop3_logins")
+
+    def login(self, *, peer_ip: str, username: str, password: str) -> MaildirMaildrop | AuthFailure:
+        """The locked, snapshotted maildrop, or why not."""
+        keys = throttle_keys(peer_ip, username)
+        found: tuple[int, MailboxRef] | None = None
+        if _plausible(username, limit=MAX_USERNAME) and _plausible(password, limit=1024):
+            try:
+                with transaction(self._factory) as db:
+                    mailbox = accounts.authenticate_mailbox(
+                        db, address=username.strip(), password=password
+                    )
+                    if mailbox is not None:
+                        found = (
+                            mailbox.id,
+                            MailboxRef(domain=mailbox.domain.name, local_part=mailbox.local_part),
+                        )
+                        accounts.clear_login_failures(db, keys=keys)
+            except TemporaryError:
+                raise
+            except MailhostError:  # e.g. ValidationError on a malformed address
+                found = None
+        if found is None:
+            with transaction(self._factory) as db:
+                accounts.record_login_failure(db, keys=keys)
+            return AuthFailure.BAD_CREDENTIALS
+        mailbox_id, ref = found
+        if not self.locks.acquire(mailbox_id):
+            return AuthFailure.IN_USE
+        try:
+            messages = [
+                SnapshotEntry(uid=m.uid, size=self._store.wire_size(m), info=m)
+                for m in self._store.list_messages(ref)
+            ]
+        except BaseException:
+            self.locks.release(mailbox_id)
+            raise
+        return MaildirMaildrop(
+            mailbox_id=mailbox_id,
+            ref=ref,
+            messages=messages,
+            _store=self._store,
+            _locks=self.locks,
+        )
