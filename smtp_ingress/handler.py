@@ -433,13 +433,14 @@ class IngressHandler:
         line = self._transaction_line(session, txn, len(content), reply[:9])
         try:
             kept = await self._blocking(self._deliver, targets, copies, line)
-        except Exception:
+        except Exception as exc:
             cid = secrets.token_hex(4)
             log.exception("delivery failed id=%s qid=%s", cid, txn.queue_id)
-            failed = self._transaction_line(session, txn, len(content), f"451 4.3.0 ref={cid}")
+            refusal = replies.delivery_failure(exc)
+            failed = self._transaction_line(session, txn, len(content), f"{refusal[:9]} ref={cid}")
             if failed is not None:
                 failed.write()
-            return replies.TEMPFAIL
+            return refusal
         if not kept:
             return replies.RECIPIENTS_GONE
         self.stats.add(kept)
