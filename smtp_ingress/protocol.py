@@ -320,7 +320,7 @@ class IngressSMTP(SMTP):
         self._reset_timeout(self._data_timeout)
         try:
             body = await self._read_body()
-            if body is None:
+            if body is None or self._over_size(body):
                 reply = replies.TOO_BIG
             else:
                 decoded = decode_body(body)
@@ -338,15 +338,20 @@ class IngressSMTP(SMTP):
             self._close_with(replies.SHUTTING_DOWN)
 
     async def _read_body(self) -> bytes | None:
-        """The wire body up to (without) the final ``.CRLF``, or None if over the size limit
-        (the rest is read and discarded so the session stays in sync, RFC 5321 4.2.5)."""
+        """The wire body up to (without) the final ``.CRLF``, or None if it is certainly over
+        the size limit (the rest is read and discarded so the session stays in sync, RFC 5321
+        4.2.5). The exact limit is checked on the decoded message (``_over_size``)."""
         reader: Any = self._reader
         limit: int = self.data_size_limit or (1 << 62)
+        # RFC 1870 section 3 counts the message, not the transfer: transparency dots are not
+        # counted, so the wire form may exceed the limit by one octet per line; a line is at
+        # least 3 octets on the wire ("..CRLF" for a line "."), hence at most a third more.
+        wire_limit = limit + limit // 3 + 8
         # StreamReader's private buffer and limit: aiosmtpd itself manages the reader this
         # way (``_buffer.clear()`` after STARTTLS). The virtual CRLF makes ".\r\n" as the
         # first line end DATA; the larger limit lets one readuntil() take the whole body.
         reader._buffer[0:0] = b"\r\n"
-        reader._limit = limit + 2 + len(_END_OF_DATA)
+        reader._limit = wire_limit + 2 + len(_END_OF_DATA)
         too_big = False
         try:
             while True:
@@ -362,4 +367,13 @@ class IngressSMTP(SMTP):
         if too_big:
             return None
         body = block[2:-3]
-        return None if len(body) > limit else body
+        return None if len(body) > wire_limit else body
+
+    def _over_size(self, body: bytes) -> bool:
+        """RFC 1870 section 3: the size is the message with CRLF line endings, without the
+        transparency dots (RFC 5321 section 4.5.2) of the wire ``body``."""
+        limit = self.data_size_limit
+        if not limit or len(body) <= limit:
+            return False
+        dots = body.count(b"\r\n.") + (body[:1] == b".")
+        return len(body) - dots > limit
