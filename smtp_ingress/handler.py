@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import email.utils
 import itertools
@@ -31,9 +32,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,39 +54,17 @@ from app.services.resolution import (
     resolve_recipient,
 )
 from smtp_ingress import replies
+from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
 
 log = logging.getLogger("smtp_ingress")
 T = TypeVar("T")
-
-
-class ServerLike(Protocol):
-    """What the hooks need from the protocol object (``IngressSMTP``)."""
-
-    hostname: str
-
-    def note_junk(self) -> None: ...
-
-    def transaction_done(self) -> None: ...
-
-
-@dataclass
-class Transaction:
-    """Per-transaction state kept on the aiosmtpd envelope (reset by MAIL / RSET / DATA)."""
-
-    queue_id: str = field(default_factory=lambda: secrets.token_hex(6).upper())
-    sender: str = ""  # "" is the null reverse-path <>
-    # mailbox id -> (target, the RCPT address that led to it, for the Received "for" clause)
-    targets: dict[int, tuple[Target, str]] = field(default_factory=dict)
-    accepted: list[str] = field(default_factory=list)
-    # Resolutions are cached per transaction: the same RCPT twice asks the database once.
-    cache: dict[str, Resolution] = field(default_factory=dict)
 
 
 def _has_control(text: str) -> bool:
     return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
 
 
-def _peer_ip(session: Any) -> str:
+def _peer_ip(session: SmtpSession) -> str:
     peer = getattr(session, "peer", None)
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
@@ -102,18 +82,44 @@ def _relay_trick(address: str) -> bool:
     )
 
 
-# Seconds a recipient resolution is reused across transactions of this process. Why: the
-# lookup (several queries, plus a Maildir scan for quota) was the largest per-message cost
-# after fsync in the profile. Cost: a suspension, new alias or a mailbox filling up takes
-# effect up to this long later (quota is racy between concurrent deliveries anyway).
-# Overridable by ``smtp_resolution_cache_seconds`` in Settings once it exists there.
+# Entries of the per-process resolution cache (``smtp_resolution_cache_seconds``): a recipient
+# lookup is several queries plus a Maildir scan for quota; reusing it briefly means a
+# suspension, new alias or a mailbox filling up takes effect up to that long later (quota is
+# racy between concurrent deliveries anyway). Past this many entries the cache starts afresh.
 _RESOLUTION_CACHE_MAX = 10_000
 
 
+@dataclass(frozen=True, slots=True)
+class TransactionLogLine:
+    """The fields of the one log line per transaction (formatted only when written)."""
+
+    queue_id: str
+    client: str
+    helo: str | None
+    sender: str
+    recipients: str
+    copies: int
+    size: int
+    result: str
+
+    def write(self) -> None:
+        log.info(
+            "qid=%s client=%s helo=%s from=<%s> to=%s copies=%d size=%d result=%s",
+            self.queue_id,
+            self.client,
+            self.helo,
+            self.sender,
+            self.recipients,
+            self.copies,
+            self.size,
+            self.result,
+        )
+
+
 class QueueIds:
-    """Queue ids like Postfix's: unique per process from a counter, not from the OS's random
-    source (``secrets`` per message was 3 % of the event loop's time). A random prefix per
-    process keeps the ids of worker processes sharing a port apart in the logs."""
+    """Queue ids like Postfix's: unique per process from a counter, not a system call per
+    message. A random prefix per process keeps the ids of worker processes sharing a port
+    apart in the logs."""
 
     def __init__(self) -> None:
         self._prefix = secrets.token_hex(3).upper()
@@ -223,10 +229,9 @@ class LoopCompletions:
     """Hands results of executor jobs back to the event loop, several per wake-up.
 
     Why not ``loop.run_in_executor``: it wraps a ``concurrent.futures.Future`` in an asyncio
-    one (``wrap_future`` and its state copying) and wakes the loop once per job; the profile
-    put the hand-off and return at ~15 % of the event loop's samples. Here a worker thread
-    appends its result to a list and wakes the loop only when no wake-up is pending yet, and
-    the loop completes every asyncio future in that list in one callback.
+    one (``wrap_future`` and its state copying) and wakes the loop once per job. Here a worker
+    thread appends its result to a list and wakes the loop only when no wake-up is pending
+    yet, and the loop completes every asyncio future in that list in one callback.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -300,7 +305,7 @@ class IngressHandler:
 
     # ------------------------------------------------------------------ greeting commands
     async def handle_HELO(
-        self, server: ServerLike, session: Any, envelope: Any, hostname: str
+        self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope, hostname: str
     ) -> str:
         if _has_control(hostname) or " " in hostname.strip():
             server.note_junk()
@@ -310,7 +315,12 @@ class IngressHandler:
         return f"250 {server.hostname}"
 
     async def handle_EHLO(
-        self, server: ServerLike, session: Any, envelope: Any, hostname: str, responses: list[str]
+        self,
+        server: ServerLike,
+        session: SmtpSession,
+        envelope: IngressEnvelope,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         if _has_control(hostname) or " " in hostname.strip():
             server.note_junk()
@@ -321,16 +331,20 @@ class IngressHandler:
         lines += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
         return lines
 
-    async def handle_NOOP(self, server: ServerLike, session: Any, envelope: Any, arg: str) -> str:
+    async def handle_NOOP(
+        self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope, arg: str
+    ) -> str:
         server.note_junk()
         return replies.NOOP_OK
 
-    async def handle_RSET(self, server: ServerLike, session: Any, envelope: Any) -> str:
+    async def handle_RSET(
+        self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope
+    ) -> str:
         server.note_junk()
         return replies.RSET_OK
 
     async def handle_VRFY(
-        self, server: ServerLike, session: Any, envelope: Any, address: str
+        self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope, address: str
     ) -> str:
         # No user enumeration (RFC 5321 section 3.5.3 allows 252).
         server.note_junk()
@@ -338,7 +352,12 @@ class IngressHandler:
 
     # ------------------------------------------------------------------ envelope
     async def handle_MAIL(
-        self, server: ServerLike, session: Any, envelope: Any, address: str, options: list[str]
+        self,
+        server: ServerLike,
+        session: SmtpSession,
+        envelope: IngressEnvelope,
+        address: str,
+        options: list[str],
     ) -> str:
         sender = "" if address == "<>" else address
         if _has_control(sender) or (sender and "@" not in sender):
@@ -349,9 +368,15 @@ class IngressHandler:
         return replies.SENDER_OK
 
     async def handle_RCPT(
-        self, server: ServerLike, session: Any, envelope: Any, address: str, options: list[str]
+        self,
+        server: ServerLike,
+        session: SmtpSession,
+        envelope: IngressEnvelope,
+        address: str,
+        options: list[str],
     ) -> str:
-        txn: Transaction = envelope.txn
+        txn = envelope.txn
+        assert txn is not None  # aiosmtpd answers 503 to RCPT before MAIL
         if address == "<>":
             return replies.BAD_RCPT
         if len(txn.accepted) >= self.settings.smtp_max_recipients:
@@ -391,9 +416,12 @@ class IngressHandler:
             )
 
     # ------------------------------------------------------------------ delivery
-    async def handle_DATA(self, server: ServerLike, session: Any, envelope: Any) -> str:
-        txn: Transaction = envelope.txn
-        content: bytes = envelope.content
+    async def handle_DATA(
+        self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope
+    ) -> str:
+        txn = envelope.txn
+        content = envelope.content
+        assert txn is not None and isinstance(content, bytes)  # decode_data=False
         targets = [target for target, _ in txn.targets.values()]
         copies = [
             (target.ref, [self._trace_headers(server, session, txn, target, rcpt), content])
@@ -405,13 +433,14 @@ class IngressHandler:
         line = self._transaction_line(session, txn, len(content), reply[:9])
         try:
             kept = await self._blocking(self._deliver, targets, copies, line)
-        except Exception:
+        except Exception as exc:
             cid = secrets.token_hex(4)
             log.exception("delivery failed id=%s qid=%s", cid, txn.queue_id)
-            failed = self._transaction_line(session, txn, len(content), f"451 4.3.0 ref={cid}")
+            refusal = replies.delivery_failure(exc)
+            failed = self._transaction_line(session, txn, len(content), f"{refusal[:9]} ref={cid}")
             if failed is not None:
-                log.info(*failed)
-            return replies.TEMPFAIL
+                failed.write()
+            return refusal
         if not kept:
             return replies.RECIPIENTS_GONE
         self.stats.add(kept)
@@ -422,7 +451,7 @@ class IngressHandler:
         self,
         targets: list[Target],
         copies: list[tuple[MailboxRef, list[bytes]]],
-        line: tuple[Any, ...] | None,
+        line: TransactionLogLine | None,
     ) -> int:
         """One executor job per transaction: store every copy, drop the copies of mailboxes
         deleted meanwhile, log the transaction; returns how many copies were kept.
@@ -461,14 +490,15 @@ class IngressHandler:
         kept = sum(1 for target in targets if target.mailbox_id in alive)
         if line is not None:
             if kept != len(targets):
-                result = line[-1] if kept else replies.RECIPIENTS_GONE[:9]
-                line = (*line[:-3], kept, line[-2], f"{result} gone={len(targets) - kept}")
-            log.info(*line)
+                result = line.result if kept else replies.RECIPIENTS_GONE[:9]
+                gone = len(targets) - kept
+                line = dataclasses.replace(line, copies=kept, result=f"{result} gone={gone}")
+            line.write()
         return kept
 
     def _read_connection(self) -> contextlib.AbstractContextManager[Session | Connection]:
         """A read-only database connection for the check after storing: a Core connection of
-        the factory's engine (no ORM session: measured cheaper, this runs per message), or a
+        the factory's engine (no ORM session: this runs per message), or a
         session when the factory is not bound to an engine. Neither commits: closing ends the
         read transaction."""
         bind = getattr(self.session_factory, "kw", {}).get("bind")
@@ -477,7 +507,7 @@ class IngressHandler:
         return self.session_factory()
 
     def _trace_headers(
-        self, server: ServerLike, session: Any, txn: Transaction, target: Target, rcpt: str
+        self, server: ServerLike, session: SmtpSession, txn: Transaction, target: Target, rcpt: str
     ) -> bytes:
         """Return-Path, Delivered-To and an RFC 5321 section 4.4 Received header."""
         helo = session.host_name or "unknown"
@@ -503,7 +533,7 @@ class IngressHandler:
         log.error("handler error id=%s", cid, exc_info=error)
         return replies.internal_error(cid)
 
-    def _log_reject(self, session: Any, txn: Transaction, rcpt: str, reply: str) -> None:
+    def _log_reject(self, session: SmtpSession, txn: Transaction, rcpt: str, reply: str) -> None:
         log.info(
             "reject qid=%s client=%s from=<%s> to=<%s> result=%s",
             txn.queue_id,
@@ -514,20 +544,19 @@ class IngressHandler:
         )
 
     def _transaction_line(
-        self, session: Any, txn: Transaction, size: int, result: str
-    ) -> tuple[Any, ...] | None:
-        """The arguments of the one log line per transaction, or None when INFO is off (then
-        nothing is formatted at all)."""
+        self, session: SmtpSession, txn: Transaction, size: int, result: str
+    ) -> TransactionLogLine | None:
+        """The one log line per transaction, or None when INFO is off (then nothing is
+        formatted at all)."""
         if not log.isEnabledFor(logging.INFO):
             return None
-        return (
-            "qid=%s client=%s helo=%s from=<%s> to=%s copies=%d size=%d result=%s",
-            txn.queue_id,
-            _peer_ip(session),
-            session.host_name,
-            txn.sender,
-            ",".join(["<" + a + ">" for a in txn.accepted]),
-            len(txn.targets),
-            size,
-            result,
+        return TransactionLogLine(
+            queue_id=txn.queue_id,
+            client=_peer_ip(session),
+            helo=session.host_name,
+            sender=txn.sender,
+            recipients=",".join(["<" + a + ">" for a in txn.accepted]),
+            copies=len(txn.targets),
+            size=size,
+            result=result,
         )

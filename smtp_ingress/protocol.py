@@ -9,13 +9,8 @@ What this subclass changes, and why:
 * Idle timeout and the DATA deadline answer ``421 4.4.2`` before closing (aiosmtpd closes
   silently).
 * ``smtp_DATA`` reads the body with one ``readuntil(CRLF.CRLF)`` instead of aiosmtpd's loop
-  per line (the profile's top item for large messages), then validates whole buffers
-  (``data.decode_body``). Only ``CRLF.CRLF`` ends DATA; ``LF.LF`` and friends are part of the
-  body and make it refused (SMTP smuggling).
-
-Per-command costs removed after profiling ``bench/smtp_ingest.py`` (each was a few percent of
-the event loop's time at 4 KiB):
-
+  per line, then validates whole buffers (``data.decode_body``). Only ``CRLF.CRLF`` ends
+  DATA; ``LF.LF`` and friends are part of the body and make it refused (SMTP smuggling).
 * Replies to pipelined MAIL / RCPT / RSET / NOOP are held while the input buffer already holds
   the client's next command line and sent with the next reply, in one ``send`` (RFC 2920
   section 3.2 allows it; Postfix does the same). Every other reply, and any reply when no
@@ -35,17 +30,15 @@ import collections
 import functools
 import logging
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import SMTP
 
 from smtp_ingress import replies
 from smtp_ingress.data import BodyError, decode_body
-from smtp_ingress.handler import Transaction
-
-if TYPE_CHECKING:
-    from smtp_ingress.server import ConnectionTracker
+from smtp_ingress.envelope import IngressEnvelope
 
 log = logging.getLogger("smtp_ingress")
 
@@ -72,21 +65,60 @@ _BODY_ERROR_REPLIES = {
 }
 
 
-class IngressEnvelope(Envelope):
-    def __init__(self) -> None:
-        super().__init__()
-        self.txn: Transaction | None = None
+Command = Callable[[str | None], Awaitable[None]]
 
 
-class _CommandTable(dict[str, Any]):
+class ConnectionTracker:
+    """Counts open connections in total and per client address (this process)."""
+
+    def __init__(self, *, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.per_ip: Counter[str] = Counter()
+        self.protocols: set[IngressSMTP] = set()
+        self._total = 0
+
+    def acquire(self, ip: str) -> str | None:
+        """Register a connection, or return the 421 reply refusing it."""
+        if self._total >= self.max_total:
+            log.warning("connection limit reached, refusing client=%s", ip)
+            return replies.TOO_MANY_CONNECTIONS
+        if self.per_ip[ip] >= self.max_per_ip:
+            log.warning("per-address connection limit reached, refusing client=%s", ip)
+            return replies.TOO_MANY_CONNECTIONS_IP
+        self._total += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def register(self, protocol: IngressSMTP) -> None:
+        self.protocols.add(protocol)
+
+    def release(self, ip: str, protocol: IngressSMTP) -> None:
+        if protocol in self.protocols:
+            self.protocols.discard(protocol)
+        self._total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+
+class _CommandTable(dict[str, Command]):
     """aiosmtpd's command table; unknown verbs go to our handler instead of aiosmtpd's
     fixed budget of 5 (the configurable junk limit applies instead)."""
 
-    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Any]):
+    def __init__(
+        self,
+        methods: dict[str, Command],
+        unknown: Callable[[str, str | None], Awaitable[None]],
+    ) -> None:
         super().__init__(methods)
         self._unknown = unknown
 
-    def get(self, key: str, default: Any = None) -> Any:  # noqa: D401
+    def get(self, key: str, default: object = None) -> Command:
         method = super().get(key)
         return method if method is not None else functools.partial(self._unknown, key)
 
@@ -215,7 +247,9 @@ class IngressSMTP(SMTP):
         if text[:1] == "5":
             self.note_junk()
 
-    async def _holding(self, method: Callable[[Any, str | None], Any], arg: str | None) -> None:
+    async def _holding(
+        self, method: Callable[[SMTP, str | None], Awaitable[None]], arg: str | None
+    ) -> None:
         self._may_hold = True
         try:
             await method(self, arg)
@@ -272,7 +306,8 @@ class IngressSMTP(SMTP):
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
-        envelope: Any = self.envelope
+        envelope = self.envelope
+        assert isinstance(envelope, IngressEnvelope)
         if not envelope.rcpt_tos:
             await self.push(replies.NEED_RCPT)
             return
@@ -285,7 +320,7 @@ class IngressSMTP(SMTP):
         self._reset_timeout(self._data_timeout)
         try:
             body = await self._read_body()
-            if body is None:
+            if body is None or self._over_size(body):
                 reply = replies.TOO_BIG
             else:
                 decoded = decode_body(body)
@@ -303,15 +338,20 @@ class IngressSMTP(SMTP):
             self._close_with(replies.SHUTTING_DOWN)
 
     async def _read_body(self) -> bytes | None:
-        """The wire body up to (without) the final ``.CRLF``, or None if over the size limit
-        (the rest is read and discarded so the session stays in sync, RFC 5321 4.2.5)."""
+        """The wire body up to (without) the final ``.CRLF``, or None if it is certainly over
+        the size limit (the rest is read and discarded so the session stays in sync, RFC 5321
+        4.2.5). The exact limit is checked on the decoded message (``_over_size``)."""
         reader: Any = self._reader
         limit: int = self.data_size_limit or (1 << 62)
+        # RFC 1870 section 3 counts the message, not the transfer: transparency dots are not
+        # counted, so the wire form may exceed the limit by one octet per line; a line is at
+        # least 3 octets on the wire ("..CRLF" for a line "."), hence at most a third more.
+        wire_limit = limit + limit // 3 + 8
         # StreamReader's private buffer and limit: aiosmtpd itself manages the reader this
         # way (``_buffer.clear()`` after STARTTLS). The virtual CRLF makes ".\r\n" as the
         # first line end DATA; the larger limit lets one readuntil() take the whole body.
         reader._buffer[0:0] = b"\r\n"
-        reader._limit = limit + 2 + len(_END_OF_DATA)
+        reader._limit = wire_limit + 2 + len(_END_OF_DATA)
         too_big = False
         try:
             while True:
@@ -327,4 +367,13 @@ class IngressSMTP(SMTP):
         if too_big:
             return None
         body = block[2:-3]
-        return None if len(body) > limit else body
+        return None if len(body) > wire_limit else body
+
+    def _over_size(self, body: bytes) -> bool:
+        """RFC 1870 section 3: the size is the message with CRLF line endings, without the
+        transparency dots (RFC 5321 section 4.5.2) of the wire ``body``."""
+        limit = self.data_size_limit
+        if not limit or len(body) <= limit:
+            return False
+        dots = body.count(b"\r\n.") + (body[:1] == b".")
+        return len(body) - dots > limit

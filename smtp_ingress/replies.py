@@ -9,6 +9,7 @@ except the greeting and the replies to HELO / EHLO, whose text must begin with o
 
 from __future__ import annotations
 
+import errno
 import re
 
 from app.services.resolution import Verdict
@@ -61,6 +62,19 @@ NO_POSTMASTER = "550 5.1.1 Recipient address rejected: no postmaster mailbox is 
 
 def delivered(queue_id: str) -> str:
     return f"250 2.0.0 Ok: delivered as {queue_id}"
+
+
+# RFC 3463 section 3.4: X.3.1 "Mail system full", the temporary answer for a full disk or an
+# exhausted quota of the file system holding the Maildirs (RFC 5321 section 4.2.2: 452).
+MAIL_SYSTEM_FULL = "452 4.3.1 Insufficient system storage, please try again later"
+_STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def delivery_failure(error: BaseException) -> str:
+    """The reply after DATA when storing failed: 452 4.3.1 for a full disk, else 451 4.3.0."""
+    if isinstance(error, OSError) and error.errno in _STORAGE_FULL:
+        return MAIL_SYSTEM_FULL
+    return TEMPFAIL
 
 
 def internal_error(correlation_id: str) -> str:

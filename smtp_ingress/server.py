@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,15 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.maildir import MaildirStore
 from app.tls import server_context
-from smtp_ingress import replies
 from smtp_ingress.handler import IngressHandler, StatsBatcher
-from smtp_ingress.protocol import IngressSMTP
+from smtp_ingress.protocol import ConnectionTracker, IngressSMTP
 
 log = logging.getLogger("smtp_ingress")
 
-# Seconds the server waits before greeting; a client that talks first is an early talker
-# (Postfix postscreen waits 6 s; we keep connection set-up cheap for legitimate MTAs).
-# Overridable by ``smtp_greet_delay`` in Settings once it exists there.
 # stop(): how long transactions in progress may take to finish before they are cut.
 DEFAULT_STOP_GRACE = 30.0
 # Threads for database look-ups and deliveries: enough that concurrent fsyncs overlap.
@@ -31,44 +26,6 @@ DEFAULT_STOP_GRACE = 30.0
 # independent threads, because ext4's journal already merges concurrent fsyncs into one
 # commit, and one thread's fsyncs issued in a row are not merged (one commit each).
 IO_THREADS = 32
-
-
-class ConnectionTracker:
-    """Counts open connections in total and per client address (this process)."""
-
-    def __init__(self, *, max_total: int, max_per_ip: int) -> None:
-        self.max_total = max_total
-        self.max_per_ip = max_per_ip
-        self.per_ip: Counter[str] = Counter()
-        self.protocols: set[IngressSMTP] = set()
-        self._total = 0
-
-    def acquire(self, ip: str) -> str | None:
-        """Register a connection, or return the 421 reply refusing it."""
-        if self._total >= self.max_total:
-            log.warning("connection limit reached, refusing client=%s", ip)
-            return replies.TOO_MANY_CONNECTIONS
-        if self.per_ip[ip] >= self.max_per_ip:
-            log.warning("per-address connection limit reached, refusing client=%s", ip)
-            return replies.TOO_MANY_CONNECTIONS_IP
-        self._total += 1
-        self.per_ip[ip] += 1
-        return None
-
-    def register(self, protocol: IngressSMTP) -> None:
-        self.protocols.add(protocol)
-
-    def release(self, ip: str, protocol: IngressSMTP) -> None:
-        if protocol in self.protocols:
-            self.protocols.discard(protocol)
-        self._total -= 1
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
-
-    @property
-    def total(self) -> int:
-        return self._total
 
 
 class SmtpIngress:
@@ -159,4 +116,6 @@ class SmtpIngress:
         await asyncio.sleep(0)
         self._server = None
         await self._stats.stop()
-        self._executor.shutdown(wait=True)
+        # Waiting for the executor's last jobs must not block the loop (other servers of
+        # `mailhost serve` share it).
+        await asyncio.to_thread(self._executor.shutdown, wait=True)

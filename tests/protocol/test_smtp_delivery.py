@@ -208,7 +208,7 @@ class _FailingStore(MaildirStore):
             os.writev = real_writev  # type: ignore[assignment]
 
 
-def test_smtp_storage_failure_answers_451_and_stores_nothing(
+def test_smtp_full_disk_answers_452_4_3_1_and_stores_nothing(
     smtp_world: None,
     settings: Settings,
     session_factory: sessionmaker[Session],
@@ -223,7 +223,8 @@ def test_smtp_storage_failure_answers_451_and_stores_nothing(
         assert client.cmd("RCPT TO:<team@hosted.example>").startswith("250")  # two copies
         assert client.cmd("DATA").startswith("354")
         reply = client.cmd(b"Subject: x\r\n\r\nbody\r\n.\r\n")
-        assert reply.startswith("451 4.3.0 ")
+        # RFC 3463 section 3.4: X.3.1 mail system full (the store raised ENOSPC).
+        assert reply.startswith("452 4.3.1 ")
         assert "secret" not in reply and "OSError" not in reply
         assert client.cmd("NOOP").startswith("250")
         client.close()
@@ -322,11 +323,11 @@ def test_smtp_failed_delivery_is_logged_with_its_reference(
         client.close()
     finally:
         running.stop()
-    assert reply.startswith("451 4.3.0 ")
+    assert reply.startswith("452 4.3.1 ")
     # The transaction line and the stack trace share a reference, so one finds the other.
     transactions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("qid=")]
     assert len(transactions) == 1
-    ref = re.search(r" result=451 4\.3\.0 ref=([0-9a-f]{8})$", transactions[0])
+    ref = re.search(r" result=452 4\.3\.1 ref=([0-9a-f]{8})$", transactions[0])
     assert ref is not None, transactions[0]
     failures = [r for r in caplog.records if r.getMessage().startswith("delivery failed")]
     assert len(failures) == 1 and f"id={ref.group(1)}" in failures[0].getMessage()

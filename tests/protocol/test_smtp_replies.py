@@ -20,6 +20,19 @@ RCPT = [*MAIL, "RCPT TO:<user@hosted.example>"]
 DATA = [*RCPT, "DATA"]
 
 MSG = b"From: sender@remote.example\r\nSubject: table\r\n\r\nbody\r\n"
+# A message of exactly MAX_SIZE octets (RFC 1870 counts CRLF, not transparency dots) whose
+# lines all start with "." (dot-stuffed on the wire, 655 octets more than MAX_SIZE).
+_DOT_LINE = b"." + b"d" * 97 + b"\r\n"
+AT_LIMIT_DOTS = _DOT_LINE * 655 + b"." + b"e" * (MAX_SIZE - 655 * 100 - 3) + b"\r\n"
+assert len(AT_LIMIT_DOTS) == MAX_SIZE
+
+
+def _stuffed(message: bytes) -> bytes:
+    """RFC 5321 section 4.5.2 transparency: a line starting with "." gets one more."""
+    lines = message.split(b"\r\n")
+    return b"\r\n".join(b"." + line if line[:1] == b"." else line for line in lines)
+
+
 SMUGGLED = (
     b"MAIL FROM:<admin@hosted.example>\r\nRCPT TO:<user@hosted.example>\r\nDATA\r\n"
     b"Subject: smuggled\r\n\r\nevil\r\n.\r\n"
@@ -188,6 +201,9 @@ ROWS = [
     Row("999-octet line", DATA, b"x" * 999 + b"\r\n.\r\n", "554 5.5.2 "),
     Row("5000-octet line", DATA, b"y" * 5000 + b"\r\n.\r\n", "554 5.5.2 "),
     Row("actual size too big", DATA, (b"z" * 1000 + b"\r\n") * 70 + b".\r\n", "552 5.3.4 "),
+    # RFC 1870 section 3: transparency dots are not part of the message size.
+    Row("size limit exactly, dot lines", DATA, _stuffed(AT_LIMIT_DOTS) + b".\r\n", "250 2.0.0 ", 1),
+    Row("size limit + 1, dot lines", DATA, _stuffed(b"f" + AT_LIMIT_DOTS) + b".\r\n", "552 5.3.4 "),
     Row("smuggling \\n.\\n", DATA, MSG + b"hi\n.\n" + SMUGGLED, "554 5.5.2 "),
     Row("smuggling \\n.\\r\\n", DATA, MSG + b"hi\n.\r\n" + SMUGGLED, "554 5.5.2 "),
     Row("smuggling \\r.\\r\\n", DATA, MSG + b"hi\r.\r\n" + SMUGGLED, "554 5.5.2 "),

@@ -1,0 +1,42 @@
+"""The per-transaction state the protocol and the handler hooks share: typed envelope parts."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiosmtpd.smtp import Envelope
+
+from app.services.resolution import Resolution, Target
+
+
+class ServerLike(Protocol):
+    """What the hooks need from the protocol object (``IngressSMTP``)."""
+
+    hostname: str
+
+    def note_junk(self) -> None: ...
+
+    def transaction_done(self) -> None: ...
+
+
+@dataclass
+class Transaction:
+    """Per-transaction state kept on the aiosmtpd envelope (reset by MAIL / RSET / DATA)."""
+
+    queue_id: str = field(default_factory=lambda: secrets.token_hex(6).upper())
+    sender: str = ""  # "" is the null reverse-path <>
+    # mailbox id -> (target, the RCPT address that led to it, for the Received "for" clause)
+    targets: dict[int, tuple[Target, str]] = field(default_factory=dict)
+    accepted: list[str] = field(default_factory=list)
+    # Resolutions are cached per transaction: the same RCPT twice asks the database once.
+    cache: dict[str, Resolution] = field(default_factory=dict)
+
+
+class IngressEnvelope(Envelope):
+    """aiosmtpd's envelope with our transaction; ``content`` is bytes (``decode_data=False``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.txn: Transaction | None = None
