@@ -32,6 +32,7 @@ from typing import Any
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.maildir import MaildirStore
+from app.readiness import ready_line
 
 log = logging.getLogger("mailhost.serve")
 
@@ -83,13 +84,14 @@ def _web_server(app: Any, settings: Settings) -> Any:
     return _Server(config)
 
 
-def _edge_ports(edge: Any) -> list[int]:
+def _edge_ports(kind: str, edge: Any) -> dict[str, int]:
+    """The edge's listeners by name: ``{"smtp": 2525}``, ``{"pop3": 1110, "pop3s": 995}``."""
     ports = getattr(edge, "ports", None)
     if isinstance(ports, dict):  # Pop3Server: {"pop3": 1110, "pop3s": 995}
-        return [int(p) for p in ports.values() if p]
+        return {str(name): int(p) for name, p in ports.items() if p}
     if ports is not None:
-        return [int(p) for p in ports]
-    return [int(edge.port)]
+        return {kind if i == 0 else f"{kind}{i}": int(p) for i, p in enumerate(ports)}
+    return {kind: int(edge.port)}
 
 
 async def run_services(
@@ -110,6 +112,7 @@ async def run_services(
     store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
     stoppers: list[Callable[[], Awaitable[None]]] = []
     listening: dict[str, list[int]] = {}
+    named: dict[str, dict[str, int]] = {}  # kind -> listener name -> port
     web_task: asyncio.Task[None] | None = None
     status = 0
     try:
@@ -121,14 +124,14 @@ async def run_services(
             smtp = SmtpIngress(settings, session_factory=factory, store=store)
             await smtp.start()
             stoppers.append(smtp.stop)
-            listening["smtp"] = _edge_ports(smtp)
+            named["smtp"] = _edge_ports("smtp", smtp)
         if "pop3" in kinds:
             from pop3_service.server import Pop3Server
 
             pop3 = Pop3Server(settings, session_factory=factory, store=store)
             await pop3.start()
             stoppers.append(pop3.stop)
-            listening["pop3"] = _edge_ports(pop3)
+            named["pop3"] = _edge_ports("pop3", pop3)
         if "web" in kinds:
             from web.app import create_app
 
@@ -150,9 +153,10 @@ async def run_services(
                 await web_task
 
             stoppers.append(stop_web)
-            listening["web"] = [web_port]
+            named["web"] = {"web": web_port}
 
-        _announce(settings, listening)
+        listening = {kind: list(ports.values()) for kind, ports in named.items()}
+        _announce(settings, kinds, named)
         if on_ready is not None:
             on_ready(listening)
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
@@ -179,15 +183,17 @@ async def run_services(
     return status
 
 
-def _announce(settings: Settings, listening: dict[str, list[int]]) -> None:
+def _announce(settings: Settings, kinds: Sequence[str], named: dict[str, dict[str, int]]) -> None:
     hosts = {"smtp": settings.smtp_host, "pop3": settings.pop3_host, "web": settings.web_host}
-    for kind, ports in listening.items():
-        for port in ports:
+    for kind, ports in named.items():
+        for port in ports.values():
             where = f"http://{hosts[kind]}:{port}/" if kind == "web" else f"{hosts[kind]}:{port}"
             log.info("%s listening on %s", kind, where)
-    line = "mailhost: ready: " + ", ".join(
-        f"{k} {hosts[k]}:{','.join(map(str, p))}" for k, p in listening.items()
-    )
+    service = kinds[0] if len(kinds) == 1 else "serve"
+    listeners = [
+        (name, hosts[kind], port) for kind, ports in named.items() for name, port in ports.items()
+    ]
+    line = ready_line(service, os.getpid(), listeners)
     # One write of the whole line: the log writer thread shares stderr (print() would write
     # the text and its newline separately, and a log record could land in between).
     sys.stderr.write(line + "\n")
