@@ -9,8 +9,8 @@ finishes its requests, and the process exits 0.
 ``run_prefork`` is a small supervisor for ``mailhost smtp|pop3|web --workers N``: it forks N
 workers that each run ``run_services`` for one edge. SMTP and POP3 workers each bind their own
 listening socket with SO_REUSEPORT (the kernel spreads connections over them); web workers share
-one socket the supervisor bound before forking. A worker that dies is restarted; SIGTERM is
-passed on to every worker and the supervisor waits for all of them to drain.
+one socket the supervisor bound before forking. ``mailhost.supervisor.Supervisor`` restarts a
+worker that dies (with back-off), passes SIGTERM on to every worker and waits for them to drain.
 """
 
 from __future__ import annotations
@@ -18,30 +18,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from types import FrameType
 from typing import Any
 
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.maildir import MaildirStore
 from app.readiness import ready_line
+from mailhost.supervisor import Supervisor
 
 log = logging.getLogger("mailhost.serve")
 
 KINDS = ("smtp", "pop3", "web")
 # Seconds the portal gives requests in flight before cancelling them on shutdown.
 WEB_GRACEFUL_SECONDS = 30
-# A worker that dies this soon after starting counts as a crash loop.
-_QUICK_DEATH_SECONDS = 5.0
-_MAX_QUICK_DEATHS = 5
 
 
 def bind_tcp(
@@ -227,8 +221,7 @@ def _reserve_ports(settings: Settings, kind: str) -> tuple[Settings, list[socket
 
 
 def _worker_main(settings: Settings, kind: str, web_socket: socket.socket | None) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+    # The supervisor has already reset the inherited signal handlers (see Supervisor).
     sys.exit(asyncio.run(run_services(settings, (kind,), web_socket=web_socket)))
 
 
@@ -246,67 +239,13 @@ def run_prefork(settings: Settings, kind: str, workers: int) -> int:
         held.append(web_socket)
     else:
         settings, held = _reserve_ports(settings, kind)
-
-    mp = multiprocessing.get_context("fork")
-    children: dict[int, tuple[multiprocessing.process.BaseProcess, float]] = {}
-    stopping = False
-    quick_deaths = 0
-    status = 0
-
-    def start(slot: int) -> None:
-        proc = mp.Process(
-            target=_worker_main,
-            args=(settings, kind, web_socket),
-            name=f"mailhost-{kind}-{slot}",
-            daemon=False,
-        )
-        proc.start()
-        children[slot] = (proc, time.monotonic())
-        log.info("started %s worker %d (pid %s)", kind, slot, proc.pid)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        if stopping and signum == signal.SIGINT:
-            # A second Ctrl-C: the operator wants out now.
-            for proc, _ in children.values():
-                if proc.pid is not None and proc.is_alive():
-                    os.kill(proc.pid, signal.SIGKILL)
-            return
-        stopping = True
-        for proc, _ in children.values():
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for slot in range(workers):
-            start(slot)
-        while children:
-            sentinels = [proc.sentinel for proc, _ in children.values()]
-            multiprocessing.connection.wait(sentinels, timeout=1.0)
-            for slot, (proc, started) in list(children.items()):
-                if proc.is_alive():
-                    continue
-                proc.join()
-                del children[slot]
-                code = proc.exitcode
-                if stopping:
-                    if code != 0:
-                        status = 1
-                    continue
-                log.error("%s worker %d exited with status %s; restarting", kind, slot, code)
-                if time.monotonic() - started < _QUICK_DEATH_SECONDS:
-                    quick_deaths += 1
-                    if quick_deaths >= _MAX_QUICK_DEATHS:
-                        log.error("workers keep dying at start; giving up")
-                        on_signal(signal.SIGTERM, None)
-                        status = 1
-                        continue
-                    time.sleep(1.0)
-                start(slot)
+        supervisor = Supervisor(
+            name=kind,
+            workers=workers,
+            target=lambda _slot: _worker_main(settings, kind, web_socket),
+        )
+        return supervisor.run()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         for sock in held:
             sock.close()
-    return status
