@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     session_max_age: int = 8 * 3600
     # Set true behind HTTPS so the session cookie gets the Secure flag.
     cookie_secure: bool = False
+
+    # The server secret that keys the Idempotency-Key request fingerprints (and any future MAC).
+    # It must be the same on every worker and host; unset, it is read from ``secret_key_file``,
+    # generated there at first start (default: a file in the Maildir root, which every host
+    # shares). See ``app.secret_key``.
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
 
     log_level: str = "INFO"
 

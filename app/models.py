@@ -321,6 +321,8 @@ class IdempotencyRecord(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(200))
+    # HMAC-SHA256 under the server secret (app.services.idempotency), never a plain hash:
+    # the request may carry a password.
     request_hash: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)
     response_body: Mapped[str] = mapped_column(Text)

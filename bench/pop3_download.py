@@ -54,6 +54,7 @@ from app.config import Settings  # noqa: E402
 from app.db import Base, make_engine, make_session_factory, transaction  # noqa: E402
 from app.maildir import MailboxRef, MaildirStore, MessageInfo  # noqa: E402
 from app.passwords import hash_password  # noqa: E402
+from app.readiness import parse_ready_line, ready_line  # noqa: E402
 from app.services import customers, domains, mailboxes  # noqa: E402
 from app.services.audit import CLI_ACTOR  # noqa: E402
 
@@ -188,7 +189,8 @@ def serve_floor(maildir_root: Path) -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _FloorProtocol(store), "127.0.0.1", 0)
-        print("READY", server.sockets[0].getsockname()[1], flush=True)
+        port = server.sockets[0].getsockname()[1]
+        print(ready_line("pop3-floor", os.getpid(), [("pop3", "127.0.0.1", port)]), flush=True)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -200,8 +202,9 @@ def serve_floor(maildir_root: Path) -> None:
 def _read_ready(proc: subprocess.Popen[bytes]) -> int:
     assert proc.stdout is not None
     while line := proc.stdout.readline():
-        if line.startswith(b"READY"):
-            return int(line.split()[1])
+        ready = parse_ready_line(line.decode(errors="replace"))
+        if ready is not None:
+            return ready.port("pop3")
     raise SystemExit("server failed to start")
 
 

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from app.config import Settings  # noqa: E402
 from app.db import Base, make_engine, make_session_factory, transaction  # noqa: E402
 from app.models import Customer, Domain, Mailbox  # noqa: E402
+from app.readiness import parse_ready_line, ready_line  # noqa: E402
 from bench.disk_fsync import measure as disk_rate  # noqa: E402
 
 DOMAIN = "bench.example"
@@ -94,7 +95,7 @@ async def _serve_baseline(port: int, root: Path) -> None:
         port=port,
         reuse_port=True,
     )
-    print(f"ready pid={os.getpid()} port={port}", flush=True)
+    print(ready_line("smtp-baseline", os.getpid(), [("smtp", "127.0.0.1", port)]), flush=True)
     async with server:
         await server.serve_forever()
 
@@ -139,7 +140,7 @@ def spawn(
             stderr.close()  # the child holds its own descriptor
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        if not line.startswith("ready"):
+        if parse_ready_line(line) is None:
             raise SystemExit(f"server failed to start: {argv} {line!r}")
         procs.append(proc)
     return procs

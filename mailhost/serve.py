@@ -9,8 +9,8 @@ finishes its requests, and the process exits 0.
 ``run_prefork`` is a small supervisor for ``mailhost smtp|pop3|web --workers N``: it forks N
 workers that each run ``run_services`` for one edge. SMTP and POP3 workers each bind their own
 listening socket with SO_REUSEPORT (the kernel spreads connections over them); web workers share
-one socket the supervisor bound before forking. A worker that dies is restarted; SIGTERM is
-passed on to every worker and the supervisor waits for all of them to drain.
+one socket the supervisor bound before forking. ``mailhost.supervisor.Supervisor`` restarts a
+worker that dies (with back-off), passes SIGTERM on to every worker and waits for them to drain.
 """
 
 from __future__ import annotations
@@ -18,29 +18,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from types import FrameType
 from typing import Any
 
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.maildir import MaildirStore
+from app.readiness import ready_line
+from mailhost.supervisor import Supervisor
 
 log = logging.getLogger("mailhost.serve")
 
 KINDS = ("smtp", "pop3", "web")
 # Seconds the portal gives requests in flight before cancelling them on shutdown.
 WEB_GRACEFUL_SECONDS = 30
-# A worker that dies this soon after starting counts as a crash loop.
-_QUICK_DEATH_SECONDS = 5.0
-_MAX_QUICK_DEATHS = 5
 
 
 def bind_tcp(
@@ -83,13 +78,14 @@ def _web_server(app: Any, settings: Settings) -> Any:
     return _Server(config)
 
 
-def _edge_ports(edge: Any) -> list[int]:
+def _edge_ports(kind: str, edge: Any) -> dict[str, int]:
+    """The edge's listeners by name: ``{"smtp": 2525}``, ``{"pop3": 1110, "pop3s": 995}``."""
     ports = getattr(edge, "ports", None)
     if isinstance(ports, dict):  # Pop3Server: {"pop3": 1110, "pop3s": 995}
-        return [int(p) for p in ports.values() if p]
+        return {str(name): int(p) for name, p in ports.items() if p}
     if ports is not None:
-        return [int(p) for p in ports]
-    return [int(edge.port)]
+        return {kind if i == 0 else f"{kind}{i}": int(p) for i, p in enumerate(ports)}
+    return {kind: int(edge.port)}
 
 
 async def run_services(
@@ -117,6 +113,7 @@ async def run_services(
         log.warning("removed %d stale file(s) from tmp/", removed)
     stoppers: list[Callable[[], Awaitable[None]]] = []
     listening: dict[str, list[int]] = {}
+    named: dict[str, dict[str, int]] = {}  # kind -> listener name -> port
     web_task: asyncio.Task[None] | None = None
     status = 0
     try:
@@ -128,14 +125,14 @@ async def run_services(
             smtp = SmtpIngress(settings, session_factory=factory, store=store)
             await smtp.start()
             stoppers.append(smtp.stop)
-            listening["smtp"] = _edge_ports(smtp)
+            named["smtp"] = _edge_ports("smtp", smtp)
         if "pop3" in kinds:
             from pop3_service.server import Pop3Server
 
             pop3 = Pop3Server(settings, session_factory=factory, store=store)
             await pop3.start()
             stoppers.append(pop3.stop)
-            listening["pop3"] = _edge_ports(pop3)
+            named["pop3"] = _edge_ports("pop3", pop3)
         if "web" in kinds:
             from web.app import create_app
 
@@ -157,9 +154,10 @@ async def run_services(
                 await web_task
 
             stoppers.append(stop_web)
-            listening["web"] = [web_port]
+            named["web"] = {"web": web_port}
 
-        _announce(settings, listening)
+        listening = {kind: list(ports.values()) for kind, ports in named.items()}
+        _announce(settings, kinds, named)
         if on_ready is not None:
             on_ready(listening)
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
@@ -186,15 +184,17 @@ async def run_services(
     return status
 
 
-def _announce(settings: Settings, listening: dict[str, list[int]]) -> None:
+def _announce(settings: Settings, kinds: Sequence[str], named: dict[str, dict[str, int]]) -> None:
     hosts = {"smtp": settings.smtp_host, "pop3": settings.pop3_host, "web": settings.web_host}
-    for kind, ports in listening.items():
-        for port in ports:
+    for kind, ports in named.items():
+        for port in ports.values():
             where = f"http://{hosts[kind]}:{port}/" if kind == "web" else f"{hosts[kind]}:{port}"
             log.info("%s listening on %s", kind, where)
-    line = "mailhost: ready: " + ", ".join(
-        f"{k} {hosts[k]}:{','.join(map(str, p))}" for k, p in listening.items()
-    )
+    service = kinds[0] if len(kinds) == 1 else "serve"
+    listeners = [
+        (name, hosts[kind], port) for kind, ports in named.items() for name, port in ports.items()
+    ]
+    line = ready_line(service, os.getpid(), listeners)
     # One write of the whole line: the log writer thread shares stderr (print() would write
     # the text and its newline separately, and a log record could land in between).
     sys.stderr.write(line + "\n")
@@ -228,8 +228,7 @@ def _reserve_ports(settings: Settings, kind: str) -> tuple[Settings, list[socket
 
 
 def _worker_main(settings: Settings, kind: str, web_socket: socket.socket | None) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+    # The supervisor has already reset the inherited signal handlers (see Supervisor).
     sys.exit(asyncio.run(run_services(settings, (kind,), web_socket=web_socket)))
 
 
@@ -247,67 +246,13 @@ def run_prefork(settings: Settings, kind: str, workers: int) -> int:
         held.append(web_socket)
     else:
         settings, held = _reserve_ports(settings, kind)
-
-    mp = multiprocessing.get_context("fork")
-    children: dict[int, tuple[multiprocessing.process.BaseProcess, float]] = {}
-    stopping = False
-    quick_deaths = 0
-    status = 0
-
-    def start(slot: int) -> None:
-        proc = mp.Process(
-            target=_worker_main,
-            args=(settings, kind, web_socket),
-            name=f"mailhost-{kind}-{slot}",
-            daemon=False,
-        )
-        proc.start()
-        children[slot] = (proc, time.monotonic())
-        log.info("started %s worker %d (pid %s)", kind, slot, proc.pid)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        if stopping and signum == signal.SIGINT:
-            # A second Ctrl-C: the operator wants out now.
-            for proc, _ in children.values():
-                if proc.pid is not None and proc.is_alive():
-                    os.kill(proc.pid, signal.SIGKILL)
-            return
-        stopping = True
-        for proc, _ in children.values():
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for slot in range(workers):
-            start(slot)
-        while children:
-            sentinels = [proc.sentinel for proc, _ in children.values()]
-            multiprocessing.connection.wait(sentinels, timeout=1.0)
-            for slot, (proc, started) in list(children.items()):
-                if proc.is_alive():
-                    continue
-                proc.join()
-                del children[slot]
-                code = proc.exitcode
-                if stopping:
-                    if code != 0:
-                        status = 1
-                    continue
-                log.error("%s worker %d exited with status %s; restarting", kind, slot, code)
-                if time.monotonic() - started < _QUICK_DEATH_SECONDS:
-                    quick_deaths += 1
-                    if quick_deaths >= _MAX_QUICK_DEATHS:
-                        log.error("workers keep dying at start; giving up")
-                        on_signal(signal.SIGTERM, None)
-                        status = 1
-                        continue
-                    time.sleep(1.0)
-                start(slot)
+        supervisor = Supervisor(
+            name=kind,
+            workers=workers,
+            target=lambda _slot: _worker_main(settings, kind, web_socket),
+        )
+        return supervisor.run()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         for sock in held:
             sock.close()
-    return status

@@ -2,7 +2,8 @@
 
 Several workers can share one port (the listener uses SO_REUSEPORT); the composition root
 (``mailhost pop3``) starts them, and tests start two to check the cross-process maildrop lock.
-Prints ``READY <port> [<pop3s port>]`` on stdout once listening; stops cleanly on SIGTERM.
+Prints the readiness line ``ready pop3 pid=<pid> pop3=<host>:<port> [pop3s=<host>:<port>]``
+(``app.readiness``) on stdout once listening; stops cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -17,6 +19,7 @@ from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.logsetup import start_logging
 from app.maildir import MaildirStore
+from app.readiness import ready_line
 from pop3_service.locking import DEFAULT_LEASE_SECONDS
 from pop3_service.server import Pop3Server
 
@@ -42,8 +45,8 @@ async def _run(settings: Settings, lease_seconds: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ports = server.ports
-    print("READY", ports["pop3"], ports.get("pop3s", ""), flush=True)
+    listeners = [(name, settings.pop3_host, port) for name, port in server.ports.items()]
+    print(ready_line("pop3", os.getpid(), listeners), flush=True)
     try:
         await stop.wait()
     finally:

@@ -1,8 +1,9 @@
 """``python -m smtp_ingress``: one ingress worker process, settings from the environment.
 
-Prints ``ready pid=<pid> port=<port>`` on stdout once listening (the tests and the bench wait
-for it) and stops gracefully on SIGTERM / SIGINT. Several such processes may share a fixed
-port (SO_REUSEPORT); the ``mailhost`` CLI supervises them in production.
+Prints the readiness line ``ready smtp pid=<pid> smtp=<host>:<port>`` (``app.readiness``) on
+stdout once listening (the tests and the bench wait for it) and stops gracefully on SIGTERM /
+SIGINT. Several such processes may share a fixed port (SO_REUSEPORT); the ``mailhost`` CLI
+supervises them in production.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.logsetup import start_logging
 from app.maildir import MaildirStore
+from app.readiness import ready_line
 from smtp_ingress.server import SmtpIngress
 
 
@@ -27,7 +29,8 @@ async def _serve(settings: Settings) -> None:
         store=store,
     )
     await ingress.start()
-    print(f"ready pid={os.getpid()} port={ingress.port}", flush=True)
+    listeners = [("smtp", settings.smtp_host, ingress.port)]
+    print(ready_line("smtp", os.getpid(), listeners), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

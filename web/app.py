@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.maildir import MaildirStore
+from app.secret_key import load_secret_key
 from web.api import install_api
 from web.portal import install_portal
 
@@ -32,6 +33,8 @@ def create_app(
     app.state.settings = settings
     app.state.session_factory = session_factory
     app.state.store = store
+    # Keys the Idempotency-Key fingerprints; loaded (or generated) once, at start.
+    app.state.secret_key = load_secret_key(settings)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> JSONResponse:

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.db import transaction
 from app.maildir import MailboxRef, MaildirStore
 from app.passwords import hash_password
+from app.readiness import parse_ready_line
 from app.services import domains, mailboxes
 from app.services.audit import CLI_ACTOR
 from smtp_ingress.server import SmtpIngress
@@ -232,13 +233,13 @@ class WorkerProcess:
             text=True,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "ready pid=... port=..." (or EOF on failure)
-        if not line.startswith("ready "):
+        line = self.proc.stdout.readline()  # "ready smtp pid=... smtp=..." (or EOF on failure)
+        ready = parse_ready_line(line)
+        if ready is None or ready.service != "smtp":
             self.proc.kill()
             raise RuntimeError(f"worker did not start: {line!r}")
-        fields = dict(part.split("=") for part in line.split()[1:])
-        self.pid = int(fields["pid"])
-        self.port = int(fields["port"])
+        self.pid = ready.pid
+        self.port = ready.port("smtp")
 
     def kill(self) -> None:
         import signal

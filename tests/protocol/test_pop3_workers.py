@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.maildir import MaildirStore
+from app.readiness import parse_ready_line
 from tests.factories import DEFAULT_PASSWORD, seed_mailbox
 from tests.protocol.pop3_helpers import TIMEOUT, RawClient, deliver, in_ci, ref
 
@@ -58,11 +59,13 @@ class Worker:
         reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()))  # type: ignore[union-attr]
         reader.start()
         reader.join(30)
-        if not ready or not ready[0].startswith(b"READY"):
+        parsed = parse_ready_line(ready[0].decode(errors="replace")) if ready else None
+        if parsed is None or parsed.service != "pop3":
             self.proc.kill()
             _, err = self.proc.communicate(timeout=10)
             raise RuntimeError(f"worker {name} did not start: {err.decode(errors='replace')}")
-        assert int(ready[0].split()[1]) == port
+        assert parsed.port("pop3") == port
+        assert parsed.pid == self.proc.pid
 
     def stop(self) -> None:
         if self.proc.poll() is None:

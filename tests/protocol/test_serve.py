@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.db import make_engine, make_session_factory
+from app.readiness import parse_ready_line
 from app.services import accounts
 from mailhost.cli import main
 from tests.conftest import in_ci, pg_url
@@ -324,11 +325,8 @@ def test_one_edge_with_worker_processes_sharing_a_port(sqlite_server: Server, ki
     try:
 
         def ready_ports() -> list[str]:
-            return [
-                line.rsplit(":", 1)[1]
-                for line in stderr.read_text().splitlines()
-                if line.startswith("mailhost: ready:")
-            ]
+            lines = [parse_ready_line(line) for line in stderr.read_text().splitlines()]
+            return [str(r.port(kind)) for r in lines if r is not None and r.service == kind]
 
         _wait_for(
             lambda: len(ready_ports()) >= 2 or proc.poll() is not None, "2 workers", log=stderr

@@ -48,7 +48,7 @@ def _check_round_trip(url: str) -> None:
     assert current_revision(url) is None
     upgrade_to_head(url)
     assert _tables(url) == EXPECTED_TABLES
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == "0002"
     assert _drift(url) == []
     # Running it again is a no-op (serve runs it on every start).
     upgrade_to_head(url)
@@ -114,7 +114,7 @@ def test_alembic_cli_from_another_directory_uses_settings_url(tmp_path: Path) ->
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert current_revision(f"sqlite:///{db}") == "0001"
+    assert current_revision(f"sqlite:///{db}") == "0002"
     assert _tables(f"sqlite:///{db}") == EXPECTED_TABLES
 
 
@@ -139,3 +139,35 @@ def test_migrated_database_serves_the_services(tmp_path: Path) -> None:
             assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_0002_deletes_the_unkeyed_idempotency_records(tmp_path: Path) -> None:
+    """Records written under 0001 (a plain SHA-256 of a body holding a password) are gone."""
+    from alembic import command
+
+    from app.migrations import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0001")
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO api_tokens (id, name, prefix, token_hash, scopes, owner, created_at)"
+                " VALUES (1, 't', 'p', :h, 'provisioning', 'cli', CURRENT_TIMESTAMP)"
+            ),
+            {"h": "0" * 64},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO idempotency_records"
+                " (token_id, key, request_hash, status_code, response_body, created_at)"
+                " VALUES (1, 'k', :h, 201, '{}', CURRENT_TIMESTAMP)"
+            ),
+            {"h": "a" * 64},
+        )
+    upgrade_to_head(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM idempotency_records")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM api_tokens")).scalar() == 1
+    engine.dispose()

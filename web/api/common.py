@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import transaction
 from app.errors import MailhostError, ValidationError
 from app.models import IdempotencyRecord
+from app.services.idempotency import request_fingerprint
 
 if TYPE_CHECKING:
     from web.api.auth import Principal
@@ -116,10 +116,18 @@ IdempotencyKey = Annotated[
 ]
 
 
+# Body fields that hold credentials: they enter the stored fingerprint only as a keyed hash.
+SECRET_FIELDS = frozenset({"password", "password_hash"})
+
+
 def _request_hash(request: Request, payload: BaseModel | None) -> str:
-    body = payload.model_dump_json() if payload is not None else ""
-    text = f"{request.method} {request.url.path}\n{body}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return request_fingerprint(
+        secret=request.app.state.secret_key,
+        method=request.method,
+        path=request.url.path,
+        body_fields=payload.model_dump(mode="json") if payload is not None else None,
+        secret_fields=SECRET_FIELDS,
+    )
 
 
 def _json_response(status: int, text: str, headers: dict[str, str]) -> Response:
