@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     session_max_age: int = 8 * 3600
     # Set true behind HTTPS so the session cookie gets the Secure flag.
     cookie_secure: bool = False
+    # Request bodies larger than this are refused with 413 before they are read. JSON and
+    # portal forms need kilobytes; the largest valid API body (an alias with 1000 targets of
+    # 320 characters) is about 330 KB.
+    web_max_body_bytes: int = 512 * 1024
+    # The CSV import (a file of up to 5 MiB, re-posted percent-encoded on confirmation).
+    web_max_upload_bytes: int = 16 * 1024 * 1024
 
     # The server secret that keys the Idempotency-Key request fingerprints (and any future MAC).
     # It must be the same on every worker and host; unset, it is read from ``secret_key_file``,

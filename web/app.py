@@ -15,7 +15,8 @@ from app.config import Settings
 from app.maildir import MaildirStore
 from app.secret_key import load_secret_key
 from web.api import install_api
-from web.portal import install_portal
+from web.limits import BodyGuard
+from web.portal import install_portal, portal_too_large
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -53,4 +54,12 @@ def create_app(
     # After the API, so the portal's HTML error pages wrap (and delegate /api paths to)
     # whatever JSON error handlers the API installed.
     install_portal(app)
+    # Outermost of the application's own layers: it answers before FastAPI reads a body.
+    app.add_middleware(
+        BodyGuard,
+        session_factory=session_factory,
+        max_body_bytes=settings.web_max_body_bytes,
+        max_upload_bytes=settings.web_max_upload_bytes,
+        portal_too_large=portal_too_large,
+    )
     return app

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.models import SCOPE_BILLING_READ, SCOPE_PROVISIONING, SCOPE_READ
@@ -17,6 +18,8 @@ from web.api.problems import ApiProblem
 from web.deps import client_ip
 
 REALM = 'Bearer realm="mailhost"'
+# Where ``web.limits`` leaves the principal it verified before reading a request body.
+PRINCIPAL_STATE = "api_principal"
 
 # Only the Authorization header is read: a portal session cookie never authenticates the API,
 # and a token is never accepted from a cookie or a query parameter (RFC 6750 section 2.3
@@ -51,25 +54,44 @@ def _unauthorized(detail: str, *, invalid: bool) -> ApiProblem:
     )
 
 
+def principal_for_token(factory: sessionmaker[Session], token: str, ip: str | None) -> Principal:
+    with transaction(factory) as session:  # verify_token may record last_used_at
+        row = accounts.verify_token(session, token=token)
+        if row is None:
+            raise _unauthorized("the token is unknown, malformed or revoked", invalid=True)
+        return Principal(
+            token_id=row.id,
+            name=row.name,
+            scopes=frozenset(row.scope_list),
+            actor=Actor("token", row.name, ip),
+        )
+
+
+def principal_for_header(
+    factory: sessionmaker[Session], authorization: str | None, ip: str | None
+) -> Principal:
+    """The same check as ``authenticate``, from the raw header (before any body is read)."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized(
+            "a bearer token is required (Authorization: Bearer mh_...)", invalid=False
+        )
+    return principal_for_token(factory, token.strip(), ip)
+
+
 def authenticate(
     request: Request,
     factory: FactoryDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
+    verified = getattr(request.state, PRINCIPAL_STATE, None)
+    if isinstance(verified, Principal):
+        return verified
     if credentials is None:
         raise _unauthorized(
             "a bearer token is required (Authorization: Bearer mh_...)", invalid=False
         )
-    with transaction(factory) as session:  # verify_token may record last_used_at
-        token = accounts.verify_token(session, token=credentials.credentials)
-        if token is None:
-            raise _unauthorized("the token is unknown, malformed or revoked", invalid=True)
-        return Principal(
-            token_id=token.id,
-            name=token.name,
-            scopes=frozenset(token.scope_list),
-            actor=Actor("token", token.name, client_ip(request)),
-        )
+    return principal_for_token(factory, credentials.credentials, client_ip(request))
 
 
 def require(scope: str) -> Any:

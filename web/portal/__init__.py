@@ -88,6 +88,15 @@ def error_page(request: Request, status: int, title: str, message: str) -> Respo
     )
 
 
+def portal_too_large(request: Request, limit: int) -> Response:
+    return error_page(
+        request,
+        413,
+        "Too large",
+        f"The submitted form or file is larger than {limit // 1024} KiB, so nothing was saved.",
+    )
+
+
 def install_portal(app: FastAPI) -> None:
     """Add the portal routes and its HTML error pages (API paths keep their JSON errors)."""
     from web.portal.usage import UsageCache
