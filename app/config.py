@@ -91,6 +91,41 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None
 
+    # --- outbound queue and delivery agent ----------------------------------------------------
+    # The spool holds each queued message once (next to maildir_root on the mail volume).
+    spool_root: Path = Path("./var/spool")
+    # Port the delivery agent connects to on remote MX hosts (25 in production; tests use sinks).
+    delivery_port: int = 25
+    # Resolver for MX/A/AAAA lookups: empty = the system resolver (/etc/resolv.conf).
+    delivery_nameservers: list[str] = Field(default_factory=list)
+    delivery_dns_port: int = 53
+    delivery_dns_timeout: float = 10.0
+    # Connections at once, in all, and to one destination domain.
+    delivery_concurrency: int = 20
+    delivery_destination_concurrency: int = 5
+    # Queue rows one worker claims per round, and how long its claim lasts before another
+    # worker may take them (a killed worker's rows are retried after this).
+    delivery_batch_size: int = 100
+    delivery_lease_seconds: float = 600.0
+    delivery_poll_interval: float = 1.0
+    delivery_connect_timeout: float = 30.0
+    delivery_command_timeout: float = 300.0
+    # Seconds between attempts (the last value repeats), as Postfix and Stalwart do.
+    delivery_retry_schedule: list[float] = Field(
+        default_factory=lambda: [300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0]
+    )
+    # A message still undelivered this long after it was queued is bounced (5 days).
+    delivery_max_age: float = 5 * 86400.0
+    # Warn the sender once when a message is still undelivered after this long; 0 = never.
+    delivery_delay_warning: float = 4 * 3600.0
+    # A destination that answered 421/4xx to the greeting or EHLO is left alone this long.
+    delivery_destination_backoff: float = 60.0
+    # Spool files with no pending queue row are removed after this grace period (a file
+    # being enqueued right now is younger than this).
+    spool_orphan_grace: float = 3600.0
+    # Finished queue rows (delivered/bounced/expired) are kept this long for `queue show`.
+    queue_keep_finished: float = 7 * 86400.0
+
     log_level: str = "INFO"
 
     @property

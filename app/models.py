@@ -337,3 +337,86 @@ class DailyStat(Base):
     day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     metric: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- outbound queue ---------------------------------------------------------------------------
+ORIGIN_SUBMISSION = "submission"
+ORIGIN_RELAY = "relay"
+ORIGIN_BOUNCE = "bounce"
+ORIGINS = (ORIGIN_SUBMISSION, ORIGIN_RELAY, ORIGIN_BOUNCE)
+
+RCPT_QUEUED = "queued"
+RCPT_DEFERRED = "deferred"
+RCPT_HELD = "held"
+RCPT_DELIVERED = "delivered"
+RCPT_BOUNCED = "bounced"
+RCPT_EXPIRED = "expired"
+RCPT_STATES = (RCPT_QUEUED, RCPT_DEFERRED, RCPT_HELD, RCPT_DELIVERED, RCPT_BOUNCED, RCPT_EXPIRED)
+# Rows the agent still has to act on (held ones wait for an operator).
+RCPT_PENDING = (RCPT_QUEUED, RCPT_DEFERRED, RCPT_HELD)
+RCPT_FINAL = (RCPT_DELIVERED, RCPT_BOUNCED, RCPT_EXPIRED)
+
+
+class OutboundMessage(Base):
+    """A message in the outbound queue: stored once in the spool, one row per recipient."""
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (
+        CheckConstraint("origin IN ('submission', 'relay', 'bounce')", name="origin"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The id users and logs see ("queued as 5F3A..."); random, so it reveals no volume.
+    queue_id: Mapped[str] = mapped_column(String(32), unique=True)
+    # The envelope sender; "" is the null reverse-path <> (a bounce: never bounced itself).
+    sender: Mapped[str] = mapped_column(String(320))
+    spool_id: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    origin: Mapped[str] = mapped_column(String(16))
+    customer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("customers.id", ondelete="SET NULL"), default=None, index=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    recipients: Mapped[list[OutboundRecipient]] = relationship(
+        back_populates="message",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="OutboundRecipient.id",
+    )
+
+
+class OutboundRecipient(Base):
+    """One recipient of a queued message, its delivery state and the lease of its worker."""
+
+    __tablename__ = "outbound_recipients"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('queued', 'deferred', 'held', 'delivered', 'bounced', 'expired')",
+            name="state",
+        ),
+        # The claim query: due rows of the claimable states, oldest due first.
+        Index("ix_outbound_recipients_due", "state", "next_attempt_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("outbound_messages.id", ondelete="CASCADE"), index=True
+    )
+    address: Mapped[str] = mapped_column(String(320))
+    state: Mapped[str] = mapped_column(String(16), default=RCPT_QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_reply_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_reply_text: Mapped[str | None] = mapped_column(Text, default=None)
+    last_reply_host: Mapped[str | None] = mapped_column(String(255), default=None)
+    # How the last SMTP session was protected ("TLSv1.3 verified", "none: STARTTLS failed ...").
+    last_tls: Mapped[str | None] = mapped_column(String(255), default=None)
+    delay_warned: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    message: Mapped[OutboundMessage] = relationship(back_populates="recipients")

@@ -34,6 +34,15 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def require_postgres(engine: Engine) -> None:
+    """For a test of PostgreSQL behaviour (row locks, SKIP LOCKED): fail under CI without
+    PostgreSQL, skip elsewhere."""
+    if engine.dialect.name != "postgresql":
+        if in_ci():
+            pytest.fail("CI needs MAILHOST_TEST_DATABASE_URL for this PostgreSQL test")
+        pytest.skip("needs PostgreSQL (MAILHOST_TEST_DATABASE_URL)")
+
+
 @pytest.fixture(scope="session")
 def _pg_schema() -> Iterator[str | None]:
     url = pg_url()
