@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,16 @@ class Settings(BaseSettings):
     hostname: str = Field(default_factory=lambda: default_hostname())
     # The host name customers publish as their MX (shown in the portal's DNS panel).
     mx_hostname: str = "mx.mailhost.example"
+    # --- DNS records recommended to hosted domains (portal DNS panel, `domain dkim show`) ----
+    # A domain whose SPF record lists the ISP's outbound hosts (e.g. "_spf.isp.example"):
+    # hosted domains are told to publish "v=spf1 mx include:<it> -all". Unset: "v=spf1 mx -all".
+    spf_include: str | None = None
+    # Where DMARC aggregate reports go (rua=mailto:...). Outside the customer's own domain the
+    # report domain must authorise it (RFC 7489 section 7.1: *._report._dmarc.<its domain>).
+    dmarc_report_address: str | None = None
+    # The DMARC policy recommended: "none" (monitor only) until reports show that all the
+    # domain's mail is signed, then "quarantine" or "reject".
+    dmarc_policy: Literal["none", "quarantine", "reject"] = "none"
 
     # --- TLS (SMTP STARTTLS, POP3 STLS and implicit TLS) -------------------------------------
     tls_cert_file: Path | None = None

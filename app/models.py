@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -420,3 +421,53 @@ class OutboundRecipient(Base):
     delay_warned: Mapped[bool] = mapped_column(Boolean, default=False)
 
     message: Mapped[OutboundMessage] = relationship(back_populates="recipients")
+
+
+DKIM_RSA_SHA256 = "rsa-sha256"
+DKIM_ED25519_SHA256 = "ed25519-sha256"
+DKIM_ALGORITHMS = (DKIM_RSA_SHA256, DKIM_ED25519_SHA256)
+DKIM_ACTIVE = "active"  # the domain's signing key (at most one per domain)
+DKIM_PUBLISHED = "published"  # rotated out: signs nothing, its record stays until retired
+DKIM_RETIRED = "retired"  # record withdrawn, private key destroyed; the row is history
+DKIM_STATES = (DKIM_ACTIVE, DKIM_PUBLISHED, DKIM_RETIRED)
+
+
+class DkimKey(Base):
+    """A DKIM signing key (RFC 6376; ed25519 per RFC 8463) of a hosted domain, per selector.
+
+    The private key is stored as PKCS#8 PEM in this table, in clear: every host that signs
+    submitted mail reads it from the shared database, and Settings holds no server secret to
+    encrypt it with. Whoever can read the database can therefore sign as the domain (as they
+    can read every mailbox's mail): protect the database and its backups accordingly. Retiring
+    a key erases it (NULL); the row stays so the selector is never reused for another key (a
+    resolver may still cache the old record). ``public_key`` is the record's ``p=`` value.
+    """
+
+    __tablename__ = "dkim_keys"
+    __table_args__ = (
+        UniqueConstraint("domain_id", "selector"),
+        CheckConstraint("algorithm IN ('rsa-sha256', 'ed25519-sha256')", name="algorithm"),
+        CheckConstraint("state IN ('active', 'published', 'retired')", name="state"),
+        # One signing key per domain, also under concurrent rotations.
+        Index(
+            "uq_dkim_keys_one_active",
+            "domain_id",
+            unique=True,
+            sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    selector: Mapped[str] = mapped_column(String(63))
+    algorithm: Mapped[str] = mapped_column(String(16))
+    key_bits: Mapped[int] = mapped_column(Integer)
+    private_key_pem: Mapped[str | None] = mapped_column(Text, default=None)
+    public_key: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=DKIM_ACTIVE)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    domain: Mapped[Domain] = relationship()
