@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # Per worker process: refused with "-ERR [SYS/TEMP]" in place of the greeting.
     pop3_max_connections: int = 1000
     pop3_max_connections_per_ip: int = 20
+    # "auto": a lock that dies with its process (PostgreSQL advisory lock, or a file lock on
+    # SQLite); "lease": expiring lease rows only (PostgreSQL behind a transaction pooler).
+    pop3_maildrop_lock: Literal["auto", "lease"] = "auto"
 
     # --- portal / API ------------------------------------------------------------------------
     web_host: str = "127.0.0.1"

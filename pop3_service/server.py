@@ -68,7 +68,9 @@ class Pop3Server:
         self.settings = settings
         self.session_factory = session_factory
         self.store = store
-        self.locks = MaildropLocks(session_factory, lease_seconds=lease_seconds)
+        self.locks = MaildropLocks(
+            session_factory, lease_seconds=lease_seconds, mode=settings.pop3_maildrop_lock
+        )
         self.maildrops = Maildrops(session_factory=session_factory, store=store, locks=self.locks)
         self.shutdown_deadline = shutdown_deadline
         self.tls_context: ssl.SSLContext | None = server_context(settings)
