@@ -54,6 +54,7 @@ class Row:
 
 # The platform postmaster of the "pm" server (Settings.postmaster_address).
 PLATFORM_PM = ADDRESSES["other"]
+SYNC = "554 5.5.0 Error: SMTP protocol synchronization"
 NO_PM = "550 5.1.1 Recipient address rejected: no postmaster mailbox is configured"
 
 
@@ -76,6 +77,26 @@ ROWS = [
     Row("no auth on the MX", EHLO, "AUTH PLAIN AGEAYg==", "502 5.5.1 "),
     Row("starttls without certificate", EHLO, "STARTTLS", "454 4.7.0 "),
     Row("quit", EHLO, "QUIT", "221 2.0.0 ", survives=False),
+    # --- pipelining (RFC 2920 section 3.1; Postfix 3.9 smtpd_forbid_unauth_pipelining)
+    Row(
+        "ehlo ends a group",
+        [],
+        b"EHLO c.example\r\nMAIL FROM:<a@remote.example>\r\n",
+        SYNC,
+        survives=False,
+    ),
+    Row(
+        "noop ends a group", EHLO, b"NOOP\r\nMAIL FROM:<a@remote.example>\r\n", SYNC, survives=False
+    ),
+    Row("vrfy ends a group", EHLO, b"VRFY user\r\nNOOP\r\n", SYNC, survives=False),
+    Row("content before 354", RCPT, b"DATA\r\n" + MSG + b".\r\n", SYNC, survives=False),
+    Row(
+        "no pipelining without EHLO",
+        ["HELO client.example"],
+        b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<user@hosted.example>\r\n",
+        SYNC,
+        survives=False,
+    ),
     # --- MAIL
     Row("mail", EHLO, "MAIL FROM:<sender@remote.example>", "250 2.1.0 "),
     Row("mail null sender", EHLO, "MAIL FROM:<>", "250 2.1.0 "),
