@@ -152,6 +152,7 @@ class IngressSMTP(SMTP):
         max_junk: int,
         data_timeout: float,
         greet_delay: float,
+        normalize_bare_lf: bool = False,
         **kwargs: Any,
     ) -> None:
         # aiosmtpd keeps command_size_limits on the class and mutates it in EHLO, so
@@ -166,6 +167,7 @@ class IngressSMTP(SMTP):
         self._max_junk = max_junk
         self._data_timeout = data_timeout
         self._greet_delay = greet_delay
+        self._normalize_bare_lf = normalize_bare_lf
         self._junk = 0
         self._greeted = False
         self._early_talker = False
@@ -363,7 +365,7 @@ class IngressSMTP(SMTP):
             if body is None or self._over_size(body):
                 reply = replies.TOO_BIG
             else:
-                decoded = decode_body(body)
+                decoded = decode_body(body, normalize_bare_lf=self._normalize_bare_lf)
                 if decoded.error is not None:
                     reply = _BODY_ERROR_REPLIES[decoded.error]
                 else:

@@ -48,7 +48,8 @@ class Row:
     stored: int = 0  # messages expected to arrive in new/ of ``mailbox``
     survives: bool = True
     mailbox: str = "user"  # key of ADDRESSES
-    # "default": no platform postmaster configured; "pm": postmaster_address=PLATFORM_PM
+    # "default": no platform postmaster configured; "pm": postmaster_address=PLATFORM_PM;
+    # "lf": smtp_bare_lf="normalize"
     server: str = "default"
 
 
@@ -233,6 +234,13 @@ ROWS = [
     Row("bare LF in body", DATA, MSG + b"a\nb\r\n.\r\n", "554 5.5.2 "),
     Row("bare CR in body", DATA, MSG + b"a\rb\r\n.\r\n", "554 5.5.2 "),
     Row("NUL in body", DATA, MSG + b"nul\x00here\r\n" + SMUGGLED, "554 5.6.0 "),
+    # --- MAILHOST_SMTP_BARE_LF=normalize (Postfix 3.9 smtpd_forbid_bare_newline=normalize)
+    Row("normalize: bare LF", DATA, MSG + b"a\nb\r\n.\r\n", "250 2.0.0 ", 1, server="lf"),
+    # Only CRLF.CRLF ends DATA: what follows "\n.\n" is content, one message, no commands.
+    Row("normalize: \\n.\\n", DATA, MSG + b"hi\n.\n" + SMUGGLED, "250 2.0.0 ", 1, server="lf"),
+    Row("normalize: \\r\\n.\\n", DATA, MSG + b"hi\r\n.\n" + SMUGGLED, "250 2.0.0 ", 1, server="lf"),
+    Row("normalize: bare CR", DATA, MSG + b"a\rb\r\n.\r\n", "554 5.5.2 ", server="lf"),
+    Row("normalize: NUL", DATA, MSG + b"\x00\r\n.\r\n", "554 5.6.0 ", server="lf"),
 ]
 
 
@@ -242,6 +250,7 @@ def test_smtp_reply_table(
     servers = {
         "default": smtp_start(smtp_max_message_size=MAX_SIZE),
         "pm": smtp_start(smtp_max_message_size=MAX_SIZE, postmaster_address=PLATFORM_PM),
+        "lf": smtp_start(smtp_max_message_size=MAX_SIZE, smtp_bare_lf="normalize"),
     }
     failures: list[str] = []
     for row in ROWS:
