@@ -184,6 +184,14 @@ ROWS = [
     Row("rcpt suspended mailbox", MAIL, "RCPT TO:<frozen@hosted.example>", "550 5.2.1 "),
     Row("rcpt suspended domain", MAIL, "RCPT TO:<someone@closed.example>", "550 5.2.1 "),
     Row("rcpt over quota", MAIL, "RCPT TO:<full@hosted.example>", "452 4.2.2 "),
+    # Valid RFC 5321 Dot-strings our mailbox grammar refuses ("/"): never "relay denied".
+    Row("rcpt slash local part", MAIL, "RCPT TO:<a/b@hosted.example>", "550 5.1.1 "),
+    Row(
+        "rcpt slash local part, catch-all",
+        MAIL,
+        "RCPT TO:<customer/department=shipping@catchall.example>",
+        "550 5.1.1 ",
+    ),
     Row("rcpt foreign domain", MAIL, "RCPT TO:<user@foreign.example>", "554 5.7.1 "),
     Row("rcpt foreign upper-case", MAIL, "RCPT TO:<USER@FOREIGN.EXAMPLE>", "554 5.7.1 "),
     Row(
