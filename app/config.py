@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # How long a recipient lookup is reused across transactions (a suspension or a new alias
     # takes at most this long to take effect).
     smtp_resolution_cache_seconds: float = 2.0
+    # A bare LF in message content (RFC 5321 section 2.3.8): "reject" refuses the message
+    # (554 5.5.2, safe against SMTP smuggling); "normalize" is Postfix 3.9's
+    # smtpd_forbid_bare_newline=normalize: only CRLF.CRLF ends DATA, and a bare LF inside the
+    # content ends a line as CRLF would (for sloppy senders). A bare CR is refused either way.
+    smtp_bare_lf: Literal["reject", "normalize"] = "reject"
     # The platform postmaster: a hosted address (mailbox or alias) that receives mail for the
     # bare <Postmaster> and for postmaster@ of a domain with no mailbox of its own to take it
     # (RFC 5321 section 4.5.1). Set it in production; unset, those get 550 5.1.1.

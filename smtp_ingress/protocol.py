@@ -11,7 +11,15 @@ What this subclass changes, and why:
 * ``smtp_DATA`` reads the body with one ``readuntil(CRLF.CRLF)`` instead of aiosmtpd's loop
   per line, then validates whole buffers (``data.decode_body``). Only ``CRLF.CRLF`` ends
   DATA; ``LF.LF`` and friends are part of the body and make it refused (SMTP smuggling).
-* Replies to pipelined MAIL / RCPT / RSET / NOOP are held while the input buffer already holds
+* Pipelining is checked as Postfix 3.9 does for unauthenticated clients
+  (``smtpd_forbid_unauth_pipelining``; an MX has no authenticated clients): RFC 2920 section
+  3.1 lets EHLO, DATA, VRFY, EXPN, TURN, QUIT and NOOP only end a command group, and the
+  client must wait for 354 before sending content; without EHLO, PIPELINING was never
+  offered, so nothing may be sent ahead at all; and, like Postfix, the end of message content
+  ends a group too (commands sent with it are how SMTP smuggling payloads arrive). A
+  violation gets ``554 5.5.0`` and the connection is closed. QUIT right after the end of data
+  is allowed: nothing can follow it.
+* Replies to pipelined MAIL / RCPT / RSET are held while the input buffer already holds
   the client's next command line and sent with the next reply, in one ``send`` (RFC 2920
   section 3.2 allows it; Postfix does the same). Every other reply, and any reply when no
   further command is buffered, flushes everything: the server never waits for input with
@@ -106,19 +114,31 @@ class ConnectionTracker:
         return self._total
 
 
+# RFC 2920 section 3.1: commands that can only be the last of a pipelined group (TURN is not
+# implemented; QUIT ends the session anyway; HELO because it never offers PIPELINING).
+_GROUP_ENDERS = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "NOOP"})
+
+
 class _CommandTable(dict[str, Command]):
-    """aiosmtpd's command table; unknown verbs go to our handler instead of aiosmtpd's
-    fixed budget of 5 (the configurable junk limit applies instead)."""
+    """aiosmtpd's command table, consulted once per command line read: unknown verbs go to
+    our handler instead of aiosmtpd's fixed budget of 5 (the configurable junk limit applies
+    instead), and a command that breaks pipelining rules goes to the refusal."""
 
     def __init__(
         self,
         methods: dict[str, Command],
         unknown: Callable[[str, str | None], Awaitable[None]],
+        out_of_sync: Callable[[str], bool],
+        refuse: Command,
     ) -> None:
         super().__init__(methods)
         self._unknown = unknown
+        self._out_of_sync = out_of_sync
+        self._refuse = refuse
 
     def get(self, key: str, default: object = None) -> Command:
+        if self._out_of_sync(key):
+            return self._refuse
         method = super().get(key)
         return method if method is not None else functools.partial(self._unknown, key)
 
@@ -132,17 +152,22 @@ class IngressSMTP(SMTP):
         max_junk: int,
         data_timeout: float,
         greet_delay: float,
+        normalize_bare_lf: bool = False,
         **kwargs: Any,
     ) -> None:
         # aiosmtpd keeps command_size_limits on the class and mutates it in EHLO, so
         # concurrent sessions would raise each other's MAIL limit: give each its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(handler, **kwargs)
-        self._smtp_methods = _CommandTable(self._smtp_methods, self._smtp_unknown)
+        self._smtp_methods = _CommandTable(
+            self._smtp_methods, self._smtp_unknown, self._out_of_sync, self._refuse_pipelining
+        )
+        self._sent_ahead = False  # input arrived after the end of data before our reply
         self._tracker = tracker
         self._max_junk = max_junk
         self._data_timeout = data_timeout
         self._greet_delay = greet_delay
+        self._normalize_bare_lf = normalize_bare_lf
         self._junk = 0
         self._greeted = False
         self._early_talker = False
@@ -265,8 +290,24 @@ class IngressSMTP(SMTP):
     async def smtp_RSET(self, arg: str) -> None:
         await self._holding(SMTP.smtp_RSET, arg)
 
-    async def smtp_NOOP(self, arg: str) -> None:
-        await self._holding(SMTP.smtp_NOOP, arg)
+    def _out_of_sync(self, command: str) -> bool:
+        """Whether ``command`` (just read) breaks the pipelining rules (module docstring)."""
+        if self._sent_ahead:
+            return True
+        reader: Any = self._reader
+        if not reader._buffer or command == "QUIT":
+            return False
+        return command in _GROUP_ENDERS or self.session is None or not self.session.extended_smtp
+
+    async def _refuse_pipelining(self, arg: str | None) -> None:
+        log.info("improper pipelining client=%s", self._client_ip)
+        self._close_with(replies.PIPELINING_REFUSED)
+
+    def _note_sent_ahead(self) -> None:
+        # After the end of data the client must wait for our reply (module docstring).
+        reader: Any = self._reader
+        if reader._buffer and bytes(reader._buffer).upper() != b"QUIT\r\n":
+            self._sent_ahead = True
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _SIMPLE_PATH.fullmatch(arg)
@@ -320,10 +361,11 @@ class IngressSMTP(SMTP):
         self._reset_timeout(self._data_timeout)
         try:
             body = await self._read_body()
+            self._note_sent_ahead()
             if body is None or self._over_size(body):
                 reply = replies.TOO_BIG
             else:
-                decoded = decode_body(body)
+                decoded = decode_body(body, normalize_bare_lf=self._normalize_bare_lf)
                 if decoded.error is not None:
                     reply = _BODY_ERROR_REPLIES[decoded.error]
                 else:
@@ -333,6 +375,7 @@ class IngressSMTP(SMTP):
             self.busy = False
         self._reset_timeout()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
+        self._note_sent_ahead()
         await self.push(reply)
         if self.closing:
             self._close_with(replies.SHUTTING_DOWN)

@@ -44,6 +44,8 @@ NUL_IN_DATA = "554 5.6.0 Message refused: NUL octet in message"
 # after the final dot must be one of the DATA completion codes of section 4.3.2 (552, 554,
 # 451, 452, 450, 550), so 554 rather than the command-line "500 Line too long".
 DATA_LINE_TOO_LONG = "554 5.5.2 Message refused: line longer than 998 octets (RFC 5321 4.5.3.1.6)"
+# Postfix 3.9's reply for pipelining that RFC 2920 section 3.1 does not allow.
+PIPELINING_REFUSED = "554 5.5.0 Error: SMTP protocol synchronization"
 EARLY_TALKER = "554 5.5.1 Protocol error: command sent before the greeting"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 TOO_MANY_CONNECTIONS_IP = "421 4.7.0 Too many connections from your address, try again later"

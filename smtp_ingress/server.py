@@ -65,6 +65,7 @@ class SmtpIngress:
             tracker=self._tracker,
             max_junk=self.settings.smtp_max_junk_commands,
             data_timeout=self.settings.smtp_data_timeout,
+            normalize_bare_lf=self.settings.smtp_bare_lf == "normalize",
             greet_delay=self._greet_delay,
             data_size_limit=self.settings.smtp_max_message_size,
             enable_SMTPUTF8=False,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore
 from app.models import STATUS_ACTIVE, Alias, AliasTarget, Customer, Domain, DomainAlias, Mailbox
-from app.services.addresses import split_address
+from app.services.addresses import MAX_LOCAL_PART, normalise_domain, split_address
 
 # Aliases pointing at aliases deeper than this are configuration errors (or loops).
 MAX_DEPTH = 10
@@ -206,7 +207,7 @@ def resolve_recipient(
     try:
         local, domain_name = split_address(address)
     except ValidationError:
-        return Resolution(Verdict.INVALID_ADDRESS)
+        return _unhostable_local_part(session, address)
     resolver = _Resolver(session)
     resolver.load_domains({domain_name})
     top = resolver.domains[domain_name]
@@ -268,6 +269,33 @@ def resolve_recipient(
         if not targets:
             return Resolution(Verdict.OVER_QUOTA)
     return Resolution(Verdict.OK, tuple(targets))
+
+
+# RFC 5321 section 4.1.2 Dot-string local parts our mailbox grammar does not take: "/" (a path
+# separator in the Maildir). "%" and "!" stay out: they are source-routing hacks, refused as
+# relay attempts.
+_DOT_STRING_OUTSIDE_OURS = re.compile(
+    r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9#$&'*+/=?^_`{|}~-]+)*"
+)
+
+
+def _unhostable_local_part(session: Session, address: str) -> Resolution:
+    """An address our grammar refuses: a valid Dot-string local part at a hosted domain can
+    never be a mailbox here, so it is an unknown user there (550 5.1.1), never a relay
+    attempt; anything else stays INVALID_ADDRESS."""
+    local, _, domain = address.strip().rpartition("@")
+    if len(local) > MAX_LOCAL_PART or not _DOT_STRING_OUTSIDE_OURS.fullmatch(local):
+        return Resolution(Verdict.INVALID_ADDRESS)
+    try:
+        domain_name = normalise_domain(domain)
+    except ValidationError:
+        return Resolution(Verdict.INVALID_ADDRESS)
+    resolver = _Resolver(session)
+    resolver.load_domains({domain_name})
+    hosted = resolver.domains[domain_name]
+    if hosted is None:
+        return Resolution(Verdict.INVALID_ADDRESS)
+    return Resolution(Verdict.UNKNOWN_USER if hosted.active else Verdict.SUSPENDED)
 
 
 def _fallback(resolver: _Resolver, domain: _DomainInfo, local: str) -> list[tuple[str, str]]:

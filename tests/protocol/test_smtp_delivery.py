@@ -122,22 +122,38 @@ def test_smtp_null_sender_and_pipelined_transactions(
         "550 5.1.1",
         "354 End d",
     ]
-    client.send(
-        b"Subject: bounce\r\n\r\nx\r\n.\r\nMAIL FROM:<a@remote.example>\r\n"
-        b"RCPT TO:<other@hosted.example>\r\nDATA\r\n"
-    )
-    assert [client.reply()[:9] for _ in range(4)] == [
-        "250 2.0.0",
-        "250 2.1.0",
-        "250 2.1.5",
-        "354 End d",
-    ]
+    # The end of data ends a group: the client waits for its reply (Postfix 3.9 rule).
+    assert client.cmd(b"Subject: bounce\r\n\r\nx\r\n.\r\n").startswith("250 2.0.0")
+    client.send(b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<other@hosted.example>\r\nDATA\r\n")
+    assert [client.reply()[:9] for _ in range(3)] == ["250 2.1.0", "250 2.1.5", "354 End d"]
     assert client.cmd(b"second\r\n.\r\nQUIT\r\n").startswith("250 2.0.0")
     assert client.reply().startswith("221 2.0.0")
     client.close()
     [bounce] = new_messages(store, ADDRESSES["user"])
     assert bounce.startswith(b"Return-Path: <>\n")
     assert new_messages(store, ADDRESSES["other"])[0].endswith(b"\nsecond\n")
+
+
+def test_smtp_commands_pipelined_after_end_of_data_are_refused(
+    smtp_server: IngressThread, store: MaildirStore
+) -> None:
+    # Postfix 3.9 smtpd_forbid_unauth_pipelining: the message, properly ended, is stored and
+    # answered; the commands sent with it before our reply are refused, never executed.
+    client = RawClient(smtp_server.port)
+    client.cmd("EHLO client.example")
+    client.send(b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<user@hosted.example>\r\nDATA\r\n")
+    assert [client.reply()[:3] for _ in range(3)] == ["250", "250", "354"]
+    client.send(
+        b"Subject: first\r\n\r\nx\r\n.\r\nMAIL FROM:<evil@remote.example>\r\n"
+        b"RCPT TO:<other@hosted.example>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n"
+    )
+    assert client.reply().startswith("250 2.0.0 ")
+    assert client.reply() == "554 5.5.0 Error: SMTP protocol synchronization"
+    assert client.closed_by_server()
+    client.close()
+    [message] = new_messages(store, ADDRESSES["user"])
+    assert message.endswith(b"Subject: first\n\nx\n")
+    assert new_messages(store, ADDRESSES["other"]) == []
 
 
 def test_smtp_starttls_is_offered_and_recorded(
@@ -272,14 +288,15 @@ def test_smtp_held_pipelined_replies_are_sent_before_waiting_for_input(
     client.cmd("EHLO client.example")
     client.send(b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<user@hosted.example>\r\nRCPT TO:<us")
     assert [client.reply()[:9] for _ in range(2)] == ["250 2.1.0", "250 2.1.5"]
-    # A junk reply among held ones keeps its place; RSET and NOOP replies are held too.
-    client.send(b"er@hosted.example>\r\nFROB\r\nRSET\r\nNOOP\r\nMAIL FROM:<b@remote.example>\r\n")
+    # A junk reply among held ones keeps its place; RSET replies are held too (NOOP may only
+    # end a group, RFC 2920 section 3.1).
+    client.send(b"er@hosted.example>\r\nFROB\r\nRSET\r\nMAIL FROM:<b@remote.example>\r\nNOOP\r\n")
     assert [client.reply()[:9] for _ in range(5)] == [
         "250 2.1.5",
         "500 5.5.2",
         "250 2.0.0",
-        "250 2.0.0",
         "250 2.1.0",
+        "250 2.0.0",
     ]
     assert client.cmd("QUIT").startswith("221 2.0.0")
     client.close()

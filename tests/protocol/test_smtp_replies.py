@@ -48,12 +48,14 @@ class Row:
     stored: int = 0  # messages expected to arrive in new/ of ``mailbox``
     survives: bool = True
     mailbox: str = "user"  # key of ADDRESSES
-    # "default": no platform postmaster configured; "pm": postmaster_address=PLATFORM_PM
+    # "default": no platform postmaster configured; "pm": postmaster_address=PLATFORM_PM;
+    # "lf": smtp_bare_lf="normalize"
     server: str = "default"
 
 
 # The platform postmaster of the "pm" server (Settings.postmaster_address).
 PLATFORM_PM = ADDRESSES["other"]
+SYNC = "554 5.5.0 Error: SMTP protocol synchronization"
 NO_PM = "550 5.1.1 Recipient address rejected: no postmaster mailbox is configured"
 
 
@@ -76,6 +78,26 @@ ROWS = [
     Row("no auth on the MX", EHLO, "AUTH PLAIN AGEAYg==", "502 5.5.1 "),
     Row("starttls without certificate", EHLO, "STARTTLS", "454 4.7.0 "),
     Row("quit", EHLO, "QUIT", "221 2.0.0 ", survives=False),
+    # --- pipelining (RFC 2920 section 3.1; Postfix 3.9 smtpd_forbid_unauth_pipelining)
+    Row(
+        "ehlo ends a group",
+        [],
+        b"EHLO c.example\r\nMAIL FROM:<a@remote.example>\r\n",
+        SYNC,
+        survives=False,
+    ),
+    Row(
+        "noop ends a group", EHLO, b"NOOP\r\nMAIL FROM:<a@remote.example>\r\n", SYNC, survives=False
+    ),
+    Row("vrfy ends a group", EHLO, b"VRFY user\r\nNOOP\r\n", SYNC, survives=False),
+    Row("content before 354", RCPT, b"DATA\r\n" + MSG + b".\r\n", SYNC, survives=False),
+    Row(
+        "no pipelining without EHLO",
+        ["HELO client.example"],
+        b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<user@hosted.example>\r\n",
+        SYNC,
+        survives=False,
+    ),
     # --- MAIL
     Row("mail", EHLO, "MAIL FROM:<sender@remote.example>", "250 2.1.0 "),
     Row("mail null sender", EHLO, "MAIL FROM:<>", "250 2.1.0 "),
@@ -162,6 +184,14 @@ ROWS = [
     Row("rcpt suspended mailbox", MAIL, "RCPT TO:<frozen@hosted.example>", "550 5.2.1 "),
     Row("rcpt suspended domain", MAIL, "RCPT TO:<someone@closed.example>", "550 5.2.1 "),
     Row("rcpt over quota", MAIL, "RCPT TO:<full@hosted.example>", "452 4.2.2 "),
+    # Valid RFC 5321 Dot-strings our mailbox grammar refuses ("/"): never "relay denied".
+    Row("rcpt slash local part", MAIL, "RCPT TO:<a/b@hosted.example>", "550 5.1.1 "),
+    Row(
+        "rcpt slash local part, catch-all",
+        MAIL,
+        "RCPT TO:<customer/department=shipping@catchall.example>",
+        "550 5.1.1 ",
+    ),
     Row("rcpt foreign domain", MAIL, "RCPT TO:<user@foreign.example>", "554 5.7.1 "),
     Row("rcpt foreign upper-case", MAIL, "RCPT TO:<USER@FOREIGN.EXAMPLE>", "554 5.7.1 "),
     Row(
@@ -212,6 +242,13 @@ ROWS = [
     Row("bare LF in body", DATA, MSG + b"a\nb\r\n.\r\n", "554 5.5.2 "),
     Row("bare CR in body", DATA, MSG + b"a\rb\r\n.\r\n", "554 5.5.2 "),
     Row("NUL in body", DATA, MSG + b"nul\x00here\r\n" + SMUGGLED, "554 5.6.0 "),
+    # --- MAILHOST_SMTP_BARE_LF=normalize (Postfix 3.9 smtpd_forbid_bare_newline=normalize)
+    Row("normalize: bare LF", DATA, MSG + b"a\nb\r\n.\r\n", "250 2.0.0 ", 1, server="lf"),
+    # Only CRLF.CRLF ends DATA: what follows "\n.\n" is content, one message, no commands.
+    Row("normalize: \\n.\\n", DATA, MSG + b"hi\n.\n" + SMUGGLED, "250 2.0.0 ", 1, server="lf"),
+    Row("normalize: \\r\\n.\\n", DATA, MSG + b"hi\r\n.\n" + SMUGGLED, "250 2.0.0 ", 1, server="lf"),
+    Row("normalize: bare CR", DATA, MSG + b"a\rb\r\n.\r\n", "554 5.5.2 ", server="lf"),
+    Row("normalize: NUL", DATA, MSG + b"\x00\r\n.\r\n", "554 5.6.0 ", server="lf"),
 ]
 
 
@@ -221,6 +258,7 @@ def test_smtp_reply_table(
     servers = {
         "default": smtp_start(smtp_max_message_size=MAX_SIZE),
         "pm": smtp_start(smtp_max_message_size=MAX_SIZE, postmaster_address=PLATFORM_PM),
+        "lf": smtp_start(smtp_max_message_size=MAX_SIZE, smtp_bare_lf="normalize"),
     }
     failures: list[str] = []
     for row in ROWS:

@@ -38,6 +38,26 @@ def test_smtp_decode_body(body: bytes, content: bytes, error: BodyError | None) 
 
 
 @pytest.mark.parametrize(
+    ("body", "content", "error"),
+    [
+        (b"a\r\nb\r\n", b"a\nb\n", None),
+        (b"a\nb\r\n", b"a\nb\n", None),  # bare LF ends a line
+        (b"a\n.\nb\r\n", b"a\n.\nb\n", None),  # a lone "." is content, not the end
+        (b"a\n..x\n.y\r\n", b"a\n.x\ny\n", None),  # transparency dots removed as usual
+        (b"a\rb\r\n", b"", BodyError.BARE_NEWLINE),  # bare CR still refused
+        (b"a\r\r\n", b"", BodyError.BARE_NEWLINE),
+        (b"x" * 999 + b"\n", b"", BodyError.LINE_TOO_LONG),
+        (b"a\x00\n", b"", BodyError.NUL),
+    ],
+)
+def test_smtp_decode_body_normalizing_bare_lf(
+    body: bytes, content: bytes, error: BodyError | None
+) -> None:
+    decoded = decode_body(body, normalize_bare_lf=True)
+    assert (decoded.content, decoded.error) == (content, error)
+
+
+@pytest.mark.parametrize(
     ("raw", "sent"),
     [
         ("250 OK", "250 2.0.0 Ok"),

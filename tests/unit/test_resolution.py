@@ -191,7 +191,9 @@ ROWS: list[tuple[str, Verdict, tuple[str, ...]]] = [
     (".user@hosted.example", INVALID, ()),
     ("us..er@hosted.example", INVALID, ()),
     ("../etc@hosted.example", INVALID, ()),
-    ("us/er@hosted.example", INVALID, ()),
+    # RFC 5321 Dot-strings our mailbox grammar refuses ("/"): unknown user, never a relay.
+    ("us/er@hosted.example", NO_USER, ()),
+    ("us/er@foreign.example", INVALID, ()),
     ("user\x00@hosted.example", INVALID, ()),
     ("a" * 65 + "@hosted.example", INVALID, ()),
 ]
