@@ -17,6 +17,7 @@ from app.secret_key import load_secret_key
 from web.api import install_api
 from web.limits import BodyGuard
 from web.portal import install_portal, portal_too_large
+from web.security import SecurityHeaders
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -62,4 +63,5 @@ def create_app(
         max_upload_bytes=settings.web_max_upload_bytes,
         portal_too_large=portal_too_large,
     )
+    app.add_middleware(SecurityHeaders, https=settings.cookie_secure)
     return app

@@ -278,3 +278,15 @@ def test_concurrent_api_writers_never_make_the_feed_skip_or_repeat(
         all_ids = [e.id for e in s.query(LifecycleEvent).order_by(LifecycleEvent.id)]
     assert len(all_ids) == 1 + 3 * 6 * 3  # the domain, then 18 mailboxes x 3 events
     assert seen == all_ids
+
+
+def test_usage_csv_neutralises_formula_customer_names(api: Api) -> None:
+    evil = '=HYPERLINK("http://evil.example","click")'
+    api.created(f"{V1}/customers", {"name": evil})
+    r = api.get(
+        f"{V1}/billing/usage", token=api.billing, params={"period": "2024-04", "format": "csv"}
+    )
+    assert r.status_code == 200, r.text
+    names = [row["customer_name"] for row in csv.DictReader(io.StringIO(r.text))]
+    assert "'" + evil in names
+    assert evil not in names

@@ -460,3 +460,20 @@ def test_dashboard_counts_and_storage(admin: PortalClient, session_factory, stor
     store.deliver([(MailboxRef("shop.example", "a"), [b"y\n"])])
     assert admin.post("/dashboard/refresh-usage").status_code == 303
     assert 'id="messages-stored">3<' in admin.get("/").text
+
+
+def test_export_neutralises_formula_cells_and_still_roundtrips(
+    admin: PortalClient, session_factory
+) -> None:
+    with transaction(session_factory) as session:
+        make_mailbox(session, "-2+3@shop.example")
+    export = admin.get("/export.csv")
+    rows = list(csv.DictReader(io.StringIO(export.text)))
+    assert [r["address"] for r in rows] == ["'-2+3@shop.example"]
+    with transaction(session_factory) as session:
+        session.execute(Mailbox.__table__.delete())
+    preview = admin.post(
+        "/import/preview", files={"file": ("m.csv", export.text.encode(), "text/csv")}
+    )
+    assert preview.status_code == 200, preview.text
+    assert "<td>-2+3@shop.example</td>" in preview.text  # the escape is undone on import

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
+from app.csvsafe import safe_row
 from app.db import transaction
 from app.errors import NotFoundError, ValidationError
 from app.services import billing
@@ -132,7 +133,7 @@ def _csv(report: UsageReportPublic) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 section 2: CRLF
     writer.writerow(CSV_COLUMNS)
-    for c in report.customers:
+    for c in report.customers:  # every row through safe_row: names are user input
         common = [
             report.from_.isoformat(),
             report.to.isoformat(),
@@ -141,17 +142,17 @@ def _csv(report: UsageReportPublic) -> str:
         ]
         money = [c.currency or "", "" if c.price_per_mailbox is None else str(c.price_per_mailbox)]
         for li in c.line_items:
-            writer.writerow(
+            writer.writerow(safe_row(
                 [*common, "domain", li.domain, *money, li.mailboxes_active_end,
                  li.mailboxes_suspended_end, li.peak_mailboxes, li.mailbox_days,
                  li.suspended_days, li.storage_bytes, li.storage_messages,
                  "" if li.amount is None else str(li.amount)]
-            )  # fmt: skip
-        writer.writerow(
+            ))  # fmt: skip
+        writer.writerow(safe_row(
             [*common, "total", "", *money, c.mailboxes_active_end, c.mailboxes_suspended_end,
              c.peak_mailboxes, c.mailbox_days, c.suspended_days, c.storage_bytes,
              c.storage_messages, "" if c.amount is None else str(c.amount)]
-        )  # fmt: skip
+        ))  # fmt: skip
     return out.getvalue()
 
 

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.csvsafe import restore_cell, safe_row
 from app.errors import MailhostError, ValidationError
 from app.models import Domain, Mailbox
 from app.passwords import hash_password, is_supported_hash
@@ -101,7 +102,7 @@ def parse_csv(text: str) -> ImportResult:
             rows.append(
                 ImportRow(
                     line=reader.line_num,
-                    address=(record.get("address") or "").strip(),
+                    address=restore_cell((record.get("address") or "").strip()),
                     password=record.get("password") or "",
                     password_hash=(record.get("password_hash") or "").strip(),
                     quota=(record.get("quota") or "").strip(),
@@ -234,7 +235,7 @@ def _export_rows(factory: sessionmaker[Session], domain_id: int | None) -> Itera
         if domain_id is not None:
             query = query.where(Mailbox.domain_id == domain_id)
         for n, (local, domain, pw_hash, quota) in enumerate(session.execute(query), 1):
-            writer.writerow((f"{local}@{domain}", "", pw_hash, quota))
+            writer.writerow(safe_row((f"{local}@{domain}", "", pw_hash, quota)))
             if n % 1000 == 0:
                 yield buffer.getvalue()
                 buffer.seek(0)
