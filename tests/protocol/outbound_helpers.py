@@ -62,8 +62,9 @@ class SinkHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.data_started.set()
-        if self.stall is not None:
-            while not self.stall.is_set():
+        stall, self.stall = self.stall, None  # only the first DATA waits
+        if stall is not None:
+            while not stall.is_set():
                 await asyncio.sleep(0.05)
         self.received.append(
             Received(
