@@ -119,7 +119,6 @@ def build_dsn(
     headers.set_content(
         original_headers.decode("utf-8", "replace"), subtype="rfc822-headers", cte="8bit"
     )
-    headers.replace_header("Content-Type", "text/rfc822-headers")
     del headers["MIME-Version"]
     headers["Content-Description"] = "Undelivered Message Headers"
     report.attach(headers)
