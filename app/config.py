@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     # Port the delivery agent connects to on remote MX hosts (25 in production; tests use sinks).
     delivery_port: int = 25
     # Resolver for MX/A/AAAA lookups: empty = the system resolver (/etc/resolv.conf).
-    delivery_nameservers: list[str] = Field(default_factory=list)
+    delivery_nameservers: tuple[str, ...] = ()
     delivery_dns_port: int = 53
     delivery_dns_timeout: float = 10.0
     # Connections at once, in all, and to one destination domain.
@@ -130,9 +130,7 @@ class Settings(BaseSettings):
     delivery_connect_timeout: float = 30.0
     delivery_command_timeout: float = 300.0
     # Seconds between attempts (the last value repeats), as Postfix and Stalwart do.
-    delivery_retry_schedule: list[float] = Field(
-        default_factory=lambda: [300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0]
-    )
+    delivery_retry_schedule: tuple[float, ...] = (300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
     # A message still undelivered this long after it was queued is bounced (5 days).
     delivery_max_age: float = 5 * 86400.0
     # Warn the sender once when a message is still undelivered after this long; 0 = never.

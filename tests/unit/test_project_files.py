@@ -3,6 +3,7 @@ CI script, and the README and .env.example kept in step with Settings and the CL
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -212,6 +213,9 @@ def _default_text(name: str) -> str:
         return str(value) if value.is_absolute() else f"./{value}"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, tuple):  # JSON in the environment, as pydantic-settings reads it
+        items = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+        return json.dumps(items, separators=(",", ":"))
     return str(value)
 
 

@@ -1,0 +1,105 @@
+"""Where mail for a domain goes (RFC 5321 section 5.1): MX hosts by preference, else A/AAAA."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import dns.asyncresolver
+import dns.exception
+import dns.rdatatype
+import dns.resolver
+
+from app.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    name: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Hosts to try in order; or, when ``hosts`` is empty, why not (``permanent`` or not)."""
+
+    hosts: tuple[Host, ...] = ()
+    permanent: bool = False
+    error: str = ""
+    status: str = "4.4.3"
+    implicit: bool = False  # no MX: the domain's own address (implicit MX)
+
+
+@dataclass(slots=True)
+class Router:
+    """Asynchronous lookups through dnspython (the system resolver, or the configured one)."""
+
+    settings: Settings
+    _resolver: dns.asyncresolver.Resolver = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        if s.delivery_nameservers:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = list(s.delivery_nameservers)
+            self._resolver.port = s.delivery_dns_port
+        else:
+            self._resolver = dns.asyncresolver.Resolver()
+        self._resolver.lifetime = s.delivery_dns_timeout
+
+    async def _addresses(self, name: str) -> tuple[str, ...]:
+        found: list[str] = []
+        for rtype in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(name, rtype, search=False)
+            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+                continue
+            found.extend(rr.to_text() for rr in answer)
+        return tuple(found)
+
+    async def route(self, domain: str) -> Route:
+        try:
+            answer = await self._resolver.resolve(domain, "MX", search=False)
+        except dns.resolver.NXDOMAIN:
+            return Route(permanent=True, error=f"domain {domain} does not exist", status="5.1.2")
+        except dns.resolver.NoAnswer:
+            # RFC 5321 section 5.1: no MX, so the domain itself is the implicit MX.
+            try:
+                addresses = await self._addresses(domain)
+            except dns.exception.DNSException as exc:
+                return Route(error=f"DNS lookup of {domain} failed: {exc}")
+            if not addresses:
+                return Route(
+                    permanent=True, error=f"{domain} has no MX and no address", status="5.1.2"
+                )
+            return Route(hosts=(Host(domain, addresses),), implicit=True)
+        except dns.exception.DNSException as exc:
+            return Route(error=f"DNS lookup of MX {domain} failed: {exc}")
+        records = [(rr.preference, rr.exchange.to_text(omit_final_dot=True)) for rr in answer]
+        # RFC 7505 section 3: a single MX with an empty exchange (".") says "no mail here".
+        if len(records) == 1 and records[0][1] in ("", "."):
+            return Route(
+                permanent=True,
+                error=f"{domain} accepts no mail (null MX, RFC 7505)",
+                status="5.1.10",
+            )
+        # Equal preferences are tried in random order (RFC 5321 section 5.1), spreading load.
+        random.shuffle(records)
+        records.sort(key=lambda r: r[0])
+        hosts: list[Host] = []
+        failures: list[str] = []
+        for _, name in records:
+            if name in ("", "."):
+                continue
+            try:
+                addresses = await self._addresses(name)
+            except dns.exception.DNSException as exc:
+                failures.append(f"{name}: {exc}")
+                continue
+            if addresses:
+                hosts.append(Host(name, addresses))
+            else:
+                failures.append(f"{name}: no address")
+        if not hosts:
+            return Route(error=f"no MX host of {domain} has an address ({'; '.join(failures)})")
+        return Route(hosts=tuple(hosts))
