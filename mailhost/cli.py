@@ -15,7 +15,7 @@ from app.config import Settings
 from app.errors import MailhostError, TemporaryError
 from app.logsetup import start_logging
 from app.maildir import MaildirError
-from mailhost import commands, queue_commands
+from mailhost import commands, dkim_commands, queue_commands
 from mailhost.context import Context, UsageError
 
 PROG = "mailhost"
@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_cert)
 
     commands.register(sub)
+    dkim_commands.register(sub)  # under "domain": after the domain group exists
     queue_commands.register(sub)
     return parser
 

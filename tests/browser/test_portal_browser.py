@@ -37,6 +37,17 @@ def test_provision_and_see_delivered_mail_usage(live: LiveServer, page: Any) -> 
     assert "10 mx.mailhost.example." in page.inner_text("#dns")
     shot(page, "04-domain")
 
+    # DKIM: generate an Ed25519 key; the DNS panel shows the record to publish.
+    page.select_option("#f-algorithm", "ed25519")
+    page.click("button:has-text('Generate signing key')")
+    page.wait_for_selector("text=Created.")
+    dns = page.inner_text("#dns")
+    assert re.search(r"mh\d{8}\._domainkey\.xn--bckerei-5wa\.example\.", dns)
+    assert "v=DKIM1; k=ed25519; p=" in dns
+    assert "v=DMARC1; p=none" in dns
+    assert page.is_visible("button:has-text('Rotate: new signing key')")
+    shot(page, "04b-dns-panel")
+
     page.click("text=add mailbox")
     page.fill("#f-address", "anna@bäckerei.example")
     page.fill("#f-password", "anna's secret")

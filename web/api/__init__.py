@@ -8,6 +8,7 @@ from fastapi import APIRouter, FastAPI
 
 from web.api import billing, provisioning
 from web.api.problems import install_problem_handlers, use_problem_media_type
+from web.api.routes import dkim
 
 API_V1 = "/api/v1"
 
@@ -17,6 +18,7 @@ def install_api(app: FastAPI) -> None:
     api = APIRouter(prefix=API_V1)
     api.include_router(provisioning.router)
     api.include_router(billing.router)
+    api.include_router(dkim.router)
     app.include_router(api)
     install_problem_handlers(app)
 

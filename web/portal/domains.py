@@ -1,5 +1,5 @@
 """Domain pages: list and filters, create, limits, suspend/resume, catch-all, alias domains,
-the DNS records to publish, and delete."""
+the DNS records to publish (MX, SPF, DKIM, DMARC) with the DKIM keys, and delete."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session
 from app.errors import MailhostError, NotFoundError, ValidationError
 from app.models import Domain, Mailbox
 from app.services import customers, domains, mailboxes
+from app.services import dkim as dkim_service
 from app.services.addresses import domain_to_unicode
+from app.services.dkim import DnsPolicy
 from web.deps import SessionDep, StoreDep
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import (
@@ -30,25 +32,11 @@ router = APIRouter()
 
 CREATE_FIELDS = ("name", "customer", "max_mailboxes", "default_quota_bytes", "total_quota_bytes")
 LIMIT_FIELDS = ("max_mailboxes", "default_quota_bytes", "total_quota_bytes")
+DKIM_FIELDS = ("selector", "algorithm")
 
 
-def dns_records(domain: Domain, mx_hostname: str) -> list[dict[str, str]]:
-    """What the customer publishes in its zone so that mail reaches us (RFC 5321 section 5.1
-    looks up MX first). SPF is only a suggestion: it depends on where the domain SENDS from."""
-    return [
-        {
-            "type": "MX",
-            "name": f"{domain.name}.",
-            "value": f"10 {mx_hostname}.",
-            "note": "required",
-        },
-        {
-            "type": "TXT",
-            "name": f"{domain.name}.",
-            "value": '"v=spf1 mx ~all"',
-            "note": "suggested SPF; add the servers the domain sends mail through",
-        },
-    ]
+def _policy(request: Request) -> DnsPolicy:
+    return DnsPolicy.from_settings(request.app.state.settings)
 
 
 @router.get("/domains")
@@ -166,6 +154,9 @@ def _detail(
         values={"target": domain.catchall_target or ""}, fields=("target",)
     )
     alias_form = forms.pop("alias_form", None) or FormState(fields=("alias_name",))
+    dkim_form = forms.pop("dkim_form", None) or FormState(
+        values={"algorithm": "rsa"}, fields=DKIM_FIELDS
+    )
     allocated = session.scalar(
         select(func.coalesce(func.sum(Mailbox.quota_bytes), 0)).where(
             Mailbox.domain_id == domain.id
@@ -181,7 +172,11 @@ def _detail(
             "mailbox_count": mailboxes.count_mailboxes(session, domain_id=domain.id),
             "allocated": allocated or 0,
             "domain_aliases": sorted(domain.domain_aliases, key=lambda a: a.name),
-            "dns": dns_records(domain, request.app.state.settings.mx_hostname),
+            "dns": dkim_service.recommended_records(
+                session, domain_id=domain.id, policy=_policy(request)
+            ),
+            "dkim_keys": dkim_service.list_keys(session, domain_id=domain.id),
+            "dkim_form": dkim_form,
             "limits": limits,
             "catchall": catchall,
             "alias_form": alias_form,
@@ -275,6 +270,38 @@ def domain_alias_remove(
     domains.remove_domain_alias(session, actor=auth.actor, alias_name=name)
     session.commit()
     return redirect(f"/domains/{domain_id}?done=deleted")
+
+
+@router.post("/domains/{domain_id}/dkim", response_model=None)
+def domain_dkim_generate(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+) -> Response:
+    """A new signing key; with one already active this is a rotation (the old stays published)."""
+    domains.get_domain(session, domain_id=domain_id)
+    form = FormState(values=data.values(), fields=DKIM_FIELDS)
+    with saving(session, form, default_field="selector"):
+        dkim_service.generate_key(
+            session,
+            actor=auth.actor,
+            domain_id=domain_id,
+            selector=data.text("selector") or None,
+            algorithm=data.text("algorithm") or "rsa",
+        )
+    if not form.ok:
+        domain = domains.get_domain(session, domain_id=domain_id)
+        return _detail(request, session, domain, status=422, dkim_form=form)
+    return redirect(f"/domains/{domain_id}?done=created#dns")
+
+
+@router.post("/domains/{domain_id}/dkim/retire")
+def domain_dkim_retire(
+    session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+) -> Response:
+    dkim_service.retire_key(
+        session, actor=auth.actor, domain_id=domain_id, selector=data.text("selector")
+    )
+    session.commit()
+    return redirect(f"/domains/{domain_id}?done=saved#dns")
 
 
 @router.get("/domains/{domain_id}/delete")

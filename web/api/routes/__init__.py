@@ -1,0 +1,1 @@
+"""One APIRouter per entity, aggregated in ``web.api.install_api``."""
