@@ -34,7 +34,7 @@ from app.models import (
 )
 from app.passwords import dummy_verify, hash_password, verify_password
 from app.services.audit import SYSTEM_ACTOR, Actor, audit
-from app.services.customers import flush_or_conflict
+from app.services.common import flush_or_conflict
 from app.services.mailboxes import check_password, find_mailbox, generate_password
 
 _USERNAME = re.compile(r"^[a-z0-9._-]{1,64}$")

@@ -11,20 +11,18 @@ path is "not found" (404, the same answer as for an id that does not exist).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Annotated, Protocol, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.errors import NotFoundError
-from app.maildir import MailboxRef, MaildirError, MaildirStore
+from app.maildir import MaildirStore
 from app.models import STATUS_ACTIVE, STATUS_SUSPENDED, Domain, DomainAlias, Mailbox
-from app.services import aliases, customers, domains, mailboxes
+from app.services import aliases, customers, domains, mailboxes, removal
 from web.api.auth import Provisioner, Reader
 from web.api.common import (
     DEFAULT_LIMIT,
@@ -58,8 +56,6 @@ from web.api.schemas import (
 )
 from web.deps import StoreDep
 
-log = logging.getLogger(__name__)
-
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
@@ -71,6 +67,22 @@ Cascade = Annotated[
 
 READ_ERRORS = problem_responses(401, 403, 404, 422, 503)
 WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422, 503)
+
+
+class DeletionWarnings(BaseModel):
+    """The deletion is done (committed); something it should have cleaned up is left."""
+
+    warnings: list[str]
+
+
+DELETE_RESPONSES: dict[int | str, dict[str, object]] = {
+    **WRITE_ERRORS,
+    200: {
+        "model": DeletionWarnings,
+        "description": "Deleted, but message files of deleted mailboxes could not be removed "
+        "from the server's disk (204 when everything went)",
+    },
+}
 
 router = APIRouter(route_class=ProblemRoute)
 
@@ -88,24 +100,13 @@ def _no_content() -> Response:
     return Response(status_code=204)
 
 
-def _remove_maildirs(store: MaildirStore, refs: Sequence[MailboxRef]) -> None:
-    """After commit: the rows are gone, so the files go too (a failure only leaves debris)."""
-    for ref in refs:
-        try:
-            store.remove_mailbox(ref)
-        except (MaildirError, OSError):
-            log.exception("could not remove the Maildir of %s@%s", ref.local_part, ref.domain)
-
-
-def _refs(
-    session: Session, *, domain_id: int | None = None, customer_id: int | None = None
-) -> list[MailboxRef]:
-    query = select(Domain.name, Mailbox.local_part).join(Mailbox, Mailbox.domain_id == Domain.id)
-    if domain_id is not None:
-        query = query.where(Domain.id == domain_id)
-    if customer_id is not None:
-        query = query.where(Domain.customer_id == customer_id)
-    return [MailboxRef(domain=d, local_part=lp) for d, lp in session.execute(query)]
+def _deleted(leftovers: Sequence[removal.LeftoverMaildir]) -> Response:
+    """204, or 200 with the warnings when files of the deleted mailboxes stayed on disk: the
+    deletion happened either way, so it is never an error status."""
+    if not leftovers:
+        return _no_content()
+    body = DeletionWarnings(warnings=[leftover.message for leftover in leftovers])
+    return Response(body.model_dump_json(), status_code=200, media_type="application/json")
 
 
 def _created(body: BaseModel, location: str) -> tuple[int, BaseModel, dict[str, str]]:
@@ -258,7 +259,7 @@ _customer_status_route("resume", STATUS_ACTIVE)
 
 
 @router.delete(
-    "/customers/{customer_id}", status_code=204, responses=WRITE_ERRORS, tags=["customers"]
+    "/customers/{customer_id}", status_code=204, responses=DELETE_RESPONSES, tags=["customers"]
 )
 def delete_customer(
     customer_id: Id,
@@ -268,12 +269,11 @@ def delete_customer(
     cascade: Cascade = False,
 ) -> Response:
     with transaction(factory) as s:
-        refs = _refs(s, customer_id=customer_id)
+        refs = removal.refs_of_customer(s, customer_id=customer_id)
         customers.delete_customer(
             s, actor=principal.actor, customer_id=customer_id, cascade=cascade
         )
-    _remove_maildirs(store, refs)
-    return _no_content()
+    return _deleted(removal.remove_maildirs(store=store, refs=refs))
 
 
 # ---------------------------------------------------------------- customer-scoped (tenant) views
@@ -500,7 +500,9 @@ _domain_status_route("suspend", STATUS_SUSPENDED)
 _domain_status_route("resume", STATUS_ACTIVE)
 
 
-@router.delete("/domains/{domain_id}", status_code=204, responses=WRITE_ERRORS, tags=["domains"])
+@router.delete(
+    "/domains/{domain_id}", status_code=204, responses=DELETE_RESPONSES, tags=["domains"]
+)
 def delete_domain(
     domain_id: Id,
     principal: Provisioner,
@@ -509,10 +511,9 @@ def delete_domain(
     cascade: Cascade = False,
 ) -> Response:
     with transaction(factory) as s:
-        refs = _refs(s, domain_id=domain_id)
+        refs = removal.refs_of_domain(s, domain_id=domain_id)
         domains.delete_domain(s, actor=principal.actor, domain_id=domain_id, cascade=cascade)
-    _remove_maildirs(store, refs)
-    return _no_content()
+    return _deleted(removal.remove_maildirs(store=store, refs=refs))
 
 
 # ---------------------------------------------------------------------------- alias domains
@@ -731,18 +732,16 @@ _mailbox_status_route("resume", STATUS_ACTIVE)
 
 
 @router.delete(
-    "/mailboxes/{mailbox_id}", status_code=204, responses=WRITE_ERRORS, tags=["mailboxes"]
+    "/mailboxes/{mailbox_id}", status_code=204, responses=DELETE_RESPONSES, tags=["mailboxes"]
 )
 def delete_mailbox(
     mailbox_id: Id, principal: Provisioner, factory: FactoryDep, store: StoreDep
 ) -> Response:
     """Deletes the mailbox and its messages; its billing history (lifecycle events) stays."""
     with transaction(factory) as s:
-        m = mailboxes.get_mailbox(s, mailbox_id=mailbox_id)
-        ref = MailboxRef(domain=m.domain.name, local_part=m.local_part)
+        refs = removal.refs_of_mailbox(s, mailbox_id=mailbox_id)
         mailboxes.delete_mailbox(s, actor=principal.actor, mailbox_id=mailbox_id)
-    _remove_maildirs(store, [ref])
-    return _no_content()
+    return _deleted(removal.remove_maildirs(store=store, refs=refs))
 
 
 # ================================================================================= aliases
