@@ -21,13 +21,14 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 # Refuse path components that could escape the root or hide files; database values are
 # validated long before this, this is the last line of defence.
@@ -45,12 +46,32 @@ class MaildirError(Exception):
     """A path or file operation the store refuses or could not complete."""
 
 
+class _NamedDomain(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _MailboxRow(Protocol):
+    """What ``MailboxRef.of`` reads: a mailbox row (``app.models.Mailbox``) or the like."""
+
+    @property
+    def local_part(self) -> str: ...
+
+    @property
+    def domain(self) -> _NamedDomain: ...
+
+
 @dataclass(frozen=True, slots=True)
 class MailboxRef:
     """Where a mailbox lives: validated domain (IDNA, lower case) and local part from the DB."""
 
     domain: str
     local_part: str
+
+    @classmethod
+    def of(cls, mailbox: _MailboxRow) -> MailboxRef:
+        """The Maildir of a mailbox row (its domain must be loaded or loadable)."""
+        return cls(domain=mailbox.domain.name, local_part=mailbox.local_part)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,10 +423,30 @@ class MaildirStore:
         return removed
 
     def remove_mailbox(self, mailbox: MailboxRef) -> None:
-        """Delete a whole Maildir (used when a mailbox is deleted)."""
+        """Delete a whole Maildir (used when a mailbox is deleted). A Maildir that was never
+        created is no error; files that cannot be removed raise MaildirError naming the path
+        (they stay on disk, the caller reports them)."""
         path = self.mailbox_path(mailbox)
         self._known_dirs.pop(mailbox, None)
-        shutil.rmtree(path, ignore_errors=True)
+        failures: list[str] = []
+
+        def failed(failed_path: str, error: BaseException) -> None:
+            if not isinstance(error, FileNotFoundError):  # gone already: what we wanted
+                reason = error.strerror if isinstance(error, OSError) else None
+                where = "" if failed_path == str(path) else f" ({failed_path})"
+                failures.append(f"{reason or error}{where}")
+
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=lambda _f, p, e: failed(p, e))
+        else:
+
+            def on_error(_function: Any, failed_path: str, info: Any) -> None:
+                failed(failed_path, info[1])
+
+            shutil.rmtree(path, onerror=on_error)
+        if failures:
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise MaildirError(f"could not remove {path}: {failures[0]}{more}")
 
     def clean_tmp(self, *, older_than: float = DEFAULT_STALE_TMP_SECONDS) -> int:
         """Remove stale files in every ``tmp/`` (crash debris); they are never delivered."""

@@ -2,7 +2,9 @@
 
 Each command runs in one transaction with the CLI actor (so it is audited like any other door),
 prints only after the commit succeeded, and touches message files only after the commit (a
-removed mailbox's Maildir goes once the row is gone, never before).
+removed mailbox's Maildir goes once the row is gone, never before). A Maildir that cannot be
+removed is a warning on stderr with its path, and the exit status stays 0: the removal itself
+happened.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from app.models import (
     Mailbox,
     Operator,
 )
-from app.services import accounts, aliases, customers, domains, mailboxes
+from app.services import accounts, aliases, customers, domains, mailboxes, removal
 from app.services.audit import CLI_ACTOR
 from mailhost.context import Context, UsageError
 
@@ -84,10 +86,6 @@ def _money(value: Decimal) -> str:
     if isinstance(exponent, int) and exponent < -2:
         return str(normal)
     return f"{value:.2f}"
-
-
-def _ref(mailbox: Mailbox) -> MailboxRef:
-    return MailboxRef(domain=mailbox.domain.name, local_part=mailbox.local_part)
 
 
 def _customer_row(session: Session, c: Customer) -> dict[str, Any]:
@@ -179,19 +177,10 @@ def _new_password(ctx: Context, args: argparse.Namespace) -> tuple[str, bool]:
     )
 
 
-def _mailbox_refs_of_domain(session: Session, domain: Domain) -> list[MailboxRef]:
-    rows = _all_pages(
-        lambda after, n: mailboxes.list_mailboxes(
-            session, domain_id=domain.id, after_id=after, limit=n
-        ),
-        None,
-    )
-    return [_ref(m) for m in rows]
-
-
 def _remove_maildirs(ctx: Context, refs: list[MailboxRef]) -> None:
-    for ref in refs:
-        ctx.store.remove_mailbox(ref)
+    """After the commit; files that stay are a warning (the rows are gone either way)."""
+    for leftover in removal.remove_maildirs(store=ctx.store, refs=refs):
+        ctx.note(f"mailhost: warning: {leftover.detail}")
 
 
 # ---------------------------------------------------------------------------- customer
@@ -266,7 +255,7 @@ def _customer_status(status: str) -> Handler:
 def customer_remove(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.transaction() as s:
         c = customers.get_customer_by_name(s, name=args.name)
-        refs = [r for d in c.domains for r in _mailbox_refs_of_domain(s, d)] if args.cascade else []
+        refs = removal.refs_of_customer(s, customer_id=c.id) if args.cascade else []
         name = c.name
         customers.delete_customer(s, actor=CLI_ACTOR, customer_id=c.id, cascade=args.cascade)
     _remove_maildirs(ctx, refs)
@@ -373,7 +362,7 @@ def _domain_status(status: str) -> Handler:
 def domain_remove(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.transaction() as s:
         d = domains.get_domain_by_name(s, name=args.domain)
-        refs = _mailbox_refs_of_domain(s, d) if args.cascade else []
+        refs = removal.refs_of_domain(s, domain_id=d.id) if args.cascade else []
         name = d.name
         domains.delete_domain(s, actor=CLI_ACTOR, domain_id=d.id, cascade=args.cascade)
     _remove_maildirs(ctx, refs)
@@ -410,7 +399,7 @@ def mailbox_add(ctx: Context, args: argparse.Namespace) -> int:
             pop3_enabled=not args.no_pop3,
         )
         row = _mailbox_row(m)
-        ref = _ref(m)
+        ref = MailboxRef.of(m)
         # Inside the transaction: if the Maildir cannot be made, the mailbox is not created.
         ctx.store.ensure(ref)
     if generated:
@@ -450,7 +439,7 @@ def mailbox_show(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.transaction() as s:
         m = mailboxes.get_mailbox_by_address(s, address=args.address)
         row = _mailbox_row(m)
-        ref = _ref(m)
+        ref = MailboxRef.of(m)
     usage = ctx.store.usage(ref)
     row["used_bytes"] = usage.bytes
     row["messages"] = usage.messages
@@ -502,10 +491,10 @@ def _mailbox_status(status: str) -> Handler:
 def mailbox_remove(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.transaction() as s:
         m = mailboxes.get_mailbox_by_address(s, address=args.address)
-        ref, address = _ref(m), m.address
+        refs, address = removal.refs_of_mailbox(s, mailbox_id=m.id), m.address
         mailboxes.delete_mailbox(s, actor=CLI_ACTOR, mailbox_id=m.id)
     # After the commit: had the commit failed, the messages would still be there.
-    ctx.store.remove_mailbox(ref)
+    _remove_maildirs(ctx, refs)
     ctx.print(f"mailbox {address} removed")
     return 0
 

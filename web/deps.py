@@ -23,6 +23,12 @@ def get_store(request: Request) -> MaildirStore:
     return store
 
 
+def get_factory(request: Request) -> sessionmaker[Session]:
+    """For routes that run their own transactions (the API: one per read or change)."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
 def get_session(request: Request) -> Iterator[Session]:
     """One transaction per request: committed when the route returns, rolled back on error.
 
@@ -40,6 +46,7 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[MaildirStore, Depends(get_store)]

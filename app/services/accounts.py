@@ -29,13 +29,13 @@ from app.models import (
     AuthFailure,
     Mailbox,
     Operator,
-    WebSession,
     utcnow,
 )
 from app.passwords import dummy_verify, hash_password, verify_password
 from app.services.audit import SYSTEM_ACTOR, Actor, audit
-from app.services.customers import flush_or_conflict
+from app.services.common import flush_or_conflict
 from app.services.mailboxes import check_password, find_mailbox, generate_password
+from app.services.sessions import end_sessions
 
 _USERNAME = re.compile(r"^[a-z0-9._-]{1,64}$")
 ROLES = (ROLE_ADMIN, ROLE_SUPPORT)
@@ -127,10 +127,7 @@ def set_operator_password(
 def _end_portal_sessions(session: Session, *, operator_id: int) -> None:
     # A new password logs the operator out everywhere, whichever door set it (portal, CLI):
     # a session that may have leaked must not outlive the password it was opened with.
-    session.execute(
-        delete(WebSession).where(WebSession.operator_id == operator_id),
-        execution_options={"synchronize_session": False},
-    )
+    end_sessions(session, operator_id=operator_id)
 
 
 def change_own_password(
@@ -143,9 +140,9 @@ def change_own_password(
 ) -> Operator:
     """An operator replacing their own password: ``current_password`` must verify (else
     ValidationError on field 'current_password'), ``new_password`` follows the same rules as
-    everywhere (field 'new_password'). Ending the operator's other login sessions is the
-    edge's part (it owns sessions and cookies); every existing session ends here, so the
-    edge opens a fresh one for the browser that made the change."""
+    everywhere (field 'new_password'). Every login session of the operator ends here
+    (``sessions.end_sessions``), so the edge opens a fresh one for the browser that made the
+    change (it owns the cookie)."""
     operator = _get_operator(session, operator_id)
     ok, _ = verify_password(current_password, operator.password_hash)
     if not ok:

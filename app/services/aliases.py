@@ -11,7 +11,7 @@ from app.errors import ConflictError, NotFoundError, ValidationError
 from app.models import Alias, AliasTarget, Domain, Mailbox
 from app.services.addresses import split_address
 from app.services.audit import Actor, audit
-from app.services.customers import flush_or_conflict
+from app.services.common import flush_or_conflict
 from app.services.domains import (
     address_forms,
     check_own_address,

@@ -6,12 +6,13 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import ConflictError, NotFoundError, ValidationError
-from app.models import STATUSES, Customer, Domain
+from app.models import Customer, Domain
 from app.services.audit import Actor, audit
+from app.services.common import check_status, flush_or_conflict
+from app.services.domains import delete_domain
 
 MAX_NAME = 200
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -49,24 +50,6 @@ def _clean_currency(currency: str) -> str:
             field="currency",
         )
     return currency
-
-
-def check_status(status: str) -> str:
-    if status not in STATUSES:
-        raise ValidationError(
-            f"status must be one of {', '.join(STATUSES)}, not {status!r}", field="status"
-        )
-    return status
-
-
-def flush_or_conflict(session: Session, message: str, *, field: str) -> None:
-    """Flush; a unique-key violation (a concurrent insert that won the race after our check)
-    becomes the same ConflictError the check would have raised. The session must then be
-    rolled back, which the edge's transaction does."""
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        raise ConflictError(message, field=field) from exc
 
 
 def _name_taken(session: Session, name: str, *, exclude_id: int | None = None) -> bool:
@@ -217,8 +200,6 @@ def delete_customer(
     """Refused with ConflictError while it has domains, unless ``cascade`` (which deletes its
     domains, mailboxes and aliases, recording lifecycle events for each, and removes alias
     targets and catch-alls anywhere that named their addresses; see ``delete_domain``)."""
-    from app.services.domains import delete_domain
-
     customer = get_customer(session, customer_id=customer_id)
     domain_ids = list(
         session.scalars(

@@ -31,7 +31,7 @@ from app.models import (
 )
 from app.services.addresses import normalise_domain
 from app.services.audit import Actor, audit
-from app.services.customers import flush_or_conflict
+from app.services.common import flush_or_conflict
 from app.services.domains import get_domain
 
 # Prefix of generated selectors: "mh" + the UTC date, e.g. mh20261202 (then -2, -3...).

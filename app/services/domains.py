@@ -9,10 +9,10 @@ from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload
 
 from app.errors import ConflictError, LimitExceededError, NotFoundError, ValidationError
-from app.models import Alias, AliasTarget, Domain, DomainAlias, Mailbox
+from app.models import Alias, AliasTarget, Customer, Domain, DomainAlias, Mailbox
 from app.services.addresses import normalise_domain, split_address
 from app.services.audit import Actor, audit, record_lifecycle
-from app.services.customers import check_status, flush_or_conflict, get_customer
+from app.services.common import check_status, flush_or_conflict
 
 # BigInteger columns: refuse anything a signed 64-bit integer cannot hold.
 MAX_BYTES = 2**63 - 1
@@ -47,6 +47,15 @@ def usage_of(session: Session, domain_id: int) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def _customer(session: Session, customer_id: int) -> Customer:
+    # Not customers.get_customer: that module imports this one (deleting a customer cascades
+    # into its domains), and the dependency points one way.
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        raise NotFoundError(f"no customer with id {customer_id}", field="customer_id")
+    return customer
+
+
 def create_domain(
     session: Session,
     *,
@@ -63,7 +72,7 @@ def create_domain(
     _check_limit(max_mailboxes, "max_mailboxes")
     _check_limit(default_quota_bytes, "default_quota_bytes")
     _check_limit(total_quota_bytes, "total_quota_bytes")
-    customer = get_customer(session, customer_id=customer_id)
+    customer = _customer(session, customer_id)
     taken = _name_in_use(session, domain_name)
     if taken is not None:
         raise ConflictError(f"{domain_name} is already a hosted {taken}", field="name")

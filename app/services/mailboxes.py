@@ -13,7 +13,7 @@ from app.models import Alias, Domain, Mailbox
 from app.passwords import hash_password, is_supported_hash
 from app.services.addresses import split_address
 from app.services.audit import Actor, audit, record_lifecycle
-from app.services.customers import check_status, flush_or_conflict
+from app.services.common import check_status, flush_or_conflict
 from app.services.domains import (
     MAX_BYTES,
     address_forms,
@@ -328,7 +328,7 @@ def delete_mailbox(session: Session, *, actor: Actor, mailbox_id: int) -> None:
     removed (an alias left without targets is deleted) and catch-alls naming it cleared, so a
     mailbox created at that address later does not inherit its mail (see
     ``domains.forget_addresses``). Records a 'deleted' lifecycle event. Message files are
-    removed by the edge after commit with ``MaildirStore.remove_mailbox``."""
+    removed by the edge after commit with ``removal.remove_maildirs``."""
     mailbox = get_mailbox(session, mailbox_id=mailbox_id)
     _lifecycle(session, mailbox, "deleted")
     audit(

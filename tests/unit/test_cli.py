@@ -23,6 +23,7 @@ from app.maildir import MailboxRef, MaildirStore
 from app.models import AuditEntry
 from app.services import accounts
 from mailhost.cli import main
+from tests.fs_helpers import undeletable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -185,6 +186,33 @@ def test_mailbox_show_reports_usage_and_remove_deletes_the_files(
     assert not store.mailbox_path(ref).exists()
     assert run("mailbox", "list", "--json").json() == []
     assert_one_line_error(run("mailbox", "show", "alice@acme.example"), "alice@acme.example")
+
+
+def test_remove_whose_message_files_cannot_be_removed_warns_and_succeeds(
+    run: Run, store: MaildirStore
+) -> None:
+    _add_alice(run)
+    ref = MailboxRef("acme.example", "alice")
+    store.deliver([(ref, [b"Subject: hi\n\nhello\n"])])
+    path = store.mailbox_path(ref)
+    with undeletable(path):
+        r = run("mailbox", "remove", "alice@acme.example")
+        # Removed from the database (exit 0, the usual line on stdout); the files that stay
+        # are one warning line on stderr with the path, for the administrator to clean up.
+        assert r.status == 0, r
+        assert r.out.strip() == "mailbox alice@acme.example removed"
+        [line] = r.err.splitlines()
+        assert line.startswith("mailhost: warning: mailbox alice@acme.example was deleted")
+        assert str(path) in line
+        assert run("mailbox", "list", "--json").json() == []
+        assert path.exists()
+        # The cascade of a domain removal reports it the same way.
+        run("mailbox", "add", "alice@acme.example", "--password-stdin", stdin="alice-password\n")
+        r = run("domain", "remove", "acme.example", "--cascade")
+        assert r.status == 0, r
+        assert r.out.strip() == "domain acme.example removed"
+        assert "mailhost: warning: mailbox alice@acme.example" in r.err
+    assert run("domain", "list", "--json").json() == []
 
 
 def test_suspend_resume_change_and_password(

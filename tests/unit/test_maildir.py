@@ -16,6 +16,7 @@ from app.maildir import (
     lf_to_wire_size,
     uid_from_name,
 )
+from tests.fs_helpers import undeletable
 
 ALICE = MailboxRef("hosted.example", "alice")
 BOB = MailboxRef("hosted.example", "bob")
@@ -312,6 +313,20 @@ def test_remove_mailbox(mstore: MaildirStore) -> None:
     mstore.remove_mailbox(ALICE)
     assert not mstore.mailbox_path(ALICE).exists()
     assert mstore.usage(BOB).messages == 1
+
+
+def test_removing_a_maildir_that_was_never_created_is_no_error(mstore: MaildirStore) -> None:
+    mstore.remove_mailbox(ALICE)
+    assert not mstore.mailbox_path(ALICE).exists()
+
+
+def test_a_maildir_that_cannot_be_removed_raises_naming_its_path(mstore: MaildirStore) -> None:
+    mstore.deliver([(ALICE, [BODY])])
+    path = mstore.mailbox_path(ALICE)
+    with undeletable(path), pytest.raises(MaildirError) as raised:
+        mstore.remove_mailbox(ALICE)
+    assert str(path) in str(raised.value)
+    assert path.exists()
 
 
 def test_empty_chunks_are_written_without_hanging(mstore: MaildirStore) -> None:

@@ -16,6 +16,7 @@ from app.models import Customer, LifecycleEvent, Mailbox
 from app.passwords import hash_password
 from app.services import mailboxes
 from app.services.audit import CLI_ACTOR
+from tests.fs_helpers import undeletable
 from tests.web.api_helpers import (
     Api,
     ServerThread,
@@ -134,6 +135,31 @@ def test_deleting_a_mailbox_removes_its_messages(api: Api) -> None:
     assert api.store.mailbox_path(ref).exists()
     assert api.delete(f"{V1}/mailboxes/{m['id']}").status_code == 204
     assert not api.store.mailbox_path(ref).exists()
+
+
+def test_deleting_when_message_files_cannot_be_removed_answers_with_a_warning(api: Api) -> None:
+    objs = seed(api)
+    api.created(f"{V1}/mailboxes", {"address": "eve@acme.example", "password": "hunter2hunter2"})
+    bob, eve = MailboxRef("acme.example", "bob"), MailboxRef("acme.example", "eve")
+    api.store.deliver([(bob, [b"Subject: x\n\nx\n"]), (eve, [b"Subject: y\n\ny\n"])])
+    with undeletable(api.store.mailbox_path(bob)):
+        response = api.delete(f"{V1}/mailboxes/{objs['mailbox']['id']}")
+        # The deletion happened: a success status, the row is gone, the warning says why
+        # files are left (without server paths).
+        assert response.status_code == 200, response.text
+        [warning] = response.json()["warnings"]
+        assert "bob@acme.example" in warning and "could not be removed" in warning
+        assert str(api.store.root) not in warning
+        assert_problem(api.get(f"{V1}/mailboxes/{objs['mailbox']['id']}"), 404)
+        assert api.store.mailbox_path(bob).exists()
+        # A cascade over the domain: the same answer for the one Maildir that stays.
+        api.created(f"{V1}/mailboxes", {"address": "bob@acme.example", "password": "x" * 12})
+        api.store.deliver([(bob, [b"Subject: z\n\nz\n"])])
+        response = api.delete(f"{V1}/domains/{objs['domain']['id']}", params={"cascade": "true"})
+        assert response.status_code == 200, response.text
+        assert [w.split()[1] for w in response.json()["warnings"]] == ["bob@acme.example"]
+    assert not api.store.mailbox_path(eve).exists()
+    assert_problem(api.get(f"{V1}/domains/{objs['domain']['id']}"), 404)
 
 
 # ------------------------------------------------------------------------------ pages

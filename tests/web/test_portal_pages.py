@@ -15,6 +15,7 @@ from app.maildir import MailboxRef
 from app.models import AuditEntry, Customer, Domain, Mailbox
 from app.passwords import hash_password
 from tests.factories import make_customer, make_domain, make_mailbox
+from tests.fs_helpers import undeletable
 from tests.web.portal_helpers import (  # noqa: F401  (fixtures)
     PortalClient,
     admin,
@@ -256,6 +257,35 @@ def test_mailbox_password_quota_pop3_status_delete(
     assert admin.post(f"{base}/delete").status_code == 303
     assert count(session_factory, Mailbox) == 0
     assert store.usage(MailboxRef("shop.example", "dave")).messages == 0
+
+
+def test_delete_whose_message_files_cannot_be_removed_shows_a_warning(
+    admin: PortalClient, session_factory, store
+) -> None:
+    with transaction(session_factory) as session:
+        customer = make_customer(session, "Stuck Ltd")
+        make_domain(session, "stuck.example", customer)
+        mailbox_id = make_mailbox(session, "dave@stuck.example").id
+        make_mailbox(session, "erin@stuck.example")
+        customer_id = customer.id
+    dave, erin = MailboxRef("stuck.example", "dave"), MailboxRef("stuck.example", "erin")
+    store.deliver([(dave, [b"Subject: x\n\nx\n"]), (erin, [b"Subject: y\n\ny\n"])])
+    with undeletable(store.mailbox_path(dave)):
+        response = admin.post(f"/mailboxes/{mailbox_id}/delete")
+        assert response.status_code == 303
+        page = admin.get(response.headers["location"])
+        assert page.status_code == 200
+        assert 'class="alert alert-warn" role="alert"' in page.text
+        assert "could not be removed" in page.text
+        assert count(session_factory, Mailbox) == 1 and store.mailbox_path(dave).exists()
+        # A customer deleted with cascade: the same warning, and every row is gone.
+        with transaction(session_factory) as session:
+            make_mailbox(session, "dave@stuck.example")
+        response = admin.post(f"/customers/{customer_id}/delete", {"cascade": "on"})
+        assert response.status_code == 303
+        assert "could not be removed" in admin.get(response.headers["location"]).text
+    assert count(session_factory, Customer) == 0 and count(session_factory, Mailbox) == 0
+    assert not store.mailbox_path(erin).exists()
 
 
 def test_mailbox_search_paging_and_domain_scope(admin: PortalClient, session_factory) -> None:

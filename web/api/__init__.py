@@ -6,9 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from web.api import billing, provisioning
+from web.api.main import api_router
 from web.api.problems import install_problem_handlers, use_problem_media_type
-from web.api.routes import dkim
 
 API_V1 = "/api/v1"
 
@@ -16,9 +15,7 @@ API_V1 = "/api/v1"
 def install_api(app: FastAPI) -> None:
     """Mount the API routers under /api/v1 and its error handling (scoped to /api paths)."""
     api = APIRouter(prefix=API_V1)
-    api.include_router(provisioning.router)
-    api.include_router(billing.router)
-    api.include_router(dkim.router)
+    api.include_router(api_router)
     app.include_router(api)
     install_problem_handlers(app)
 

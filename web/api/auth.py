@@ -13,9 +13,8 @@ from app.db import transaction
 from app.models import SCOPE_BILLING_READ, SCOPE_PROVISIONING, SCOPE_READ
 from app.services import accounts
 from app.services.audit import Actor
-from web.api.common import FactoryDep
 from web.api.problems import ApiProblem
-from web.deps import client_ip
+from web.deps import FactoryDep, client_ip
 
 REALM = 'Bearer realm="mailhost"'
 # Where ``web.limits`` leaves the principal it verified before reading a request body.

@@ -14,7 +14,6 @@ from app.db import transaction
 from app.errors import NotFoundError, ValidationError
 from app.services import billing
 from web.api.auth import BillingReader
-from web.api.common import FactoryDep
 from web.api.problems import ApiProblem, ProblemRoute, problem_responses
 from web.api.schemas import (
     CustomerUsagePublic,
@@ -24,7 +23,7 @@ from web.api.schemas import (
     UsageReportPublic,
     price,
 )
-from web.deps import StoreDep
+from web.deps import FactoryDep, StoreDep
 
 router = APIRouter(route_class=ProblemRoute, tags=["billing"])
 

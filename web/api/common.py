@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Generic, TypeVar
 
-from fastapi import Depends, Header, Query, Request, Response
+from fastapi import Header, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -28,14 +28,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 JSON = "application/json"
-
-
-def get_factory(request: Request) -> sessionmaker[Session]:
-    factory: sessionmaker[Session] = request.app.state.session_factory
-    return factory
-
-
-FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
 
 
 @contextmanager

@@ -180,7 +180,7 @@ class MailboxPublic(BaseModel):
     @classmethod
     def of(cls, m: Mailbox, store: MaildirStore) -> MailboxPublic:
         try:
-            used = store.usage(MailboxRef(domain=m.domain.name, local_part=m.local_part))
+            used = store.usage(MailboxRef.of(m))
             usage: UsagePublic | None = UsagePublic(bytes=used.bytes, messages=used.messages)
         except (MaildirError, OSError):
             usage = None

@@ -11,13 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import MailhostError, ValidationError
 from app.services import accounts
+from app.services.sessions import open_session
 from web.deps import SessionDep
 from web.portal.auth import (
     Auth,
     AuthDep,
     FormDep,
-    end_sessions,
-    open_session,
     set_session_cookie,
     throttle_keys,
 )
@@ -56,9 +55,8 @@ def _change(
             current_password=data.get("current_password"),
             new_password=new_password,
         )
-        # A changed password is often a reaction to a leak: every session of this operator
-        # ends (on any machine), and this browser continues on a fresh id and CSRF token.
-        end_sessions(session, operator_id=auth.me.id)
+        # A changed password is often a reaction to a leak: the service ended every session
+        # of this operator (on any machine); this browser continues on a fresh id and token.
         raw = open_session(
             session, operator_id=auth.me.id, remote_addr=auth.remote_addr, max_age=max_age
         )

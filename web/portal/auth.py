@@ -11,8 +11,6 @@ slowed by ``accounts.throttle_delay`` with an ``asyncio.sleep`` so waiting costs
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from app.db import transaction
 from app.models import ROLE_ADMIN, Operator, WebSession, utcnow
 from app.services import accounts
 from app.services.audit import Actor, audit
+from app.services.sessions import hash_session_id, open_session
 from web.deps import SessionDep, client_ip
 from web.portal.errors import LoginRequired, PortalError, forbidden_role
 from web.portal.forms import PostForm
@@ -35,10 +34,6 @@ from web.portal.render import render
 
 SESSION_COOKIE = "mh_session"
 LOGIN_CSRF_COOKIE = "mh_login_csrf"
-
-
-def hash_session_id(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -173,36 +168,6 @@ def throttle_keys(username: str, ip: str | None) -> list[str]:
 def _delay(factory: sessionmaker[Session], keys: list[str]) -> float:
     with transaction(factory) as session:
         return accounts.throttle_delay(session, keys=keys)
-
-
-def open_session(
-    session: Session, *, operator_id: int, remote_addr: str | None, max_age: int
-) -> str:
-    """A new login session (fresh id and CSRF token); the cookie value. Expired rows go."""
-    now = utcnow()
-    session.execute(delete(WebSession).where(WebSession.expires_at < now))
-    raw = secrets.token_urlsafe(32)
-    session.add(
-        WebSession(
-            id_hash=hash_session_id(raw),
-            operator_id=operator_id,
-            csrf_token=secrets.token_urlsafe(32),
-            created_at=now,
-            expires_at=now + dt.timedelta(seconds=max_age),
-            remote_addr=remote_addr,
-        )
-    )
-    session.flush()
-    return raw
-
-
-def end_sessions(session: Session, *, operator_id: int) -> int:
-    """Log the operator out everywhere (every browser, every machine); how many ended."""
-    result = session.execute(
-        delete(WebSession).where(WebSession.operator_id == operator_id),
-        execution_options={"synchronize_session": "fetch"},
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def set_session_cookie(response: Response, raw: str, request: Request) -> None:

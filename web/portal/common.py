@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import ValidationError
-from app.maildir import MailboxRef, MaildirStore
 from app.models import Domain, Mailbox
+from app.services.removal import LeftoverMaildir
 
 PAGE_SIZE = 50
 
@@ -28,7 +28,16 @@ DONE_MESSAGES = {
     "machines) were logged out; this one continues.",
     "revoked": "Revoked.",
     "imported": "Import complete.",
+    "deleted_files_left": "Deleted, but the message files of some deleted mailboxes could not "
+    "be removed from the server's disk. The server log names their paths.",
 }
+# ``?done=`` keys shown as a warning: the action happened, but something needs a look.
+DONE_WARNINGS = frozenset({"deleted_files_left"})
+
+
+def done_after_delete(leftovers: Sequence[LeftoverMaildir]) -> str:
+    """The ``?done=`` key after a deletion: plain, or the warning about files left on disk."""
+    return "deleted_files_left" if leftovers else "deleted"
 
 
 def redirect(url: str) -> RedirectResponse:
@@ -65,21 +74,3 @@ def preload_domains(session: Session, items: Sequence[Mailbox]) -> None:
     ids = {m.domain_id for m in items}
     if ids:
         session.scalars(select(Domain).where(Domain.id.in_(ids))).all()
-
-
-def mailbox_refs(session: Session, *, domain_ids: Sequence[int]) -> list[MailboxRef]:
-    """Where the messages of every mailbox of these domains live (read before deleting)."""
-    if not domain_ids:
-        return []
-    rows = session.execute(
-        select(Domain.name, Mailbox.local_part)
-        .join(Domain, Mailbox.domain_id == Domain.id)
-        .where(Domain.id.in_(domain_ids))
-    )
-    return [MailboxRef(name, local) for name, local in rows]
-
-
-def remove_maildirs(store: MaildirStore, refs: Sequence[MailboxRef]) -> None:
-    """After the deletion committed: the messages go too (a crash here leaves only files)."""
-    for ref in refs:
-        store.remove_mailbox(ref)

@@ -8,15 +8,14 @@ from sqlalchemy import func, select
 
 from app.errors import MailhostError
 from app.models import Domain, Mailbox
-from app.services import customers, domains
+from app.services import customers, domains, removal
 from web.deps import SessionDep, StoreDep
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import (
     PAGE_SIZE,
-    mailbox_refs,
+    done_after_delete,
     parse_decimal,
     redirect,
-    remove_maildirs,
     split_page,
 )
 from web.portal.forms import FormState, saving
@@ -184,7 +183,7 @@ def customer_delete(
 ) -> Response:
     customer = customers.get_customer(session, customer_id=customer_id)
     domain_ids = list(session.scalars(select(Domain.id).where(Domain.customer_id == customer_id)))
-    refs = mailbox_refs(session, domain_ids=domain_ids)
+    refs = removal.refs_of_customer(session, customer_id=customer_id)
     try:
         customers.delete_customer(
             session, actor=auth.actor, customer_id=customer_id, cascade=data.checked("cascade")
@@ -198,5 +197,5 @@ def customer_delete(
             {"customer": customer, "domain_count": len(domain_ids), "error": exc.message},
             status=409,
         )
-    remove_maildirs(store, refs)
-    return redirect("/customers?done=deleted")
+    leftovers = removal.remove_maildirs(store=store, refs=refs)
+    return redirect(f"/customers?done={done_after_delete(leftovers)}")

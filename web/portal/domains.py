@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import MailhostError, NotFoundError, ValidationError
 from app.models import Domain, Mailbox
-from app.services import customers, domains, mailboxes
+from app.services import customers, domains, mailboxes, removal
 from app.services import dkim as dkim_service
 from app.services.addresses import domain_to_unicode
 from app.services.dkim import DnsPolicy
@@ -20,9 +20,8 @@ from web.deps import SessionDep, StoreDep
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import (
     PAGE_SIZE,
-    mailbox_refs,
+    done_after_delete,
     redirect,
-    remove_maildirs,
     split_page,
 )
 from web.portal.forms import FormState, optional_int, optional_size, saving, size_text
@@ -330,7 +329,7 @@ def domain_delete(
     domain_id: int,
 ) -> Response:
     domain = domains.get_domain(session, domain_id=domain_id)
-    refs = mailbox_refs(session, domain_ids=[domain_id])
+    refs = removal.refs_of_domain(session, domain_id=domain_id)
     try:
         domains.delete_domain(
             session, actor=auth.actor, domain_id=domain_id, cascade=data.checked("cascade")
@@ -344,5 +343,5 @@ def domain_delete(
             {"domain": domain, "mailbox_count": len(refs), "error": exc.message},
             status=409,
         )
-    remove_maildirs(store, refs)
-    return redirect("/domains?done=deleted")
+    leftovers = removal.remove_maildirs(store=store, refs=refs)
+    return redirect(f"/domains?done={done_after_delete(leftovers)}")

@@ -11,10 +11,10 @@ from fastapi.responses import HTMLResponse, Response
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore, Usage
 from app.models import Domain, Mailbox
-from app.services import domains, mailboxes
+from app.services import domains, mailboxes, removal
 from web.deps import SessionDep, StoreDep
 from web.portal.auth import AdminDep, AuthDep, FormDep
-from web.portal.common import PAGE_SIZE, redirect, split_page
+from web.portal.common import PAGE_SIZE, done_after_delete, redirect, split_page
 from web.portal.forms import FormState, optional_size, saving, size_text
 from web.portal.render import render
 
@@ -25,7 +25,7 @@ SETTINGS_FIELDS = ("quota_bytes", "pop3_enabled")
 
 
 def usage_of(store: MaildirStore, mailbox: Mailbox) -> Usage:
-    return store.usage(MailboxRef(mailbox.domain.name, mailbox.local_part))
+    return store.usage(MailboxRef.of(mailbox))
 
 
 @router.get("/mailboxes")
@@ -233,10 +233,10 @@ def mailbox_delete(
     session: SessionDep, store: StoreDep, auth: AdminDep, data: FormDep, mailbox_id: int
 ) -> Response:
     mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
-    ref = MailboxRef(mailbox.domain.name, mailbox.local_part)
+    refs = removal.refs_of_mailbox(session, mailbox_id=mailbox_id)
     domain_id = mailbox.domain_id
     mailboxes.delete_mailbox(session, actor=auth.actor, mailbox_id=mailbox_id)
     session.commit()
     # Files only after the row is gone for good: a failed commit must not lose messages.
-    store.remove_mailbox(ref)
-    return redirect(f"/mailboxes?domain={domain_id}&done=deleted")
+    leftovers = removal.remove_maildirs(store=store, refs=refs)
+    return redirect(f"/mailboxes?domain={domain_id}&done={done_after_delete(leftovers)}")

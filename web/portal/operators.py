@@ -10,7 +10,7 @@ from app.models import ROLE_ADMIN, ROLE_SUPPORT, SCOPES, Operator
 from app.services import accounts
 from app.services.mailboxes import generate_password
 from web.deps import SessionDep
-from web.portal.auth import AdminDep, AuthDep, FormDep, end_sessions
+from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import redirect
 from web.portal.errors import not_found
 from web.portal.forms import FormState, saving
@@ -123,8 +123,7 @@ def operator_password_reset(
     accounts.set_operator_password(
         session, actor=auth.actor, operator_id=operator_id, password=password
     )
-    end_sessions(session, operator_id=operator_id)
-    session.commit()
+    session.commit()  # set_operator_password ended the operator's sessions everywhere
     response = render(
         request, "operators/password_shown.html", {"operator": operator, "password": password}
     )

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app.services.addresses import domain_to_unicode
-from web.portal.common import DONE_MESSAGES
+from web.portal.common import DONE_MESSAGES, DONE_WARNINGS
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -56,6 +56,7 @@ templates.env.filters["udomain"] = domain_to_unicode
 templates.env.filters["uaddress"] = unicode_address
 templates.env.globals["percent"] = percent
 templates.env.globals["done_messages"] = DONE_MESSAGES
+templates.env.globals["done_warnings"] = DONE_WARNINGS
 
 
 def render(

@@ -19,8 +19,9 @@ from app.services import dkim as dkim_service
 from app.services import domains
 from app.services.dkim import DnsPolicy, DnsRecord
 from web.api.auth import Provisioner, Reader
-from web.api.common import FactoryDep, IdempotencyKey, run_post
+from web.api.common import IdempotencyKey, run_post
 from web.api.problems import ProblemRoute, problem_responses
+from web.deps import FactoryDep
 
 MAX_ID = 2**31 - 1
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]

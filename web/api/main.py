@@ -1,0 +1,13 @@
+"""Every router of the API in one place (mounted under /api/v1 by ``install_api``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from web.api import billing
+from web.api.routes import aliases, customers, dkim, domains, mailboxes
+
+api_router = APIRouter()
+for module in (customers, domains, mailboxes, aliases, dkim):
+    api_router.include_router(module.router)
+api_router.include_router(billing.router)
