@@ -30,7 +30,7 @@ from app.config import Settings
 from app.db import transaction
 from app.errors import MailhostError, TemporaryError
 from app.maildir import MailboxRef, MaildirError, MaildirStore, MessageInfo
-from app.services import accounts, stats
+from app.services import accounts, stats, throttle
 from app.tls import server_context
 from pop3_service.encoding import BLOCK_SIZE, WireEncoder, encode_whole, iter_top
 from pop3_service.locking import DEFAULT_LEASE_SECONDS, LeaseLost, MaildropLocks
@@ -349,12 +349,6 @@ def _plausible(text: str, *, limit: int) -> bool:
     return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
 
-def throttle_keys(ip: str, username: str) -> list[str]:
-    """Failed-login counter keys: per client address and per account (escaped, bounded)."""
-    user = ascii(username.strip().lower())[1:-1][:300]
-    return [f"pop3:ip:{ip}", f"pop3:user:{user}"]
-
-
 class Pop3Server:
     """The POP3 listener(s): plain port with STLS, and implicit TLS when configured."""
 
@@ -371,6 +365,7 @@ class Pop3Server:
         self.session_factory = session_factory
         self.store = store
         self.locks = MaildropLocks(session_factory, lease_seconds=lease_seconds)
+        self.throttle_policy = throttle.ThrottlePolicy.from_settings(settings)
         self.shutdown_deadline = shutdown_deadline
         self.tls_context: ssl.SSLContext | None = server_context(settings)
         self.limits = ConnectionLimits(
@@ -537,14 +532,23 @@ class Pop3Server:
     # ------------------------------------------------------------------ login
     async def _login(self, ctx: _Context, event: Authenticate) -> list[Event]:
         session = ctx.session
-        keys = throttle_keys(ctx.conn.peer_ip, event.username)
         try:
-            delay = await asyncio.to_thread(self._throttle_delay, keys)
-            if delay > 0:
-                # Slow down guessing without blocking anyone else (the loop keeps serving).
-                await asyncio.sleep(delay)
+            # Reserved (and committed) before the password is checked, so parallel guesses
+            # count while in flight; over budget, refused at once (app/services/throttle.py).
+            ticket = await asyncio.to_thread(self._reserve, ctx.conn.peer_ip, event.username)
+        except (TemporaryError, SQLAlchemyError):
+            log.exception("POP3 login throttle failed on the server side")
+            return session.auth_failed(AuthFailure.TEMPORARY)
+        if isinstance(ticket, throttle.Refused):
+            log.info(
+                "POP3 login from %s refused: %s over its failed-login budget",
+                ctx.conn.peer_ip,
+                ticket.reason,
+            )
+            return session.auth_failed(AuthFailure.THROTTLED)
+        try:
             outcome = await asyncio.to_thread(
-                self._login_blocking, event.username, event.password, keys
+                self._login_blocking, event.username, event.password, ticket
             )
         except (TemporaryError, SQLAlchemyError, OSError, MaildirError):
             log.exception("POP3 login failed on the server side")
@@ -568,12 +572,28 @@ class Pop3Server:
         with transaction(self.session_factory) as db:
             stats.bump(db, metric="pop3_logins")
 
-    def _throttle_delay(self, keys: list[str]) -> float:
+    def _reserve(self, ip: str, username: str) -> throttle.Ticket | throttle.Refused:
         with transaction(self.session_factory) as db:
-            return float(accounts.throttle_delay(db, keys=keys))
+            return throttle.reserve(
+                db, door="pop3", address=ip, account=username, policy=self.throttle_policy
+            )
+
+    def _settle_unchecked(self, ticket: throttle.Ticket) -> None:
+        # The server failed, not the client: give the charge back (if the database is down
+        # too, the charge drains like a failure; see app/services/throttle.py).
+        try:
+            with transaction(self.session_factory) as db:
+                throttle.settle(
+                    db,
+                    ticket=ticket,
+                    outcome=throttle.Outcome.UNCHECKED,
+                    policy=self.throttle_policy,
+                )
+        except (TemporaryError, SQLAlchemyError):
+            log.exception("returning a POP3 login throttle charge failed")
 
     def _login_blocking(
-        self, username: str, password: str, keys: list[str]
+        self, username: str, password: str, ticket: throttle.Ticket
     ) -> MaildirMaildrop | AuthFailure:
         found: tuple[int, MailboxRef] | None = None
         if _plausible(username, limit=MAX_USERNAME) and _plausible(password, limit=1024):
@@ -587,14 +607,19 @@ class Pop3Server:
                             mailbox.id,
                             MailboxRef(domain=mailbox.domain.name, local_part=mailbox.local_part),
                         )
-                        accounts.clear_login_failures(db, keys=keys)
-            except TemporaryError:
+                        throttle.settle(
+                            db,
+                            ticket=ticket,
+                            outcome=throttle.Outcome.SUCCESS,
+                            policy=self.throttle_policy,
+                        )
+            except (TemporaryError, SQLAlchemyError):
+                self._settle_unchecked(ticket)  # no verdict reached: not a guess
                 raise
             except MailhostError:  # e.g. ValidationError on a malformed address
                 found = None
         if found is None:
-            with transaction(self.session_factory) as db:
-                accounts.record_login_failure(db, keys=keys)
+            # The charge taken by _reserve is the failure: nothing more to write.
             return AuthFailure.BAD_CREDENTIALS
         mailbox_id, ref = found
         if not self.locks.acquire(mailbox_id):

@@ -48,7 +48,7 @@ def _check_round_trip(url: str) -> None:
     assert current_revision(url) is None
     upgrade_to_head(url)
     assert _tables(url) == EXPECTED_TABLES
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == "0002"
     assert _drift(url) == []
     # Running it again is a no-op (serve runs it on every start).
     upgrade_to_head(url)
@@ -114,7 +114,7 @@ def test_alembic_cli_from_another_directory_uses_settings_url(tmp_path: Path) ->
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert current_revision(f"sqlite:///{db}") == "0001"
+    assert current_revision(f"sqlite:///{db}") == "0002"
     assert _tables(f"sqlite:///{db}") == EXPECTED_TABLES
 
 
