@@ -143,6 +143,16 @@ class Settings(BaseSettings):
     # Finished queue rows (delivered/bounced/expired) are kept this long for `queue show`.
     queue_keep_finished: float = 7 * 86400.0
 
+    # --- login throttle (every password door: POP3, SMTP AUTH, portal; app/services/throttle)
+    # Attempts a client network (an IPv4 address, an IPv6 /64) may have failed or in flight;
+    # one comes back every refill period. Over budget, a login is refused at once.
+    login_address_budget: int = 10
+    login_address_refill_seconds: float = 60.0
+    # The same per account; a network that logged in to the account before is exempt.
+    login_account_budget: int = 30
+    login_account_refill_seconds: float = 120.0
+    login_known_address_days: int = 30
+
     log_level: str = "INFO"
 
     @property

@@ -303,14 +303,29 @@ class WebSession(Base):
     remote_addr: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
-class AuthFailure(Base):
-    """Failed-login counters shared by all processes (key: 'pop3:ip:1.2.3.4', 'web:user:x')."""
+class LoginCounter(Base):
+    """A login-throttle budget shared by all processes and hosts (see app/services/throttle.py).
 
-    __tablename__ = "auth_failures"
+    key: 'mail:ip:192.0.2.1', 'mail:user:a@b.example', 'portal:ip:...', 'portal:user:alice'.
+    ``charged`` counts failed attempts and attempts in flight; one unit drains every refill
+    period, and ``drained_at`` is the moment up to which draining has been applied."""
+
+    __tablename__ = "login_counters"
 
     key: Mapped[str] = mapped_column(String(400), primary_key=True)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
-    last_failure_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    charged: Mapped[int] = mapped_column(Integer, default=0)
+    drained_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class LoginKnownAddress(Base):
+    """A client network that logged in to an account successfully: it may still log in while
+    that account's budget is spent by guesses from elsewhere (a botnet must not lock users out)."""
+
+    __tablename__ = "login_known_addresses"
+
+    account_key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_success_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class IdempotencyRecord(Base):

@@ -9,16 +9,20 @@ maildrop to ``open(i)`` a message of the snapshot, to ``expunge(uids)`` at QUIT 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.errors import MailhostError, TemporaryError
 from app.maildir import MailboxRef, MaildirStore, MessageInfo, MessageReader
-from app.services import accounts, stats
+from app.services import accounts, stats, throttle
 from pop3_service.locking import MaildropLocks
 from pop3_service.session import AuthFailure
+
+log = logging.getLogger("pop3_service")
 
 # The longest plausible address (RFC 5321 section 4.5.3.1: 64 + 1 + 255).
 MAX_USERNAME = 320
@@ -80,12 +84,6 @@ def _plausible(text: str, *, limit: int) -> bool:
     return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
 
-def throttle_keys(ip: str, username: str) -> list[str]:
-    """Failed-login counter keys: per client address and per account (escaped, bounded)."""
-    user = ascii(username.strip().lower())[1:-1][:300]
-    return [f"pop3:ip:{ip}", f"pop3:user:{user}"]
-
-
 class Maildrops:
     """Opens maildrops: checks credentials, takes the lock, snapshots the Maildir."""
 
@@ -95,24 +93,43 @@ class Maildrops:
         session_factory: sessionmaker[Session],
         store: MaildirStore,
         locks: MaildropLocks,
+        throttle_policy: throttle.ThrottlePolicy,
     ) -> None:
         self._factory = session_factory
         self._store = store
         self.locks = locks
+        self.throttle_policy = throttle_policy
 
-    def throttle_delay(self, *, peer_ip: str, username: str) -> float:
-        """Seconds to wait before checking this login (the one place the throttle is asked)."""
-        keys = throttle_keys(peer_ip, username)
+    def reserve(self, *, peer_ip: str, username: str) -> throttle.Ticket | throttle.Refused:
+        """Reserve one password check (committed, so parallel guesses count while in flight);
+        over budget, refused at once (the one place the throttle is asked)."""
         with transaction(self._factory) as db:
-            return float(accounts.throttle_delay(db, keys=keys))
+            return throttle.reserve(
+                db, door="pop3", address=peer_ip, account=username, policy=self.throttle_policy
+            )
+
+    def _settle_unchecked(self, ticket: throttle.Ticket) -> None:
+        # The server failed, not the client: give the charge back (if the database is down
+        # too, the charge drains like a failure; see app/services/throttle.py).
+        try:
+            with transaction(self._factory) as db:
+                throttle.settle(
+                    db,
+                    ticket=ticket,
+                    outcome=throttle.Outcome.UNCHECKED,
+                    policy=self.throttle_policy,
+                )
+        except (TemporaryError, SQLAlchemyError):
+            log.exception("returning a POP3 login throttle charge failed")
 
     def count_login(self) -> None:
         with transaction(self._factory) as db:
             stats.bump(db, metric="pop3_logins")
 
-    def login(self, *, peer_ip: str, username: str, password: str) -> MaildirMaildrop | AuthFailure:
-        """The locked, snapshotted maildrop, or why not."""
-        keys = throttle_keys(peer_ip, username)
+    def login(
+        self, *, username: str, password: str, ticket: throttle.Ticket
+    ) -> MaildirMaildrop | AuthFailure:
+        """The locked, snapshotted maildrop, or why not (``ticket`` from :meth:`reserve`)."""
         found: tuple[int, MailboxRef] | None = None
         if _plausible(username, limit=MAX_USERNAME) and _plausible(password, limit=1024):
             try:
@@ -125,14 +142,19 @@ class Maildrops:
                             mailbox.id,
                             MailboxRef(domain=mailbox.domain.name, local_part=mailbox.local_part),
                         )
-                        accounts.clear_login_failures(db, keys=keys)
-            except TemporaryError:
+                        throttle.settle(
+                            db,
+                            ticket=ticket,
+                            outcome=throttle.Outcome.SUCCESS,
+                            policy=self.throttle_policy,
+                        )
+            except (TemporaryError, SQLAlchemyError):
+                self._settle_unchecked(ticket)  # no verdict reached: not a guess
                 raise
             except MailhostError:  # e.g. ValidationError on a malformed address
                 found = None
         if found is None:
-            with transaction(self._factory) as db:
-                accounts.record_login_failure(db, keys=keys)
+            # The charge taken by reserve() is the failure: nothing more to write.
             return AuthFailure.BAD_CREDENTIALS
         mailbox_id, ref = found
         if not self.locks.acquire(mailbox_id):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.errors import TemporaryError
 from app.maildir import MaildirError, MaildirStore
+from app.services import throttle
 from app.tls import server_context
 from pop3_service.connection import (
     FLUSH_THRESHOLD,
@@ -71,7 +72,12 @@ class Pop3Server:
         self.locks = MaildropLocks(
             session_factory, lease_seconds=lease_seconds, mode=settings.pop3_maildrop_lock
         )
-        self.maildrops = Maildrops(session_factory=session_factory, store=store, locks=self.locks)
+        self.maildrops = Maildrops(
+            session_factory=session_factory,
+            store=store,
+            locks=self.locks,
+            throttle_policy=throttle.ThrottlePolicy.from_settings(settings),
+        )
         self.shutdown_deadline = shutdown_deadline
         self.tls_context: ssl.SSLContext | None = server_context(settings)
         self.limits = ConnectionLimits(
@@ -251,17 +257,27 @@ class Pop3Server:
         session = ctx.session
         peer_ip = ctx.conn.peer_ip
         try:
-            delay = await asyncio.to_thread(
-                self.maildrops.throttle_delay, peer_ip=peer_ip, username=event.username
+            # Reserved (and committed) before the password is checked, so parallel guesses
+            # count while in flight; over budget, refused at once (app/services/throttle.py).
+            ticket = await asyncio.to_thread(
+                self.maildrops.reserve, peer_ip=peer_ip, username=event.username
             )
-            if delay > 0:
-                # Slow down guessing without blocking anyone else (the loop keeps serving).
-                await asyncio.sleep(delay)
+        except (TemporaryError, SQLAlchemyError):
+            log.exception("POP3 login throttle failed on the server side")
+            return session.auth_failed(AuthFailure.TEMPORARY)
+        if isinstance(ticket, throttle.Refused):
+            log.info(
+                "POP3 login from %s refused: %s over its failed-login budget",
+                peer_ip,
+                ticket.reason,
+            )
+            return session.auth_failed(AuthFailure.THROTTLED)
+        try:
             outcome = await asyncio.to_thread(
                 self.maildrops.login,
-                peer_ip=peer_ip,
                 username=event.username,
                 password=event.password,
+                ticket=ticket,
             )
         except (TemporaryError, SQLAlchemyError, OSError, MaildirError):
             log.exception("POP3 login failed on the server side")

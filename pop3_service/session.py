@@ -80,6 +80,10 @@ class AuthFailure(enum.Enum):
     BAD_CREDENTIALS = "bad-credentials"  # unknown user, wrong password, disabled: all alike
     IN_USE = "in-use"  # maildrop locked by another session (RFC 2449 section 8.1.1)
     TEMPORARY = "temporary"  # database down, I/O error (RFC 3206 SYS/TEMP)
+    # Too many failed logins from this address or for this account: refused without checking
+    # the password. [SYS/TEMP], not [AUTH]: RFC 3206 section 4 has clients ask the user for new
+    # credentials on [AUTH], but these were never checked; the client should just retry later.
+    THROTTLED = "throttled"
 
 
 class SnapshotMessage(Protocol):
@@ -225,6 +229,8 @@ class Pop3Session:
             text = "-ERR [IN-USE] Maildrop is locked by another session, try again later"
         elif reason is AuthFailure.TEMPORARY:
             text = "-ERR [SYS/TEMP] Temporary server failure, try again later"
+        elif reason is AuthFailure.THROTTLED:
+            text = "-ERR [SYS/TEMP] Too many failed logins, try again later"
         else:
             text = ERR_AUTH
         return [Reply(_line(text))]

@@ -1,4 +1,4 @@
-"""Operators, API tokens and logins (mailbox and operator), with failed-login throttling."""
+"""Operators, API tokens and logins (mailbox and operator); throttling is in throttle.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import re
 import secrets
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,6 @@ from app.models import (
     SCOPES,
     STATUS_ACTIVE,
     ApiToken,
-    AuthFailure,
     Mailbox,
     Operator,
     utcnow,
@@ -44,10 +43,6 @@ TOKEN_PREFIX = "mh_"  # noqa: S105 - a label, not a secret
 # busy API client does not turn every read into a write.
 _LAST_USED_GRANULARITY = dt.timedelta(minutes=1)
 _TOKEN = re.compile(r"^mh_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,128})$")
-
-THROTTLE_BASE_SECONDS = 1.0
-THROTTLE_MAX_SECONDS = 30.0
-THROTTLE_WINDOW = dt.timedelta(minutes=15)
 
 
 # ------------------------------------------------------------------------------ operators
@@ -353,61 +348,3 @@ def authenticate_operator(session: Session, *, username: str, password: str) -> 
         return operator
     except (OperationalError, PoolTimeoutError) as exc:
         raise TemporaryError("the account database is unavailable, try again later") from exc
-
-
-def throttle_delay(
-    session: Session, *, keys: Sequence[str], now: dt.datetime | None = None
-) -> float:
-    """Seconds to wait before answering a login attempt for these keys (e.g. 'pop3:ip:1.2.3.4',
-    'pop3:user:a@b.example'): 0 for no recent failures, doubling per failure from 1s, capped at
-    30s; failures older than 15 minutes are forgotten, so real users are never locked out
-    for long."""
-    if not keys:
-        return 0.0
-    moment = now or utcnow()
-    rows = session.execute(
-        select(AuthFailure.failures, AuthFailure.last_failure_at).where(
-            AuthFailure.key.in_(list(keys))
-        )
-    ).all()
-    worst = 0
-    for failures, last_failure_at in rows:
-        if moment - last_failure_at < THROTTLE_WINDOW:
-            worst = max(worst, failures)
-    if worst <= 0:
-        return 0.0
-    # 1, 2, 4, 8, 16, 30, 30... (the exponent is capped so huge counters cannot overflow)
-    return min(THROTTLE_MAX_SECONDS, THROTTLE_BASE_SECONDS * 2.0 ** min(worst - 1, 16))
-
-
-def record_login_failure(
-    session: Session, *, keys: Sequence[str], now: dt.datetime | None = None
-) -> None:
-    moment = now or utcnow()
-    for key in dict.fromkeys(keys):
-        row = session.get(AuthFailure, key)
-        if row is None:
-            # Two processes may insert the same key at once; a nested transaction keeps the
-            # loser's outer transaction usable, and it then updates the winner's row.
-            try:
-                with session.begin_nested():
-                    session.add(AuthFailure(key=key, failures=1, last_failure_at=moment))
-                continue
-            except IntegrityError:
-                row = session.get(AuthFailure, key, populate_existing=True)
-                if row is None:
-                    raise
-        if moment - row.last_failure_at >= THROTTLE_WINDOW:
-            row.failures = 1
-        else:
-            row.failures += 1
-        row.last_failure_at = moment
-    session.flush()
-
-
-def clear_login_failures(session: Session, *, keys: Sequence[str]) -> None:
-    if keys:
-        session.execute(
-            delete(AuthFailure).where(AuthFailure.key.in_(list(keys))),
-            execution_options={"synchronize_session": "fetch"},
-        )

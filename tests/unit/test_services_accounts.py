@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app import passwords
 from app.errors import ConflictError, NotFoundError, ValidationError
-from app.models import ApiToken, AuditEntry, utcnow
+from app.models import ApiToken, AuditEntry
 from app.services import accounts, customers, domains, mailboxes
 from app.services.audit import CLI_ACTOR
 from tests.factories import DEFAULT_PASSWORD, make_mailbox, make_operator
@@ -265,40 +265,6 @@ def test_token_compare_is_constant_time(monkeypatch: pytest.MonkeyPatch, session
     accounts.verify_token(session, token="mh_ZZZZZZZZZZZZ_" + plaintext[len(f"mh_{row.prefix}_") :])
     assert len(compared) == 2
     assert compared[0][0] == row.token_hash
-
-
-# ------------------------------------------------------------------ throttling
-def test_throttle_doubles_caps_and_expires(session: Session) -> None:
-    keys = ["pop3:ip:192.0.2.1", "pop3:user:a@hosted.example"]
-    t0 = utcnow()
-    assert accounts.throttle_delay(session, keys=keys, now=t0) == 0.0
-    delays = []
-    for i in range(8):
-        accounts.record_login_failure(session, keys=keys[:1], now=t0 + dt.timedelta(seconds=i))
-        delays.append(accounts.throttle_delay(session, keys=keys, now=t0 + dt.timedelta(seconds=i)))
-    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
-    # The other key has no failures of its own; the worst key decides.
-    assert accounts.throttle_delay(session, keys=keys[1:], now=t0) == 0.0
-    # Forgotten 15 minutes after the last failure...
-    later = t0 + dt.timedelta(seconds=7, minutes=15)
-    assert accounts.throttle_delay(session, keys=keys, now=later) == 0.0
-    # ...and a new failure then starts again from one second.
-    accounts.record_login_failure(session, keys=keys[:1], now=later)
-    assert accounts.throttle_delay(session, keys=keys, now=later) == 1.0
-    accounts.clear_login_failures(session, keys=keys)
-    assert accounts.throttle_delay(session, keys=keys, now=later) == 0.0
-    assert accounts.throttle_delay(session, keys=[], now=later) == 0.0
-
-
-def test_throttle_is_shared_through_the_database(session_factory) -> None:  # type: ignore[no-untyped-def]
-    from app.db import transaction
-
-    with transaction(session_factory) as s:
-        accounts.record_login_failure(s, keys=["web:user:x"])
-    with transaction(session_factory) as s:
-        accounts.record_login_failure(s, keys=["web:user:x", "web:user:x"])
-    with session_factory() as s:
-        assert accounts.throttle_delay(s, keys=["web:user:x"]) == 2.0
 
 
 def test_a_new_operator_password_ends_every_portal_session(session) -> None:

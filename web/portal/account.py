@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import MailhostError, ValidationError
-from app.services import accounts
+from app.services import accounts, throttle
 from app.services.sessions import open_session
 from web.deps import SessionDep
 from web.portal.auth import (
     Auth,
     AuthDep,
     FormDep,
+    reserve_login,
     set_session_cookie,
-    throttle_keys,
+    throttled_text,
 )
 from web.portal.common import redirect
 from web.portal.forms import FormState, PostForm
@@ -39,7 +38,13 @@ def account(request: Request, auth: AuthDep) -> HTMLResponse:
 
 
 def _change(
-    session: Session, auth: Auth, data: PostForm, *, keys: list[str], max_age: int
+    session: Session,
+    auth: Auth,
+    data: PostForm,
+    *,
+    ticket: throttle.Ticket,
+    policy: throttle.ThrottlePolicy,
+    max_age: int,
 ) -> tuple[FormState, str | None]:
     """(form with errors, None) or (empty form, the cookie value of the rotated session)."""
     form = FormState(fields=PASSWORD_FIELDS)
@@ -60,14 +65,18 @@ def _change(
         raw = open_session(
             session, operator_id=auth.me.id, remote_addr=auth.remote_addr, max_age=max_age
         )
+        throttle.settle(session, ticket=ticket, outcome=throttle.Outcome.SUCCESS, policy=policy)
         session.commit()
     except MailhostError as exc:
         session.rollback()
         form.add(exc, default_field="new_password")
-        if exc.field == "current_password":
-            # A stolen session cookie must not become an unthrottled password oracle: a wrong
-            # current password counts like a failed login for this user and address.
-            accounts.record_login_failure(session, keys=keys)
+        # A stolen session cookie must not become an unthrottled password oracle: a wrong
+        # current password keeps the reserved attempt charged, like a failed login for this
+        # user and address. Any other refusal (new passwords differ, too short) gives it back.
+        if exc.field != "current_password":
+            throttle.settle(
+                session, ticket=ticket, outcome=throttle.Outcome.UNCHECKED, policy=policy
+            )
             session.commit()
         return form, None
     return form, raw
@@ -77,13 +86,18 @@ def _change(
 async def account_password(
     request: Request, session: SessionDep, auth: AuthDep, data: FormDep
 ) -> Response:
-    keys = throttle_keys(auth.me.username, auth.remote_addr)
-    delay = await run_in_threadpool(lambda: accounts.throttle_delay(session, keys=keys))
-    if delay > 0:
-        await asyncio.sleep(delay)
+    ticket, policy = await run_in_threadpool(
+        lambda: reserve_login(request, username=auth.me.username, ip=auth.remote_addr)
+    )
+    if isinstance(ticket, throttle.Refused):
+        form = FormState(fields=PASSWORD_FIELDS)
+        form.add(ValidationError(throttled_text(ticket), field="current_password"))
+        refusal = _page(request, form, status=429)
+        refusal.headers["Retry-After"] = str(ticket.retry_after)
+        return refusal
     max_age = request.app.state.settings.session_max_age
     form, raw = await run_in_threadpool(
-        lambda: _change(session, auth, data, keys=keys, max_age=max_age)
+        lambda: _change(session, auth, data, ticket=ticket, policy=policy, max_age=max_age)
     )
     if raw is None:
         return _page(request, form, status=422)

@@ -4,13 +4,13 @@ Theory of operation: the session cookie holds 32 random bytes; the database stor
 their SHA-256 (``WebSession.id_hash``), so a leaked table cannot be replayed. A new id is
 issued at every login (no fixation) and the row is deleted at logout. Each session carries
 its own CSRF token, which every POST form must echo in a hidden field; the login form, used
-before a session exists, is protected by a double-submit cookie instead. Failed logins are
-slowed by ``accounts.throttle_delay`` with an ``asyncio.sleep`` so waiting costs no thread.
+before a session exists, is protected by a double-submit cookie instead. Every password check
+(login, own-password change) first reserves an attempt with ``app.services.throttle`` (door
+``portal``); over budget it is answered 429 at once, without checking the password.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -19,12 +19,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import delete
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.db import transaction
+from app.errors import TemporaryError
 from app.models import ROLE_ADMIN, Operator, WebSession, utcnow
-from app.services import accounts
+from app.services import accounts, throttle
 from app.services.audit import Actor, audit
 from app.services.sessions import hash_session_id, open_session
 from web.deps import SessionDep, client_ip
@@ -161,13 +163,40 @@ def login_form(request: Request, next: str = "/") -> HTMLResponse:  # noqa: A002
     return _login_page(request, next_url=safe_next(next), status=200)
 
 
-def throttle_keys(username: str, ip: str | None) -> list[str]:
-    return [f"web:user:{username.lower()}", f"web:ip:{ip or 'unknown'}"]
+def reserve_login(
+    request: Request, *, username: str, ip: str | None
+) -> tuple[throttle.Ticket | throttle.Refused, throttle.ThrottlePolicy]:
+    """Reserve one password check (committed, so other workers count it while in flight)."""
+    policy = throttle.ThrottlePolicy.from_settings(request.app.state.settings)
+    with transaction(request.app.state.session_factory) as session:
+        verdict = throttle.reserve(
+            session, door="portal", address=ip, account=username, policy=policy
+        )
+    return verdict, policy
 
 
-def _delay(factory: sessionmaker[Session], keys: list[str]) -> float:
-    with transaction(factory) as session:
-        return accounts.throttle_delay(session, keys=keys)
+def settle_unchecked(
+    factory: sessionmaker[Session], ticket: throttle.Ticket, policy: throttle.ThrottlePolicy
+) -> None:
+    """The server failed before a verdict: give the attempt back (best effort)."""
+    try:
+        with transaction(factory) as session:
+            throttle.settle(
+                session, ticket=ticket, outcome=throttle.Outcome.UNCHECKED, policy=policy
+            )
+    except (TemporaryError, SQLAlchemyError):
+        pass  # the charge drains by itself like a failure
+
+
+def throttled_text(refused: throttle.Refused) -> str:
+    minutes = max(1, -(-refused.retry_after // 60))
+    wait = "1 minute" if minutes == 1 else f"{minutes} minutes"
+    if refused.reason == "address":
+        return f"Too many failed logins from your address. Try again in {wait}."
+    return (
+        f"Too many failed logins for this user name. Try again in {wait}, or from an "
+        "address you have logged in from before."
+    )
 
 
 def set_session_cookie(response: Response, raw: str, request: Request) -> None:
@@ -188,7 +217,8 @@ def _login(
     *,
     username: str,
     password: str,
-    keys: list[str],
+    ticket: throttle.Ticket,
+    policy: throttle.ThrottlePolicy,
     remote_addr: str | None,
     old_cookie: str | None,
     max_age: int,
@@ -197,9 +227,8 @@ def _login(
     with transaction(factory) as session:
         operator = accounts.authenticate_operator(session, username=username, password=password)
         if operator is None:
-            accounts.record_login_failure(session, keys=keys)
-            return None
-        accounts.clear_login_failures(session, keys=keys)
+            return None  # the reserved attempt stays charged: it is the failure
+        throttle.settle(session, ticket=ticket, outcome=throttle.Outcome.SUCCESS, policy=policy)
         # Rotation: whatever session the browser had before is gone.
         if old_cookie:
             session.execute(
@@ -238,23 +267,38 @@ async def login(request: Request) -> Response:
             status=400,
         )
     ip = client_ip(request)
-    keys = throttle_keys(username, ip)
     factory = request.app.state.session_factory
     settings = request.app.state.settings
-    delay = await run_in_threadpool(_delay, factory, keys)
-    if delay > 0:
-        await asyncio.sleep(delay)
-    raw = await run_in_threadpool(
-        lambda: _login(
-            factory,
-            username=username,
-            password=password,
-            keys=keys,
-            remote_addr=ip,
-            old_cookie=request.cookies.get(SESSION_COOKIE),
-            max_age=settings.session_max_age,
-        )
+    ticket, policy = await run_in_threadpool(
+        lambda: reserve_login(request, username=username, ip=ip)
     )
+    if isinstance(ticket, throttle.Refused):
+        # RFC 6585 section 4: 429 with Retry-After; the password was not looked at.
+        refusal = _login_page(
+            request,
+            next_url=next_url,
+            username=username,
+            error=throttled_text(ticket),
+            status=429,
+        )
+        refusal.headers["Retry-After"] = str(ticket.retry_after)
+        return refusal
+    try:
+        raw = await run_in_threadpool(
+            lambda: _login(
+                factory,
+                username=username,
+                password=password,
+                ticket=ticket,
+                policy=policy,
+                remote_addr=ip,
+                old_cookie=request.cookies.get(SESSION_COOKIE),
+                max_age=settings.session_max_age,
+            )
+        )
+    except (TemporaryError, SQLAlchemyError):
+        await run_in_threadpool(settle_unchecked, factory, ticket, policy)
+        raise
     if raw is None:
         return _login_page(
             request,
