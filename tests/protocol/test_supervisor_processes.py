@@ -27,14 +27,26 @@ def _wait_for(predicate: Callable[[], bool], what: str, log: Path) -> None:
 
 
 def _greeting(port: int, log: Path) -> int:
-    """The reply code of the greeting a fresh SMTP client gets (and a clean QUIT)."""
-    try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-            code, _ = client.noop()
-            assert code == 250
-            return 220  # smtplib raises unless the greeting was 220
-    except (OSError, smtplib.SMTPException) as exc:
-        raise AssertionError(f"no greeting on port {port}: {exc!r}; log:\n{log.read_text()}")
+    """The reply code of the greeting a fresh SMTP client gets (and a clean QUIT).
+
+    A connection the kernel had already queued on a worker's SO_REUSEPORT socket when that
+    worker died, or that raced a worker joining the group, is reset: a kernel property that
+    a client (and an SMTP sender) meets as one failed connection and retries. So a reset is
+    retried a few times; a refusal, a timeout or a non-220 greeting fails at once.
+    """
+    last: Exception | None = None
+    for _attempt in range(5):
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                code, _ = client.noop()
+                assert code == 250
+                return 220  # smtplib raises unless the greeting was 220
+        except (ConnectionResetError, smtplib.SMTPServerDisconnected) as exc:
+            last = exc
+            time.sleep(0.2)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise AssertionError(f"no greeting on port {port}: {exc!r}; log:\n{log.read_text()}")
+    raise AssertionError(f"reset 5 times on port {port}: {last!r}; log:\n{log.read_text()}")
 
 
 def test_killed_smtp_workers_are_restarted_and_the_port_keeps_answering(tmp_path: Path) -> None:

@@ -95,7 +95,11 @@ def test_a_crash_loop_backs_off_then_gives_up_and_children_inherit_no_handler(
         status = supervisor.run()
     assert status == 1
     exits = [r.getMessage() for r in caplog.records if "exited with status" in r.getMessage()]
-    assert len(exits) == 4, exits
+    # The burst limit is reached at the 4th death; the other worker may still be alive then
+    # (just restarted), and the supervisor never gives up while one is: it gives up at the
+    # first death after that with no worker left, so 4 or a few more exits.
+    assert len(exits) >= 4, exits
+    assert not any("giving up" in line for line in exits[:-1]), exits
     assert all("status 0" in line for line in exits), exits  # no child saw our handler
     assert "giving up" in exits[-1]
     assert signal.getsignal(signal.SIGTERM) is not supervisor._on_signal
