@@ -18,6 +18,9 @@ from app.db import make_engine, make_session_factory, transaction
 from app.errors import ValidationError
 from app.maildir import MaildirStore
 
+# The command's name, in usage lines and at the start of every message it writes.
+PROG = "mailhost"
+
 
 class UsageError(Exception):
     """The command line itself is wrong (exit status 2, like argparse)."""

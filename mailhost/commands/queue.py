@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 from typing import Any
 
 from app.models import RCPT_STATES, OutboundMessage, utcnow
 from app.services import queue_admin
 from app.services.audit import CLI_ACTOR
 from app.spool import SpoolStore
+from mailhost.commands.common import add_json_option, iso
 from mailhost.context import Context
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds")
 
 
 def _message_record(message: OutboundMessage) -> dict[str, Any]:
@@ -25,14 +21,14 @@ def _message_record(message: OutboundMessage) -> dict[str, Any]:
         "size": message.size,
         "origin": message.origin,
         "customer_id": message.customer_id,
-        "created_at": _iso(message.created_at),
+        "created_at": iso(message.created_at),
         "recipients": [
             {
                 "address": r.address,
                 "state": r.state,
                 "attempts": r.attempts,
-                "next_attempt_at": _iso(r.next_attempt_at),
-                "last_attempt_at": _iso(r.last_attempt_at),
+                "next_attempt_at": iso(r.next_attempt_at),
+                "last_attempt_at": iso(r.last_attempt_at),
                 "last_reply": None
                 if r.last_reply_code is None
                 else f"{r.last_reply_code} {r.last_reply_text}",
@@ -51,12 +47,12 @@ def queue_list(ctx: Context, args: argparse.Namespace) -> int:
         rows = [
             {
                 "queue_id": q.message.queue_id,
-                "created_at": _iso(q.message.created_at),
+                "created_at": iso(q.message.created_at),
                 "size": q.message.size,
                 "sender": q.message.sender or "<>",
                 "origin": q.message.origin,
                 "recipients": ", ".join(f"{n} {st}" for st, n in sorted(q.states.items())),
-                "next_attempt_at": _iso(q.next_attempt_at),
+                "next_attempt_at": iso(q.next_attempt_at),
             }
             for q in summaries
         ]
@@ -146,7 +142,7 @@ def register(subparsers: Any) -> None:
     p = g.add_parser("list", help="messages still to deliver (or in --state)")
     p.add_argument("--state", choices=RCPT_STATES)
     p.add_argument("--limit", type=int, default=1000)
-    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    add_json_option(p)
     p.set_defaults(handler=queue_list)
     for name, help_, handler in (
         ("show", "one message and its recipients", queue_show),
@@ -158,5 +154,5 @@ def register(subparsers: Any) -> None:
         p = g.add_parser(name, help=help_, description=help_)
         p.add_argument("queue_id")
         if name != "delete":
-            p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+            add_json_option(p)
         p.set_defaults(handler=handler)

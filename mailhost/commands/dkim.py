@@ -8,7 +8,6 @@ published until ``retire``. Private keys are never printed.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from typing import Any
 
 from app.models import DkimKey
@@ -16,11 +15,8 @@ from app.services import dkim as dkim_service
 from app.services import domains
 from app.services.audit import CLI_ACTOR
 from app.services.dkim import DnsPolicy, DnsRecord
+from mailhost.commands.common import add_json_option, iso
 from mailhost.context import Context
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds")
 
 
 def _key_row(domain: str, k: DkimKey) -> dict[str, Any]:
@@ -30,8 +26,8 @@ def _key_row(domain: str, k: DkimKey) -> dict[str, Any]:
         "algorithm": k.algorithm,
         "bits": k.key_bits,
         "state": k.state,
-        "created_at": _iso(k.created_at),
-        "retired_at": _iso(k.retired_at),
+        "created_at": iso(k.created_at),
+        "retired_at": iso(k.retired_at),
     }
 
 
@@ -140,10 +136,10 @@ def register(subparsers: Any) -> None:
         default="rsa",
         help="rsa (rsa-sha256, 2048 bits; default) or ed25519 (ed25519-sha256, RFC 8463)",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    add_json_option(p)
     p = sub("list", dkim_list, "list the domain's keys, retired ones too")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    add_json_option(p)
     p = sub("show", dkim_show, "the DNS records to publish (MX, SPF, DKIM, DMARC)")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    add_json_option(p)
     p = sub("retire", dkim_retire, "withdraw a key: its record goes, its private key is erased")
     p.add_argument("selector")
