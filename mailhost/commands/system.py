@@ -55,10 +55,8 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     _warn_without_postmaster(ctx)
     _upgrade(ctx)
     _ensure_first_operator(ctx)
-    removed = ctx.store.clean_tmp()
-    if removed:
-        logging.getLogger("mailhost").warning("removed %d stale file(s) from tmp/", removed)
     ctx.close()
+    # Stale tmp/ files are removed by run_services at every (worker) start, not here.
     return run(ctx.settings, ("smtp", "pop3", "web"))
 
 
@@ -72,8 +70,6 @@ def _cmd_edge(kind: str) -> Handler:
             raise UsageError("--workers must be at least 1")
         if kind == "smtp":
             _warn_without_postmaster(ctx)
-            # Crash debris is cleaned where mail is written; never delivered (see MaildirStore).
-            ctx.store.clean_tmp()
         ctx.close()
         return run_prefork(ctx.settings, kind, workers)
 
