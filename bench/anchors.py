@@ -153,6 +153,15 @@ class PostfixAnchor:
 
     def _configure(self, mailboxes: Mapping[str, Iterable[str]]) -> None:
         nobody = pwd.getpwnam("nobody")
+        # Postfix's daemons run as postfix / nobody: they must reach the scratch directory
+        # (tempfile makes its directories 0700).
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        for folder in (self.scratch, *self.scratch.parents):
+            if folder == Path("/"):
+                break
+            mode = folder.stat().st_mode & 0o777
+            if mode & 0o011 != 0o011:
+                os.chmod(folder, mode | 0o011)
         for path in (self.config, self.queue, self.data, self.mail):
             path.mkdir(parents=True, exist_ok=True)
         os.chown(self.mail, nobody.pw_uid, nobody.pw_gid)
@@ -214,7 +223,8 @@ class PostfixAnchor:
     def start(self) -> None:
         result = self._postfix("start")
         if result.returncode != 0:
-            raise SystemExit(f"postfix start failed: {result.stdout}{result.stderr}")
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise SystemExit(f"postfix start failed: {result.stdout}{result.stderr}{log}")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
