@@ -47,6 +47,7 @@ from aiosmtpd.smtp import SMTP
 from smtp_ingress import replies
 from smtp_ingress.data import BodyError, decode_body
 from smtp_ingress.envelope import IngressEnvelope
+from smtp_ingress.prepared import PreparedSMTP
 
 log = logging.getLogger("smtp_ingress")
 
@@ -143,7 +144,7 @@ class _CommandTable(dict[str, Command]):
         return method if method is not None else functools.partial(self._unknown, key)
 
 
-class IngressSMTP(SMTP):
+class IngressSMTP(PreparedSMTP):
     def __init__(
         self,
         handler: Any,
