@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     smtp_idle_timeout: float = 300.0
     smtp_data_timeout: float = 600.0
     smtp_max_junk_commands: int = 20
+    # NOOP, RSET and VRFY without a delivered message in between: a limit of their own, high
+    # enough for big senders that RSET between many transactions (Postfix's
+    # smtpd_junk_command_limit is 100 and counts exactly these); a delivered message resets it.
+    smtp_max_noop_commands: int = 100
     # A client that talks before the greeting is an early talker (spamware): wait this long
     # before greeting and refuse the session if anything arrived meanwhile.
     smtp_greet_delay: float = 0.3

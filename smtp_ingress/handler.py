@@ -334,20 +334,20 @@ class IngressHandler:
     async def handle_NOOP(
         self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope, arg: str
     ) -> str:
-        server.note_junk()
+        server.note_noop()
         return replies.NOOP_OK
 
     async def handle_RSET(
         self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope
     ) -> str:
-        server.note_junk()
+        server.note_noop()
         return replies.RSET_OK
 
     async def handle_VRFY(
         self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope, address: str
     ) -> str:
         # No user enumeration (RFC 5321 section 3.5.3 allows 252).
-        server.note_junk()
+        server.note_noop()
         return replies.VRFY_REPLY
 
     # ------------------------------------------------------------------ envelope

@@ -47,6 +47,7 @@ from aiosmtpd.smtp import SMTP
 from smtp_ingress import replies
 from smtp_ingress.data import BodyError, decode_body
 from smtp_ingress.envelope import IngressEnvelope
+from smtp_ingress.prepared import PreparedSMTP
 
 log = logging.getLogger("smtp_ingress")
 
@@ -143,13 +144,14 @@ class _CommandTable(dict[str, Command]):
         return method if method is not None else functools.partial(self._unknown, key)
 
 
-class IngressSMTP(SMTP):
+class IngressSMTP(PreparedSMTP):
     def __init__(
         self,
         handler: Any,
         *,
         tracker: ConnectionTracker,
         max_junk: int,
+        max_noop: int = 100,
         data_timeout: float,
         greet_delay: float,
         normalize_bare_lf: bool = False,
@@ -169,6 +171,8 @@ class IngressSMTP(SMTP):
         self._greet_delay = greet_delay
         self._normalize_bare_lf = normalize_bare_lf
         self._junk = 0
+        self._max_noop = max_noop
+        self._noop = 0
         self._greeted = False
         self._early_talker = False
         self._refused = False
@@ -325,9 +329,19 @@ class IngressSMTP(SMTP):
             log.info("junk limit client=%s", self._client_ip)
             self._close_with(replies.TOO_MANY_ERRORS)
 
+    def note_noop(self) -> None:
+        """NOOP, RSET or VRFY: harmless alone, but a session of nothing else is abuse. Counted
+        apart from errors (Postfix's smtpd_junk_command_limit, 100 by default, counts just
+        these), so a big sender's RSET between transactions does not use up the error budget."""
+        self._noop += 1
+        if self._noop > self._max_noop:
+            log.info("noop limit client=%s", self._client_ip)
+            self._close_with(replies.TOO_MANY_NOOPS)
+
     def transaction_done(self) -> None:
-        # Like Postfix, a delivered message clears the junk count of a long session.
+        # Like Postfix, a delivered message clears the junk counts of a long session.
         self._junk = 0
+        self._noop = 0
 
     async def _smtp_unknown(self, command: str, arg: str | None) -> None:
         log.info("unknown command client=%s", self._client_ip)

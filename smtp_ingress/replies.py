@@ -50,6 +50,9 @@ EARLY_TALKER = "554 5.5.1 Protocol error: command sent before the greeting"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 TOO_MANY_CONNECTIONS_IP = "421 4.7.0 Too many connections from your address, try again later"
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors or junk commands, closing connection"
+TOO_MANY_NOOPS = (
+    "421 4.7.0 Too many NOOP, RSET or VRFY commands without a message, closing connection"
+)
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
 DATA_TIMEOUT = "421 4.4.2 DATA deadline exceeded, closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"

@@ -64,6 +64,7 @@ class SmtpIngress:
             self._handler,
             tracker=self._tracker,
             max_junk=self.settings.smtp_max_junk_commands,
+            max_noop=self.settings.smtp_max_noop_commands,
             data_timeout=self.settings.smtp_data_timeout,
             normalize_bare_lf=self.settings.smtp_bare_lf == "normalize",
             greet_delay=self._greet_delay,

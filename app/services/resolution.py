@@ -89,6 +89,21 @@ _ALIAS_DOMAINS = (
     .join(Customer, Domain.customer_id == Customer.id)
     .where(DomainAlias.name.in_(bindparam("names", expanding=True)))
 )
+# The common case in one round trip: the address names an active mailbox of an active
+# hosted domain (not an alias domain). Anything else (no row, or a row with some status not
+# active) takes the general path below, which gives the exact verdict.
+_DIRECT_MAILBOX = (
+    select(Mailbox.id, Mailbox.quota_bytes, Domain.name)
+    .join(Domain, Mailbox.domain_id == Domain.id)
+    .join(Customer, Domain.customer_id == Customer.id)
+    .where(
+        Domain.name == bindparam("domain"),
+        Mailbox.local_part == bindparam("local"),
+        Mailbox.status == STATUS_ACTIVE,
+        Domain.status == STATUS_ACTIVE,
+        Customer.status == STATUS_ACTIVE,
+    )
+)
 _FIRST_MAILBOX = (
     select(Mailbox.local_part)
     .where(Mailbox.domain_id == bindparam("domain_id"), Mailbox.status == STATUS_ACTIVE)
@@ -208,6 +223,13 @@ def resolve_recipient(
         local, domain_name = split_address(address)
     except ValidationError:
         return _unhostable_local_part(session, address)
+    direct = session.execute(_DIRECT_MAILBOX, {"domain": domain_name, "local": local}).first()
+    if direct is not None:
+        mailbox_id, quota, name = direct
+        targets = [_target(mailbox_id, local, name, quota)]
+        if store is not None and _over_quota(store, targets[0]):
+            return Resolution(Verdict.OVER_QUOTA)
+        return Resolution(Verdict.OK, tuple(targets))
     resolver = _Resolver(session)
     resolver.load_domains({domain_name})
     top = resolver.domains[domain_name]

@@ -71,12 +71,51 @@ def test_smtp_junk_command_limit(smtp_start: Callable[..., IngressThread]) -> No
     server = smtp_start(smtp_max_junk_commands=3)
     client = RawClient(server.port)
     client.cmd("EHLO client.example")
-    for verb in ("FOO", "BAR", "NOOP"):
+    # NOOP no longer counts here: it has its own limit (smtp_max_noop_commands, tested below).
+    for verb in ("FOO", "BAR", "NOOP", "QUX"):
         assert client.cmd(verb)[:1] in "25"
     assert client.cmd("BAZ").startswith("500 5.5.2 ")
     assert client.reply().startswith("421 4.7.0 ")
     assert client.closed_by_server()
     client.close()
+
+
+def test_smtp_rset_between_many_transactions_is_not_junk(
+    smtp_world: None, smtp_start: Callable[..., IngressThread], store: MaildirStore
+) -> None:
+    # Issue 16: a big sender's RSET after each transaction (here: ones it gave up on) used to
+    # count as a junk command, and the 21st closed the connection. The default now lets 100
+    # NOOP/RSET/VRFY through without a delivered message (Postfix's smtpd_junk_command_limit).
+    server = smtp_start()
+    client = RawClient(server.port)
+    client.cmd("EHLO client.example")
+    for _ in range(100):
+        assert client.cmd("MAIL FROM:<a@remote.example>").startswith("250 ")
+        assert client.cmd(f"RCPT TO:<{ADDRESSES['user']}>").startswith("250 ")
+        assert client.cmd("RSET").startswith("250 ")
+    assert client.cmd("RSET").startswith("421 4.7.0 ")
+    assert client.closed_by_server()
+    client.close()
+    assert new_messages(store, ADDRESSES["user"]) == []
+
+
+def test_smtp_noop_limit_counts_noop_rset_vrfy_and_a_message_resets_it(
+    smtp_world: None, smtp_start: Callable[..., IngressThread], store: MaildirStore
+) -> None:
+    server = smtp_start(smtp_max_noop_commands=3, smtp_max_junk_commands=1)
+    client = RawClient(server.port)
+    client.cmd("EHLO client.example")
+    assert [client.cmd(c)[:3] for c in ("NOOP", "RSET", "VRFY someone")] == ["250", "250", "252"]
+    client.cmd("MAIL FROM:<a@remote.example>")
+    client.cmd(f"RCPT TO:<{ADDRESSES['user']}>")
+    assert client.cmd("DATA").startswith("354 ")
+    assert client.cmd("Subject: kept\r\n\r\nbody\r\n.").startswith("250 ")
+    # The delivered message reset the count: three more pass, the fourth closes.
+    assert [client.cmd(c)[:3] for c in ("RSET", "NOOP", "RSET")] == ["250", "250", "250"]
+    assert client.cmd("NOOP").startswith("421 4.7.0 ")
+    assert client.closed_by_server()
+    client.close()
+    assert len(new_messages(store, ADDRESSES["user"])) == 1
 
 
 def test_smtp_dictionary_attack_counts_as_junk(

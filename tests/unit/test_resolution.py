@@ -305,7 +305,7 @@ def test_targets_carry_mailbox_ref_and_quota(world: Session) -> None:
     assert result.ok
 
 
-def test_resolving_a_plain_mailbox_takes_two_queries(world: Session, engine: Engine) -> None:
+def test_resolving_a_plain_mailbox_takes_one_query(world: Session, engine: Engine) -> None:
     statements: list[str] = []
 
     def count(*args: object) -> None:
@@ -320,9 +320,9 @@ def test_resolving_a_plain_mailbox_takes_two_queries(world: Session, engine: Eng
         chained = len(statements)
     finally:
         event.remove(engine, "before_cursor_execute", count)
-    assert plain <= 2, statements
-    # alias domain (2 lookups) + 3 levels of (mailboxes, aliases)
-    assert chained <= 8
+    assert plain == 1, statements
+    # the direct probe, alias domain (2 lookups) + 3 levels of (mailboxes, aliases)
+    assert chained <= 9
 
 
 def _fill(store: MaildirStore, ref: MailboxRef, size: int) -> None:
