@@ -15,7 +15,7 @@ from app.config import Settings
 from app.errors import MailhostError, TemporaryError
 from app.logsetup import start_logging
 from app.maildir import MaildirError
-from mailhost import commands, dkim_commands, queue_commands
+from mailhost import commands, dkim_commands, queue_commands, sending_commands
 from mailhost.context import Context, UsageError
 
 PROG = "mailhost"
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     dkim_commands.register(sub)  # under "domain": after the domain group exists
     queue_commands.register(sub)
+    sending_commands.register(sub)  # under "mailbox" and "customer"
     return parser
 
 
