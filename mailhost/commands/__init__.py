@@ -20,6 +20,7 @@ from mailhost.commands import (
     mailboxes,
     operators,
     queue,
+    sending,
     system,
     tokens,
 )
@@ -36,3 +37,4 @@ def register(subparsers: Any) -> None:
     tokens.register(subparsers)
     dkim.register(subparsers)  # under "domain": after the domain group exists
     queue.register(subparsers)
+    sending.register(subparsers)  # under "mailbox" and "customer"

@@ -48,6 +48,7 @@ def build_router() -> APIRouter:
         domains,
         mailboxes,
         operators,
+        sending,
     )
 
     router = APIRouter(
@@ -59,6 +60,7 @@ def build_router() -> APIRouter:
         customers,
         domains,
         mailboxes,
+        sending,
         aliases,
         bulk,
         operators,

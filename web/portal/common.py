@@ -28,6 +28,7 @@ DONE_MESSAGES = {
     "machines) were logged out; this one continues.",
     "revoked": "Revoked.",
     "imported": "Import complete.",
+    "cleared": "The sending limited flag is cleared.",
     "deleted_files_left": "Deleted, but the message files of some deleted mailboxes could not "
     "be removed from the server's disk. The server log names their paths.",
 }

@@ -10,8 +10,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore, Usage
-from app.models import Domain, Mailbox
-from app.services import domains, mailboxes, removal
+from app.models import Domain, Mailbox, utcnow
+from app.services import domains, mailboxes, removal, sending_admin
+from app.services.sending import SendingLimits
 from web.deps import SessionDep, StoreDep
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import PAGE_SIZE, done_after_delete, redirect, split_page
@@ -53,12 +54,14 @@ def mailbox_list(
     page, next_after = split_page(rows)
     # One directory scan per row shown (50 at most): cheap, and always current.
     usage = {m.id: usage_of(store, m) for m in page}
+    limited = sending_admin.limited_mailbox_ids(session, ids=[m.id for m in page], now=utcnow())
     return render(
         request,
         "mailboxes/list.html",
         {
             "mailboxes": page,
             "usage": usage,
+            "sending_limited": limited,
             "scope": scope,
             "q": q,
             "status": status,
@@ -139,6 +142,12 @@ def _detail(
         {
             "mailbox": mailbox,
             "usage": usage_of(store, mailbox),
+            "sending": sending_admin.mailbox_sending_status(
+                session,
+                mailbox_id=mailbox.id,
+                now=utcnow(),
+                limits=SendingLimits.from_settings(request.app.state.settings),
+            ),
             "settings_form": settings_form,
             "password_form": password_form,
         },
