@@ -1,9 +1,9 @@
 """Sans-IO checks and decoding of a DATA body: smuggling, NUL, line length, dot-unstuffing.
 
-Theory of operation: the protocol reads the whole body up to the first ``CRLF.CRLF`` (the
-only end of DATA, RFC 5321 section 4.1.1.4) as one buffer, then ``decode_body`` validates it
-with a few whole-buffer scans in C (``count``, ``split``) instead of a Python loop per line,
-and returns the content with LF line endings as Maildir stores it.
+Theory of operation: ``decode_body`` validates complete lines with a few whole-buffer scans
+in C (``count``, ``split``) instead of a Python loop per line, and returns the content with
+LF line endings as Maildir stores it. ``BodyDecoder`` feeds it a DATA stream slice by slice,
+finding the only end of DATA, ``CRLF.CRLF`` (RFC 5321 section 4.1.1.4), across slice edges.
 """
 
 from __future__ import annotations
@@ -65,3 +65,106 @@ def decode_body(
             [line[1:] if line[:1] == b"." and len(line) >= shortest else line for line in lines]
         )
     return DecodedBody(content)
+
+
+# Slices of the DATA stream handed to ``BodyDecoder.feed`` at most this large: each slice
+# is decoded by the C scans above in about a millisecond, and the protocol yields to the
+# event loop between slices, so one pathological message cannot stall other clients.
+DATA_SLICE = 128 * 1024
+_END_MARK = b"\r\n.\r\n"
+
+
+class BodyDecoder:
+    """Incremental, sans-IO form of ``decode_body`` over a DATA stream fed in slices.
+
+    Theory of operation: ``_partial`` holds the octets since the last line end (at most one
+    line: a line longer than any legal one is refused and dropped at once), so the memory
+    used is one slice plus about 1,000 octets whatever the line structure. Each ``feed``
+    finds the end of data (``CRLF.CRLF``, with a virtual CRLF before the first octet: RFC
+    5321 section 4.1.1.4) in the partial line plus the new slice, so a mark split across
+    slices at any position is found; otherwise the complete lines are cut off at the last LF
+    and decoded by ``decode_body`` (its result over whole lines does not depend on where the
+    stream is cut). The size is counted as RFC 1870 section 3 does (CRLF line endings,
+    transparency dots not counted) over every line, also after a refusal, so an oversized
+    message is answered 552 whatever else is wrong with it, as before. The first refusal
+    found stops decoding; the rest is only scanned for the end of data.
+
+    ``feed`` returns the decoded octets of the slice (LF line endings, possibly empty);
+    once ``done`` is true, ``leftover`` holds what followed the end of data (pipelined
+    commands, which the protocol puts back in front of its reader).
+    """
+
+    def __init__(
+        self,
+        *,
+        size_limit: int | None,
+        max_line: int = MAX_TEXT_LINE,
+        normalize_bare_lf: bool = False,
+    ) -> None:
+        self._limit = size_limit or None
+        self._max_line = max_line
+        self._normalize = normalize_bare_lf
+        self._partial = b""
+        self._after_crlf = True  # the virtual CRLF before the first line
+        self.size = 0  # RFC 1870 size of the lines seen so far
+        self.error: BodyError | None = None
+        self.too_big = False
+        self.done = False
+        self.leftover = b""
+
+    @property
+    def refused(self) -> bool:
+        return self.too_big or self.error is not None
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            raise ValueError("feed() after the end of data")
+        scan_from = max(0, len(self._partial) - 1)  # _partial holds no LF: the mark can
+        buf = self._partial + data  # only start at its last octet (a CR)
+        if self._after_crlf and buf[:3] == b".\r\n":
+            end = 0
+        else:
+            end = buf.find(_END_MARK, scan_from)
+            if end >= 0:
+                end += 2  # the CRLF before the dot belongs to the body
+        if end >= 0:
+            self.done = True
+            self.leftover = buf[end + 3 :]
+            self._partial = b""
+            return self._lines(buf[:end])
+        cut = buf.rfind(b"\n") + 1
+        self._partial = buf[cut:]
+        out = self._lines(buf[:cut]) if cut else b""
+        # No line end in the partial line: past the longest legal line (a transparency dot
+        # and CRLF more than max_line) it is refused, and only its last octet is kept, which
+        # may be the CR starting the end-of-data mark.
+        if len(self._partial) > self._max_line + 3:
+            self._count(self._partial[:-1])
+            self._refuse(BodyError.LINE_TOO_LONG)
+            self._partial = self._partial[-1:]
+            self._after_crlf = False
+        return out
+
+    def _count(self, lines: bytes) -> None:
+        dots = lines.count(b"\r\n.") + (self._after_crlf and lines[:1] == b".")
+        self.size += len(lines) - dots
+        if self._limit is not None and self.size > self._limit:
+            self.too_big = True
+
+    def _refuse(self, error: BodyError) -> None:
+        if self.error is None:
+            self.error = error
+
+    def _lines(self, lines: bytes) -> bytes:
+        """Decode complete lines (empty, or ending in LF), or nothing once refused."""
+        if not lines:
+            return b""
+        self._count(lines)
+        self._after_crlf = lines[-2:] == b"\r\n"
+        if self.refused:
+            return b""
+        decoded = decode_body(lines, max_line=self._max_line, normalize_bare_lf=self._normalize)
+        if decoded.error is not None:
+            self._refuse(decoded.error)
+            return b""
+        return decoded.content
