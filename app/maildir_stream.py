@@ -55,6 +55,7 @@ class SpooledBody:
         self._path: Path | None = None
         self._written = 0
         self._discarded = False
+        self._delivering = False  # deliver_spooled owns the body (and its cleanup) now
         self._lock = threading.Lock()
 
     def append(self, data: bytes) -> None:
@@ -109,13 +110,33 @@ class SpooledBody:
                 raise MaildirError("the spilled message body is shorter than written")
             offset += copied
 
-    def discard(self) -> None:
-        """Forget the body and remove its spill file (if any)."""
+    def claim(self) -> None:
+        """Hand the body to ``deliver_spooled``: from now on ``discard`` leaves it alone (it
+        may be called from a connection that is gone while the copies are written: the
+        delivery finishes, or fails, and removes the spill file itself)."""
         with self._lock:
-            self._discarded = True
-            self._chunks, self._buffered = [], 0
-            fd, self._fd = self._fd, None
-            path, self._path = self._path, None
+            if self._discarded:
+                raise MaildirError("the message body was discarded")
+            self._delivering = True
+
+    def discard(self) -> None:
+        """Forget the body and remove its spill file (if any), unless it is being delivered."""
+        with self._lock:
+            if self._delivering:
+                return
+            self._discard_locked()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._delivering = False
+            self._discard_locked()
+
+    def _discard_locked(self) -> None:
+        # Under the lock: a flush or a copy never sees its descriptor closed (or reused).
+        self._discarded = True
+        self._chunks, self._buffered = [], 0
+        fd, self._fd = self._fd, None
+        path, self._path = self._path, None
         if fd is not None:
             os.close(fd)
         if path is not None:
@@ -170,6 +191,7 @@ def deliver_spooled(
     fsync'd: all or nothing, same names and S=/W= sizes as ``deliver``. The body (and its
     spill file) is discarded when this returns or raises.
     """
+    body.claim()
     try:
         if not body.spilled:
             return store.deliver(
@@ -178,7 +200,7 @@ def deliver_spooled(
         body.flush()
         return _deliver_spilled(store, copies, body)
     finally:
-        body.discard()
+        body._release()
 
 
 def _deliver_spilled(

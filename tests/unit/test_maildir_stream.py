@@ -146,3 +146,19 @@ def test_spill_survives_its_maildir_being_removed(mstore: MaildirStore) -> None:
     body.flush()
     infos = deliver_spooled(mstore, [(BOB, b"B\n"), (ALICE, b"A\n")], body)
     assert infos[0].path.read_bytes() == b"B\n" + b"".join(_body_pieces(400_000)) + b"tail\n"
+
+
+def test_discard_during_delivery_leaves_the_delivery_alone(mstore: MaildirStore) -> None:
+    # The client is gone while the copies are written: the edge's discard must neither
+    # close the descriptor being copied from nor remove the spill file under the delivery.
+    body = _stream(mstore, _body_pieces(500_000), memory_limit=64 * 1024)
+    body.claim()
+    body.discard()
+    assert body.spilled
+    body._release()
+    assert not body.spilled and _files(mstore.mailbox_path(ALICE) / "tmp") == []
+    discarded = _stream(mstore, _body_pieces(500_000), memory_limit=64 * 1024)
+    discarded.discard()
+    with pytest.raises(MaildirError, match="discarded"):
+        deliver_spooled(mstore, [(BOB, b"B\n")], discarded)
+    assert _files(mstore.mailbox_path(BOB) / "new") == []
