@@ -127,3 +127,23 @@ def test_feed_after_the_end_is_refused() -> None:
     decoder.feed(b".\r\n")
     with pytest.raises(ValueError, match="after the end"):
         decoder.feed(b"x")
+
+
+def _naive_long_line(content: bytes, max_line: int) -> bool:
+    return any(len(line) - (line[:1] == b".") > max_line for line in content.split(b"\n"))
+
+
+@pytest.mark.parametrize("max_line", [3, 10, MAX_TEXT_LINE])
+def test_long_line_scan_matches_the_line_by_line_rule(max_line: int) -> None:
+    # Lines of every length around the limit, plain and stuffed, alone and among short ones.
+    for length in range(max_line - 2, max_line + 3):
+        for line in (b"x" * length, b"." + b"x" * (length - 1), b"." * length):
+            for content in (
+                line + b"\n",
+                b"a\n" + line + b"\n",
+                b"a\n" * 700 + line + b"\nb\n",
+                line + b"\n" + b"y" * max_line + b"\n",
+            ):
+                expected = _naive_long_line(content, max_line)
+                decoded = decode_body(content.replace(b"\n", b"\r\n"), max_line=max_line)
+                assert (decoded.error is BodyError.LINE_TOO_LONG) == expected, content[-40:]
