@@ -105,7 +105,7 @@ class SpooledBody:
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                     raise
-                copied = _write_all(fd, [os.pread(self._fd, count, offset)])
+                copied = _write_all(fd, [os.pread(self._fd, min(count, 1 << 20), offset)])
             if copied == 0:
                 raise MaildirError("the spilled message body is shorter than written")
             offset += copied

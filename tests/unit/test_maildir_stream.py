@@ -162,3 +162,17 @@ def test_discard_during_delivery_leaves_the_delivery_alone(mstore: MaildirStore)
     with pytest.raises(MaildirError, match="discarded"):
         deliver_spooled(mstore, [(BOB, b"B\n")], discarded)
     assert _files(mstore.mailbox_path(BOB) / "new") == []
+
+
+def test_copy_falls_back_where_copy_file_range_cannot(
+    mstore: MaildirStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Across file systems on old kernels (EXDEV) or where unsupported: plain reads and writes.
+    def unsupported(*args: object) -> int:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    pieces = _body_pieces(20_000_000)  # more than one copy chunk (8 MiB)
+    body = _stream(mstore, pieces, memory_limit=256 * 1024)
+    [info] = deliver_spooled(mstore, [(BOB, b"B\n")], body)
+    assert info.path.read_bytes() == b"B\n" + b"".join(pieces)
