@@ -19,6 +19,13 @@ main exported with ``git archive main | tar -x -C DIR``), with this checkout's P
 environment, and prints both sets of figures and the ratios, so before/after comes from one
 run on the same noisy machine.
 
+Measured 2026-12-02 on the shared 2-core machine, ``--against`` main (c566599) exported with
+``git archive``, ``--rounds 2``, medians (this / main):
+
+* pathological 40 MiB: peak RSS +2.6 MB / +2,001 MB; greeting p50 29 / 31 ms, max 128 ms /
+  40.7 s; probe session max 325 ms / 59.9 s; message accepted after 8.5 / 61.9 s;
+* one 49 MB: peak RSS +0.5 MB / +245 MB; eight 49 MB at once: +5.0 MB / +557 MB.
+
 Usage: .venv/bin/python bench/smtp_large.py [--against DIR] [--rounds 2]
 """
 
