@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.maildir import MailboxRef, MaildirError, MaildirStore, lf_to_wire_size
-from app.maildir_stream import deliver_spooled, spool_body
+from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
 
 ALICE = MailboxRef("hosted.example", "alice")
 BOB = MailboxRef("hosted.example", "bob")
@@ -35,7 +35,7 @@ def _body_pieces(total: int) -> list[bytes]:
     return [data[i : i + 70_001] for i in range(0, len(data), 70_001)]
 
 
-def _stream(mstore: MaildirStore, pieces: list[bytes], *, memory_limit: int):  # type: ignore[no-untyped-def]
+def _stream(mstore: MaildirStore, pieces: list[bytes], *, memory_limit: int) -> SpooledBody:
     body = spool_body(mstore, ALICE, memory_limit=memory_limit)
     for piece in pieces:
         body.append(piece)
