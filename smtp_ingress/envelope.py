@@ -8,6 +8,7 @@ from typing import Protocol
 
 from aiosmtpd.smtp import Envelope
 
+from app.maildir_stream import SpooledBody
 from app.services.resolution import Resolution, Target
 
 
@@ -37,8 +38,10 @@ class Transaction:
 
 
 class IngressEnvelope(Envelope):
-    """aiosmtpd's envelope with our transaction; ``content`` is bytes (``decode_data=False``)."""
+    """aiosmtpd's envelope with our transaction. The decoded message is ``body`` (streamed,
+    maybe spilled to disk) while ``handle_DATA`` runs; aiosmtpd's ``content`` stays unused."""
 
     def __init__(self) -> None:
         super().__init__()
         self.txn: Transaction | None = None
+        self.body: SpooledBody | None = None

@@ -44,6 +44,7 @@ from app.config import Settings
 from app.db import transaction
 from app.errors import TemporaryError
 from app.maildir import MailboxRef, MaildirStore
+from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
 from app.services import stats
 from app.services.resolution import (
     POSTMASTER,
@@ -416,28 +417,48 @@ class IngressHandler:
             )
 
     # ------------------------------------------------------------------ delivery
+    def open_body(self, envelope: IngressEnvelope) -> SpooledBody:
+        """Where the protocol streams the decoded body: in memory, spilling past 256 KiB
+        into the first recipient's ``tmp/`` (nothing is created until then)."""
+        txn = envelope.txn
+        assert txn is not None and txn.targets  # DATA needs an accepted RCPT
+        first, _ = next(iter(txn.targets.values()))
+        return spool_body(self.store, first.ref)
+
+    async def flush_body(self, body: SpooledBody) -> None:
+        """Write what the body holds in memory to its spill file, off the event loop."""
+        await self._blocking(body.flush)
+
+    def discard_body(self, body: SpooledBody) -> None:
+        """Drop the body and its spill file, off the loop and without waiting: this runs in
+        ``finally`` blocks of cancelled coroutines too (connection lost, deadline)."""
+        try:
+            self.executor.submit(body.discard)
+        except RuntimeError:  # executor shut down (server stopping): cheap enough inline
+            body.discard()
+
     async def handle_DATA(
         self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope
     ) -> str:
         txn = envelope.txn
-        content = envelope.content
-        assert txn is not None and isinstance(content, bytes)  # decode_data=False
+        body = envelope.body
+        assert txn is not None and body is not None  # set by IngressSMTP.smtp_DATA
         targets = [target for target, _ in txn.targets.values()]
         copies = [
-            (target.ref, [self._trace_headers(server, session, txn, target, rcpt), content])
+            (target.ref, self._trace_headers(server, session, txn, target, rcpt))
             for target, rcpt in txn.targets.values()
         ]
         reply = replies.delivered(txn.queue_id)
         # The transaction's log line is written by the delivery job after the copies are
         # stored, so the event loop never waits on log I/O; its fields are taken here.
-        line = self._transaction_line(session, txn, len(content), reply[:9])
+        line = self._transaction_line(session, txn, body.size, reply[:9])
         try:
-            kept = await self._blocking(self._deliver, targets, copies, line)
+            kept = await self._blocking(self._deliver, targets, copies, body, line)
         except Exception as exc:
             cid = secrets.token_hex(4)
             log.exception("delivery failed id=%s qid=%s", cid, txn.queue_id)
             refusal = replies.delivery_failure(exc)
-            failed = self._transaction_line(session, txn, len(content), f"{refusal[:9]} ref={cid}")
+            failed = self._transaction_line(session, txn, body.size, f"{refusal[:9]} ref={cid}")
             if failed is not None:
                 failed.write()
             return refusal
@@ -450,11 +471,13 @@ class IngressHandler:
     def _deliver(
         self,
         targets: list[Target],
-        copies: list[tuple[MailboxRef, list[bytes]]],
+        copies: list[tuple[MailboxRef, bytes]],
+        body: SpooledBody,
         line: TransactionLogLine | None,
     ) -> int:
-        """One executor job per transaction: store every copy, drop the copies of mailboxes
-        deleted meanwhile, log the transaction; returns how many copies were kept.
+        """One executor job per transaction: store every copy (its trace header, then the
+        body), drop the copies of mailboxes deleted meanwhile, log the transaction; returns
+        how many copies were kept.
 
         Why the check after storing: a target was resolved at RCPT time (or up to
         ``smtp_resolution_cache_seconds`` earlier), and ``MaildirStore.deliver`` re-creates
@@ -473,7 +496,7 @@ class IngressHandler:
         and a 451 makes the sender retry, so removing them loses nothing (no POP3 session
         has seen them: a POP3 maildrop is listed at login, which needs the database too).
         """
-        stored = self.store.deliver(copies)
+        stored = deliver_spooled(self.store, copies, body)
         try:
             with self._read_connection() as connection:
                 alive = existing_mailbox_ids(connection, ids=[t.mailbox_id for t in targets])

@@ -8,9 +8,12 @@ What this subclass changes, and why:
   command before the greeting, RFC 5321 section 4.3.1 says the client waits) get ``554``.
 * Idle timeout and the DATA deadline answer ``421 4.4.2`` before closing (aiosmtpd closes
   silently).
-* ``smtp_DATA`` reads the body with one ``readuntil(CRLF.CRLF)`` instead of aiosmtpd's loop
-  per line, then validates whole buffers (``data.decode_body``). Only ``CRLF.CRLF`` ends
-  DATA; ``LF.LF`` and friends are part of the body and make it refused (SMTP smuggling).
+* ``smtp_DATA`` reads the body in slices of at most ``data.DATA_SLICE`` instead of aiosmtpd's
+  loop per line, decodes each as it arrives (``data.BodyDecoder``: memory per connection is
+  bounded whatever the line structure) and yields to the loop between slices; the handler
+  keeps the decoded body, spilling it to the first recipient's ``tmp/`` past 256 KiB. Only
+  ``CRLF.CRLF`` ends DATA; ``LF.LF`` and friends are part of the body and make it refused
+  (SMTP smuggling).
 * Pipelining is checked as Postfix 3.9 does for unauthenticated clients
   (``smtpd_forbid_unauth_pipelining``; an MX has no authenticated clients): RFC 2920 section
   3.1 lets EHLO, DATA, VRFY, EXPN, TURN, QUIT and NOOP only end a command group, and the
@@ -45,17 +48,11 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from smtp_ingress import replies
-from smtp_ingress.data import BodyError, decode_body
+from smtp_ingress.data import DATA_SLICE, BodyDecoder, BodyError
 from smtp_ingress.envelope import IngressEnvelope
 from smtp_ingress.prepared import PreparedSMTP
 
 log = logging.getLogger("smtp_ingress")
-
-# Separator searched in the DATA stream; the stream is given a virtual leading CRLF so an
-# empty body (".\r\n" right after 354) is found by the same search (RFC 5321 4.1.1.4).
-_END_OF_DATA = b"\r\n.\r\n"
-# After a size overrun the rest of the body is discarded in pieces of this size.
-_DISCARD_CHUNK = 64 * 1024
 
 # RFC 5321 section 4.1.2 Mailbox with a Dot-string local part and a plain Domain, in angle
 # brackets, followed by nothing or by parameters without comments or quotes. For exactly these,
@@ -373,20 +370,24 @@ class IngressSMTP(PreparedSMTP):
         self.busy = True
         # One deadline for the whole DATA phase (and delivery), replacing the idle timer.
         self._reset_timeout(self._data_timeout)
+        handler: Any = self.event_handler
+        body = handler.open_body(envelope)
         try:
-            body = await self._read_body()
+            decoder = await self._stream_body(body)
             self._note_sent_ahead()
-            if body is None or self._over_size(body):
+            if decoder.too_big:
                 reply = replies.TOO_BIG
+            elif decoder.error is not None:
+                reply = _BODY_ERROR_REPLIES[decoder.error]
             else:
-                decoded = decode_body(body, normalize_bare_lf=self._normalize_bare_lf)
-                if decoded.error is not None:
-                    reply = _BODY_ERROR_REPLIES[decoded.error]
-                else:
-                    envelope.content = decoded.content
-                    reply = await self._call_handler_hook("DATA")
+                envelope.body = body
+                reply = await self._call_handler_hook("DATA")
         finally:
             self.busy = False
+            envelope.body = None
+            # Client gone, deadline, refusal or delivered: no spill file is left behind (a
+            # body being delivered is left to the delivery, which removes it itself).
+            handler.discard_body(body)
         self._reset_timeout()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         self._note_sent_ahead()
@@ -394,43 +395,34 @@ class IngressSMTP(PreparedSMTP):
         if self.closing:
             self._close_with(replies.SHUTTING_DOWN)
 
-    async def _read_body(self) -> bytes | None:
-        """The wire body up to (without) the final ``.CRLF``, or None if it is certainly over
-        the size limit (the rest is read and discarded so the session stays in sync, RFC 5321
-        4.2.5). The exact limit is checked on the decoded message (``_over_size``)."""
+    async def _stream_body(self, body: Any) -> BodyDecoder:
+        """Read the body slice by slice up to the final ``.CRLF``, decoding as it arrives
+        into ``body`` (spilled to disk by the handler past its memory budget). A refused or
+        oversized body is read on to its end and dropped, so the session stays in sync (RFC
+        5321 4.2.5). Between slices the loop serves other clients: ``StreamReader.read``
+        returns at once while data is buffered, hence the explicit yield."""
         reader: Any = self._reader
-        limit: int = self.data_size_limit or (1 << 62)
-        # RFC 1870 section 3 counts the message, not the transfer: transparency dots are not
-        # counted, so the wire form may exceed the limit by one octet per line; a line is at
-        # least 3 octets on the wire ("..CRLF" for a line "."), hence at most a third more.
-        wire_limit = limit + limit // 3 + 8
-        # StreamReader's private buffer and limit: aiosmtpd itself manages the reader this
-        # way (``_buffer.clear()`` after STARTTLS). The virtual CRLF makes ".\r\n" as the
-        # first line end DATA; the larger limit lets one readuntil() take the whole body.
-        reader._buffer[0:0] = b"\r\n"
-        reader._limit = wire_limit + 2 + len(_END_OF_DATA)
-        too_big = False
-        try:
-            while True:
-                try:
-                    block: bytes = await reader.readuntil(_END_OF_DATA)
-                    break
-                except asyncio.LimitOverrunError as exc:
-                    too_big = True
-                    reader._limit = _DISCARD_CHUNK
-                    await reader.read(exc.consumed)
-        finally:
-            reader._limit = self.line_length_limit
-        if too_big:
-            return None
-        body = block[2:-3]
-        return None if len(body) > wire_limit else body
-
-    def _over_size(self, body: bytes) -> bool:
-        """RFC 1870 section 3: the size is the message with CRLF line endings, without the
-        transparency dots (RFC 5321 section 4.5.2) of the wire ``body``."""
-        limit = self.data_size_limit
-        if not limit or len(body) <= limit:
-            return False
-        dots = body.count(b"\r\n.") + (body[:1] == b".")
-        return len(body) - dots > limit
+        handler: Any = self.event_handler
+        decoder = BodyDecoder(
+            size_limit=self.data_size_limit, normalize_bare_lf=self._normalize_bare_lf
+        )
+        dropped = False
+        while not decoder.done:
+            chunk: bytes = await reader.read(DATA_SLICE)
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", None)  # connection closed in DATA
+            decoded = decoder.feed(chunk)
+            if decoder.refused:
+                if not dropped:  # free the memory and the spill file at once
+                    dropped = True
+                    handler.discard_body(body)
+            elif decoded:
+                body.append(decoded)
+                if body.needs_flush:
+                    await handler.flush_body(body)
+            await asyncio.sleep(0)
+        if decoder.leftover:
+            # Pipelined input after the end of data goes back in front of the reader, as
+            # if read only now (aiosmtpd manages this private buffer the same way).
+            reader._buffer[0:0] = decoder.leftover
+        return decoder

@@ -1,0 +1,245 @@
+"""Streamed delivery, the second room of the Maildir store: bodies too large to hold in memory.
+
+It builds no path itself: the spill file and the copies are created through ``MaildirStore``
+(``ensure``, ``_create_tmp``, ``_unique_base``), so names, S=/W= sizes, the recreation of a
+removed Maildir and the stale ``tmp/`` cleanup are exactly ``deliver``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.maildir import (
+    MailboxRef,
+    MaildirError,
+    MaildirStore,
+    MessageInfo,
+    _fsync_dir,
+    uid_from_name,
+)
+
+# ---------------------------------------------------------------- streamed delivery
+# A body arriving in pieces stays in memory up to this many octets (most mail is far smaller:
+# it then takes ``deliver``'s path unchanged), beyond that it is spilled to one file in tmp/.
+SPOOL_MEMORY_LIMIT = 256 * 1024
+# Octets per copy_file_range / fallback read when a spilled body is copied into each copy.
+_COPY_CHUNK = 8 << 20
+
+
+class SpooledBody:
+    """A message body (LF line endings) arriving in pieces, kept for ``deliver_spooled``.
+
+    ``append`` only keeps the piece in memory (it never blocks: call it on an event loop);
+    once ``needs_flush`` says so, ``flush`` (blocking: call it on a worker thread) writes
+    what is buffered to one spill file in the first recipient's ``tmp/``, so memory stays at
+    about ``memory_limit`` whatever the size. ``discard`` removes the spill file (client
+    gone, size exceeded, refusal, deadline); it is idempotent, safe against a concurrent
+    ``flush``, and a spill file left by a crash is stale ``tmp/`` debris that ``clean_tmp``
+    removes like any other.
+    """
+
+    def __init__(self, store: MaildirStore, mailbox: MailboxRef, *, memory_limit: int) -> None:
+        self._store = store
+        self._mailbox = mailbox
+        self._memory_limit = memory_limit
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self.size = 0  # octets appended (LF line endings)
+        self.lines = 0  # LFs appended: the wire size is size + lines
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._written = 0
+        self._discarded = False
+        self._delivering = False  # deliver_spooled owns the body (and its cleanup) now
+        self._lock = threading.Lock()
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            self.size += len(data)
+            self.lines += data.count(b"\n")
+
+    @property
+    def needs_flush(self) -> bool:
+        return self._buffered >= self._memory_limit
+
+    @property
+    def spilled(self) -> bool:
+        return self._fd is not None
+
+    @property
+    def buffered_chunks(self) -> list[bytes]:
+        """The pieces not yet written to the spill file (all of them while not spilled)."""
+        return self._chunks
+
+    def flush(self) -> None:
+        """Write the buffered pieces to the spill file, creating it on first use."""
+        with self._lock:
+            if self._discarded:
+                raise MaildirError("the message body was discarded")
+            chunks, self._chunks, self._buffered = self._chunks, [], 0
+            if not chunks:
+                return
+            if self._fd is None:
+                path = self._store.ensure(self._mailbox)
+                tmp = path / "tmp" / f"{self._store._unique_base()},spool"
+                self._fd = _create_spill(self._store, self._mailbox, tmp)
+                self._path = tmp
+            _write_all(self._fd, chunks)
+            self._written += sum(len(c) for c in chunks)
+
+    def _copy_into(self, fd: int) -> None:
+        """Append the whole spilled body to ``fd`` (in the kernel where it can)."""
+        assert self._fd is not None and not self._chunks
+        offset = 0
+        while offset < self._written:
+            count = min(_COPY_CHUNK, self._written - offset)
+            try:
+                copied = os.copy_file_range(self._fd, fd, count, offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                copied = _write_all(fd, [os.pread(self._fd, min(count, 1 << 20), offset)])
+            if copied == 0:
+                raise MaildirError("the spilled message body is shorter than written")
+            offset += copied
+
+    def claim(self) -> None:
+        """Hand the body to ``deliver_spooled``: from now on ``discard`` leaves it alone (it
+        may be called from a connection that is gone while the copies are written: the
+        delivery finishes, or fails, and removes the spill file itself)."""
+        with self._lock:
+            if self._discarded:
+                raise MaildirError("the message body was discarded")
+            self._delivering = True
+
+    def discard(self) -> None:
+        """Forget the body and remove its spill file (if any), unless it is being delivered."""
+        with self._lock:
+            if self._delivering:
+                return
+            self._discard_locked()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._delivering = False
+            self._discard_locked()
+
+    def _discard_locked(self) -> None:
+        # Under the lock: a flush or a copy never sees its descriptor closed (or reused).
+        self._discarded = True
+        self._chunks, self._buffered = [], 0
+        fd, self._fd = self._fd, None
+        path, self._path = self._path, None
+        if fd is not None:
+            os.close(fd)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):  # its Maildir was removed meanwhile
+                path.unlink()
+
+
+def _create_spill(store: MaildirStore, mailbox: MailboxRef, tmp: Path) -> int:
+    """``MaildirStore._create_tmp`` opened for reading too (the copies are read from it)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(tmp, flags, 0o600)
+    except FileNotFoundError:  # the Maildir was removed by another process: as _create_tmp
+        store._known_dirs.pop(mailbox, None)
+        store.ensure(mailbox)
+        return os.open(tmp, flags, 0o600)
+
+
+def _write_all(fd: int, chunks: Sequence[bytes]) -> int:
+    """writev every chunk to ``fd`` (short writes resumed); returns the octets written."""
+    views = [memoryview(c) for c in chunks if len(c)]  # writev of b"" returns 0
+    total = 0
+    while views:
+        written = os.writev(fd, views)
+        total += written
+        while written and views:
+            if written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][written:]
+                written = 0
+    return total
+
+
+def spool_body(
+    store: MaildirStore, mailbox: MailboxRef, *, memory_limit: int = SPOOL_MEMORY_LIMIT
+) -> SpooledBody:
+    """A body to stream into, spilling (if it grows large) into ``mailbox``'s ``tmp/``."""
+    return SpooledBody(store, mailbox, memory_limit=memory_limit)
+
+
+def deliver_spooled(
+    store: MaildirStore, copies: Sequence[tuple[MailboxRef, bytes]], body: SpooledBody
+) -> list[MessageInfo]:
+    """Store ``header + body`` for each ``(mailbox, header)`` with ``deliver``'s guarantees.
+
+    A body still in memory goes through ``MaildirStore.deliver`` itself. A spilled one is
+    copied into each copy's ``tmp/`` file after its header (``copy_file_range``: no octet
+    passes through this process on the same file system; per-recipient trace headers
+    rule out hard links), each file fsync'd, all renamed into ``new/``, the directories
+    fsync'd: all or nothing, same names and S=/W= sizes as ``deliver``. The body (and its
+    spill file) is discarded when this returns or raises.
+    """
+    body.claim()
+    try:
+        if not body.spilled:
+            return store.deliver(
+                [(mailbox, [header, *body.buffered_chunks]) for mailbox, header in copies]
+            )
+        body.flush()
+        return _deliver_spilled(store, copies, body)
+    finally:
+        body._release()
+
+
+def _deliver_spilled(
+    store: MaildirStore, copies: Sequence[tuple[MailboxRef, bytes]], body: SpooledBody
+) -> list[MessageInfo]:
+    staged: list[tuple[Path, Path, int, int]] = []  # tmp path, final path, size, wire size
+    renamed: list[Path] = []
+    try:
+        for mailbox, header in copies:
+            path = store.ensure(mailbox)
+            size = len(header) + body.size
+            wire = size + header.count(b"\n") + body.lines
+            name = f"{store._unique_base()},S={size},W={wire}"
+            tmp = path / "tmp" / name
+            fd = store._create_tmp(mailbox, tmp)
+            staged.append((tmp, path / "new" / name, size, wire))  # ours: cleanup may remove
+            try:
+                _write_all(fd, [header])
+                body._copy_into(fd)
+                if store._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        for tmp, final, _, _ in staged:
+            os.rename(tmp, final)
+            renamed.append(final)
+        if store._fsync:
+            for directory in {final.parent for final in renamed}:
+                _fsync_dir(directory)
+    except BaseException:
+        for final in renamed:
+            with contextlib.suppress(OSError):
+                final.unlink()
+        for tmp, _, _, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    now = store._clock()
+    return [
+        MessageInfo(uid_from_name(final.name), final, size, wire, now)
+        for _, final, size, wire in staged
+    ]
