@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from app.maildir import MailboxRef, MaildirError, MaildirStore
 from app.models import Alias, Customer, Domain, DomainAlias, LifecycleEvent, Mailbox
 from app.services.addresses import domain_to_unicode
+from web.params import Id
 
 Status = Literal["active", "suspended"]
 # Money and prices travel as decimal strings ("4.99"): JSON numbers are binary floats.
@@ -70,7 +71,7 @@ class CustomerPublic(BaseModel):
 
 # ------------------------------------------------------------------------------ domains
 class DomainCreate(_Input):
-    customer_id: int = Field(ge=1)
+    customer_id: Id
     name: str = Field(min_length=1, max_length=253, description="Unicode or IDNA form.")
     max_mailboxes: int | None = Field(default=None, ge=0, le=10_000_000)
     default_quota_bytes: ByteCount | None = None

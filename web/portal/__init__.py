@@ -15,11 +15,12 @@ from fastapi.exception_handlers import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import MailhostError, NotFoundError, PermissionDeniedError, TemporaryError
+from web.params import SEARCH_MAX_LENGTH
 from web.portal.errors import LoginRequired, PortalError
 from web.portal.render import render
 
@@ -151,7 +152,19 @@ def install_portal(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         if _is_api(request):
             return await _call(api_validation_handler, request, exc)
-        # A malformed id or filter in a portal URL: nothing there to show.
+        # A malformed or out-of-range id in the path: there is nothing at that address. A
+        # bad query parameter (a filter, a page cursor, a too long search): the request is
+        # refused, saying which parameter.
+        wrong = [e for e in exc.errors() if tuple(e.get("loc", ()))[:1] != ("path",)]
+        if len(wrong) == len(exc.errors()) and wrong:
+            names = ", ".join(sorted({str(e["loc"][-1]) for e in wrong}))
+            return error_page(
+                request,
+                422,
+                "Invalid request",
+                f"The value of {names} in the address is not valid "
+                f"(ids are whole numbers; searches are at most {SEARCH_MAX_LENGTH} characters).",
+            )
         return error_page(request, 404, "Not found", "There is no page at this address.")
 
     async def on_unavailable(request: Request, exc: Exception) -> Response:
@@ -166,6 +179,24 @@ def install_portal(app: FastAPI) -> None:
         log.warning("portal: database unavailable on %s: %s", request.url.path, exc)
         return unavailable_page(request)
 
+    async def on_data_error(request: Request, exc: Exception) -> Response:
+        # The database refused a value the portal let through (out of range, NUL byte).
+        if _is_api(request):
+            from web.api.problems import problem_for
+
+            problem = problem_for(request, exc)
+            if problem is not None:
+                return problem
+        log.warning("portal: value refused by the database on %s: %s", request.url.path, exc)
+        return error_page(
+            request,
+            422,
+            "Invalid request",
+            "A value in the request cannot be stored (out of range or invalid characters), "
+            "so nothing was saved.",
+        )
+
+    app.add_exception_handler(DataError, on_data_error)
     for unavailable in (OperationalError, PoolTimeoutError, TemporaryError):
         app.add_exception_handler(unavailable, on_unavailable)
     app.add_exception_handler(PortalError, on_portal_error)

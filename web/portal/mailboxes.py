@@ -13,6 +13,7 @@ from app.maildir import MailboxRef, MaildirStore, Usage
 from app.models import Domain, Mailbox
 from app.services import domains, mailboxes, removal
 from web.deps import SessionDep, StoreDep
+from web.params import Id, SearchText
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import PAGE_SIZE, done_after_delete, redirect, split_page
 from web.portal.forms import FormState, optional_size, saving, size_text
@@ -34,10 +35,10 @@ def mailbox_list(
     session: SessionDep,
     store: StoreDep,
     auth: AuthDep,
-    q: str = "",
+    q: SearchText = "",
     status: str = "",
-    domain: int | None = None,
-    after: int | None = None,
+    domain: Id | None = None,
+    after: Id | None = None,
 ) -> HTMLResponse:
     scope: Domain | None = None
     if domain is not None:
@@ -69,7 +70,7 @@ def mailbox_list(
 
 @router.get("/mailboxes/new")
 def mailbox_new(
-    request: Request, session: SessionDep, auth: AdminDep, domain: int | None = None
+    request: Request, session: SessionDep, auth: AdminDep, domain: Id | None = None
 ) -> HTMLResponse:
     values = {"pop3_enabled": "on"}
     scope = None
@@ -148,7 +149,7 @@ def _detail(
 
 @router.get("/mailboxes/{mailbox_id}")
 def mailbox_detail(
-    request: Request, session: SessionDep, store: StoreDep, auth: AuthDep, mailbox_id: int
+    request: Request, session: SessionDep, store: StoreDep, auth: AuthDep, mailbox_id: Id
 ) -> HTMLResponse:
     return _detail(request, session, store, mailboxes.get_mailbox(session, mailbox_id=mailbox_id))
 
@@ -160,7 +161,7 @@ def mailbox_password(
     store: StoreDep,
     auth: AuthDep,
     data: FormDep,
-    mailbox_id: int,
+    mailbox_id: Id,
 ) -> Response:
     """Admins and support may both reset a mailbox password (the most common support call)."""
     mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
@@ -187,7 +188,7 @@ def mailbox_settings(
     store: StoreDep,
     auth: AdminDep,
     data: FormDep,
-    mailbox_id: int,
+    mailbox_id: Id,
 ) -> Response:
     mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
     form = FormState(values=data.values(), fields=SETTINGS_FIELDS)
@@ -209,7 +210,7 @@ def mailbox_settings(
 
 
 @router.post("/mailboxes/{mailbox_id}/status")
-def mailbox_status(session: SessionDep, auth: AuthDep, data: FormDep, mailbox_id: int) -> Response:
+def mailbox_status(session: SessionDep, auth: AuthDep, data: FormDep, mailbox_id: Id) -> Response:
     status = data.text("status")
     mailboxes.set_mailbox_status(session, actor=auth.actor, mailbox_id=mailbox_id, status=status)
     session.commit()
@@ -218,7 +219,7 @@ def mailbox_status(session: SessionDep, auth: AuthDep, data: FormDep, mailbox_id
 
 @router.get("/mailboxes/{mailbox_id}/delete")
 def mailbox_delete_form(
-    request: Request, session: SessionDep, store: StoreDep, auth: AdminDep, mailbox_id: int
+    request: Request, session: SessionDep, store: StoreDep, auth: AdminDep, mailbox_id: Id
 ) -> HTMLResponse:
     mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
     return render(
@@ -230,7 +231,7 @@ def mailbox_delete_form(
 
 @router.post("/mailboxes/{mailbox_id}/delete")
 def mailbox_delete(
-    session: SessionDep, store: StoreDep, auth: AdminDep, data: FormDep, mailbox_id: int
+    session: SessionDep, store: StoreDep, auth: AdminDep, data: FormDep, mailbox_id: Id
 ) -> Response:
     mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
     refs = removal.refs_of_mailbox(session, mailbox_id=mailbox_id)
