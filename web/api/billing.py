@@ -24,11 +24,10 @@ from web.api.schemas import (
     price,
 )
 from web.deps import FactoryDep, StoreDep
+from web.params import BIG_ID_MAX, ID_MAX, ID_MIN
 
 router = APIRouter(route_class=ProblemRoute, tags=["billing"])
 
-MAX_ID = 2**31 - 1
-MAX_EVENT_ID = 2**63 - 1
 CSV_MEDIA_TYPE = "text/csv"
 
 USAGE_DESCRIPTION = f"""
@@ -172,7 +171,7 @@ def usage(
     period: Annotated[str | None, Query(max_length=7, description="YYYY-MM")] = None,
     start: Annotated[dt.date | None, Query(alias="from", description="inclusive")] = None,
     end: Annotated[dt.date | None, Query(alias="to", description="exclusive")] = None,
-    customer_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    customer_id: Annotated[int | None, Query(ge=ID_MIN, le=ID_MAX)] = None,
     fmt: Annotated[Literal["json", "csv"] | None, Query(alias="format")] = None,
 ) -> Response:
     first, after_last = _period(period, start, end)
@@ -236,9 +235,9 @@ def usage(
 def events(
     _: BillingReader,
     factory: FactoryDep,
-    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Last id already seen.")] = 0,
+    after: Annotated[int, Query(ge=0, le=BIG_ID_MAX, description="Last id already seen.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    customer_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    customer_id: Annotated[int | None, Query(ge=ID_MIN, le=ID_MAX)] = None,
 ) -> EventPage:
     with transaction(factory) as s:
         rows = billing.list_events(s, after_id=after, limit=limit, customer_id=customer_id)

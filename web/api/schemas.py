@@ -6,16 +6,20 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, StrictInt
 
 from app.maildir import MailboxRef, MaildirError, MaildirStore
 from app.models import Alias, Customer, Domain, DomainAlias, LifecycleEvent, Mailbox
 from app.services.addresses import domain_to_unicode
+from web.params import StrictId
 
 Status = Literal["active", "suspended"]
 # Money and prices travel as decimal strings ("4.99"): JSON numbers are binary floats.
 Money = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
-ByteCount = Annotated[int, Field(ge=0, le=2**62)]
+# Request numbers and flags are strict (issue 10): a JSON integer is an integer and a JSON
+# boolean a flag; ``true`` is not customer 1, ``1.5`` or ``"1"`` not a quota.
+ByteCount = Annotated[StrictInt, Field(ge=0, le=2**62)]
+MailboxLimit = Annotated[StrictInt, Field(ge=0, le=10_000_000)]
 PRICE_EXPONENT = Decimal("0.0001")  # prices are stored with 4 decimals (Numeric(12, 4))
 
 
@@ -70,9 +74,9 @@ class CustomerPublic(BaseModel):
 
 # ------------------------------------------------------------------------------ domains
 class DomainCreate(_Input):
-    customer_id: int = Field(ge=1)
+    customer_id: StrictId
     name: str = Field(min_length=1, max_length=253, description="Unicode or IDNA form.")
-    max_mailboxes: int | None = Field(default=None, ge=0, le=10_000_000)
+    max_mailboxes: MailboxLimit | None = None
     default_quota_bytes: ByteCount | None = None
     total_quota_bytes: ByteCount | None = None
 
@@ -80,7 +84,7 @@ class DomainCreate(_Input):
 class DomainUpdate(_Input):
     """Omitted fields stay; ``null`` clears max_mailboxes, total_quota_bytes, catchall_target."""
 
-    max_mailboxes: int | None = Field(default=None, ge=0, le=10_000_000)
+    max_mailboxes: MailboxLimit | None = None
     default_quota_bytes: ByteCount | None = Field(
         default=None, description="null or omitted: unchanged."
     )
@@ -148,12 +152,12 @@ class MailboxCreate(_Input):
     password: str | None = Field(default=None, max_length=1024)
     password_hash: str | None = Field(default=None, max_length=255)
     quota_bytes: ByteCount | None = Field(default=None, description="Default: the domain's.")
-    pop3_enabled: bool = True
+    pop3_enabled: StrictBool = True
 
 
 class MailboxUpdate(_Input):
     quota_bytes: ByteCount | None = None
-    pop3_enabled: bool | None = None
+    pop3_enabled: StrictBool | None = None
     password: str | None = Field(default=None, max_length=1024)
     password_hash: str | None = Field(default=None, max_length=255)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -14,13 +15,19 @@ from fastapi.exception_handlers import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import MailhostError, NotFoundError, PermissionDeniedError
+from app.errors import MailhostError, NotFoundError, PermissionDeniedError, TemporaryError
+from web.params import SEARCH_MAX_LENGTH
 from web.portal.errors import LoginRequired, PortalError
 from web.portal.render import render
 
 API_PREFIX = "/api/"
+# Seconds a client is asked to wait after a 503 (the API's problem documents say the same).
+RETRY_AFTER_SECONDS = 5
+log = logging.getLogger(__name__)
 
 
 def portal_errors() -> Iterator[None]:
@@ -31,6 +38,8 @@ def portal_errors() -> Iterator[None]:
         raise PortalError(404, "Not found", exc.message) from exc
     except PermissionDeniedError as exc:
         raise PortalError(403, "Not allowed", exc.message) from exc
+    except TemporaryError:
+        raise  # the 503 page (``install_portal``), not a refusal of the request
     except MailhostError as exc:
         # A form-less request (status button, bad filter value) the service refused.
         raise PortalError(400, "Request refused", exc.message) from exc
@@ -90,6 +99,20 @@ def error_page(request: Request, status: int, title: str, message: str) -> Respo
     )
 
 
+def unavailable_page(request: Request) -> Response:
+    """503 with ``Retry-After`` (RFC 9110 section 15.6.4): the database (or another resource
+    the page needs) did not answer. Nothing of the cause is shown: the log has it."""
+    response = error_page(
+        request,
+        503,
+        "Temporarily unavailable",
+        "The portal cannot reach its database at the moment, so this page cannot be shown and "
+        "nothing was saved. Try again in a minute.",
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 def portal_too_large(request: Request, limit: int) -> Response:
     return error_page(
         request,
@@ -131,9 +154,53 @@ def install_portal(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         if _is_api(request):
             return await _call(api_validation_handler, request, exc)
-        # A malformed id or filter in a portal URL: nothing there to show.
+        # A malformed or out-of-range id in the path: there is nothing at that address. A
+        # bad query parameter (a filter, a page cursor, a too long search): the request is
+        # refused, saying which parameter.
+        wrong = [e for e in exc.errors() if tuple(e.get("loc", ()))[:1] != ("path",)]
+        if len(wrong) == len(exc.errors()) and wrong:
+            names = ", ".join(sorted({str(e["loc"][-1]) for e in wrong}))
+            return error_page(
+                request,
+                422,
+                "Invalid request",
+                f"The value of {names} in the address is not valid "
+                f"(ids are whole numbers; searches are at most {SEARCH_MAX_LENGTH} characters).",
+            )
         return error_page(request, 404, "Not found", "There is no page at this address.")
 
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        # Registered on the application, so it also sees errors raised before routing or in
+        # dependencies; API paths keep their problem documents.
+        if _is_api(request):
+            from web.api.problems import problem_for
+
+            problem = problem_for(request, exc)
+            if problem is not None:
+                return problem
+        log.warning("portal: database unavailable on %s: %s", request.url.path, exc)
+        return unavailable_page(request)
+
+    async def on_data_error(request: Request, exc: Exception) -> Response:
+        # The database refused a value the portal let through (out of range, NUL byte).
+        if _is_api(request):
+            from web.api.problems import problem_for
+
+            problem = problem_for(request, exc)
+            if problem is not None:
+                return problem
+        log.warning("portal: value refused by the database on %s: %s", request.url.path, exc)
+        return error_page(
+            request,
+            422,
+            "Invalid request",
+            "A value in the request cannot be stored (out of range or invalid characters), "
+            "so nothing was saved.",
+        )
+
+    app.add_exception_handler(DataError, on_data_error)
+    for unavailable in (OperationalError, PoolTimeoutError, TemporaryError):
+        app.add_exception_handler(unavailable, on_unavailable)
     app.add_exception_handler(PortalError, on_portal_error)
     app.add_exception_handler(LoginRequired, on_login_required)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

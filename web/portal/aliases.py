@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from app.models import Alias, Domain
 from app.services import aliases, domains
 from web.deps import SessionDep
+from web.params import Id, SearchText
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import PAGE_SIZE, redirect, split_page
 from web.portal.forms import FormState, saving
@@ -30,9 +31,9 @@ def alias_list(
     request: Request,
     session: SessionDep,
     auth: AuthDep,
-    q: str = "",
-    domain: int | None = None,
-    after: int | None = None,
+    q: SearchText = "",
+    domain: Id | None = None,
+    after: Id | None = None,
 ) -> HTMLResponse:
     scope: Domain | None = None
     if domain is not None:
@@ -55,7 +56,7 @@ def alias_list(
 
 @router.get("/aliases/new")
 def alias_new(
-    request: Request, session: SessionDep, auth: AdminDep, domain: int | None = None
+    request: Request, session: SessionDep, auth: AdminDep, domain: Id | None = None
 ) -> HTMLResponse:
     values = {}
     if domain is not None:
@@ -89,14 +90,14 @@ def _detail(
 
 @router.get("/aliases/{alias_id}")
 def alias_detail(
-    request: Request, session: SessionDep, auth: AuthDep, alias_id: int
+    request: Request, session: SessionDep, auth: AuthDep, alias_id: Id
 ) -> HTMLResponse:
     return _detail(request, aliases.get_alias(session, alias_id=alias_id), None)
 
 
 @router.post("/aliases/{alias_id}/targets", response_model=None)
 def alias_targets(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, alias_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, alias_id: Id
 ) -> Response:
     aliases.get_alias(session, alias_id=alias_id)
     form = FormState(values=data.values(), fields=("targets",))
@@ -111,7 +112,7 @@ def alias_targets(
 
 @router.get("/aliases/{alias_id}/delete")
 def alias_delete_form(
-    request: Request, session: SessionDep, auth: AdminDep, alias_id: int
+    request: Request, session: SessionDep, auth: AdminDep, alias_id: Id
 ) -> HTMLResponse:
     return render(
         request, "aliases/delete.html", {"alias": aliases.get_alias(session, alias_id=alias_id)}
@@ -119,7 +120,7 @@ def alias_delete_form(
 
 
 @router.post("/aliases/{alias_id}/delete")
-def alias_delete(session: SessionDep, auth: AdminDep, data: FormDep, alias_id: int) -> Response:
+def alias_delete(session: SessionDep, auth: AdminDep, data: FormDep, alias_id: Id) -> Response:
     alias = aliases.get_alias(session, alias_id=alias_id)
     domain_id = alias.domain_id
     aliases.delete_alias(session, actor=auth.actor, alias_id=alias_id)

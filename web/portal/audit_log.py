@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from app.models import AuditEntry
 from web.deps import SessionDep
+from web.params import BigId, SearchText
 from web.portal.auth import AuthDep
 from web.portal.common import PAGE_SIZE, split_page
 from web.portal.render import render
@@ -20,10 +21,10 @@ def audit_list(
     request: Request,
     session: SessionDep,
     auth: AuthDep,
-    object_type: str = "",
-    object: str = "",  # noqa: A002
-    actor: str = "",
-    before: int | None = None,
+    object_type: SearchText = "",
+    object: SearchText = "",  # noqa: A002
+    actor: SearchText = "",
+    before: BigId | None = None,
 ) -> HTMLResponse:
     """Newest first, keyset-paged by id. ``object`` matches the object's id or its name."""
     query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(PAGE_SIZE + 1)

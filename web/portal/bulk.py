@@ -22,6 +22,7 @@ from app.services import domains
 from app.services.audit import audit
 from app.services.mailbox_import import COLUMNS, parse_csv, run_import
 from web.deps import SessionDep
+from web.params import Id
 from web.portal.auth import AdminDep, FormDep
 from web.portal.common import redirect
 from web.portal.errors import PortalError
@@ -117,7 +118,7 @@ def _export_rows(factory: sessionmaker[Session], domain_id: int | None) -> Itera
 
 @router.get("/export.csv")
 def export_csv(
-    request: Request, session: SessionDep, auth: AdminDep, domain: int | None = None
+    request: Request, session: SessionDep, auth: AdminDep, domain: Id | None = None
 ) -> StreamingResponse:
     """Admins only: the file carries password hashes."""
     name = "mailboxes.csv"

@@ -10,6 +10,7 @@ from app.errors import MailhostError
 from app.models import Domain, Mailbox
 from app.services import customers, domains, removal
 from web.deps import SessionDep, StoreDep
+from web.params import Id, SearchText
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import (
     PAGE_SIZE,
@@ -31,9 +32,9 @@ def customer_list(
     request: Request,
     session: SessionDep,
     auth: AuthDep,
-    q: str = "",
+    q: SearchText = "",
     status: str = "",
-    after: int | None = None,
+    after: Id | None = None,
 ) -> HTMLResponse:
     rows = customers.list_customers(
         session,
@@ -83,7 +84,7 @@ def customer_create(
 
 @router.get("/customers/{customer_id}")
 def customer_detail(
-    request: Request, session: SessionDep, auth: AuthDep, customer_id: int
+    request: Request, session: SessionDep, auth: AuthDep, customer_id: Id
 ) -> HTMLResponse:
     customer = customers.get_customer(session, customer_id=customer_id)
     domain_rows = domains.list_domains(session, customer_id=customer_id, limit=500)
@@ -109,7 +110,7 @@ def customer_detail(
 
 @router.get("/customers/{customer_id}/edit")
 def customer_edit_form(
-    request: Request, session: SessionDep, auth: AdminDep, customer_id: int
+    request: Request, session: SessionDep, auth: AdminDep, customer_id: Id
 ) -> HTMLResponse:
     customer = customers.get_customer(session, customer_id=customer_id)
     form = FormState(
@@ -125,7 +126,7 @@ def customer_edit_form(
 
 @router.post("/customers/{customer_id}/edit", response_model=None)
 def customer_edit(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, customer_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, customer_id: Id
 ) -> Response:
     customer = customers.get_customer(session, customer_id=customer_id)
     form = FormState(values=data.values(), fields=FIELDS)
@@ -149,7 +150,7 @@ def customer_edit(
 
 @router.post("/customers/{customer_id}/status")
 def customer_status(
-    session: SessionDep, auth: AuthDep, data: FormDep, customer_id: int
+    session: SessionDep, auth: AuthDep, data: FormDep, customer_id: Id
 ) -> RedirectResponse:
     status = data.text("status")
     customers.set_customer_status(session, actor=auth.actor, customer_id=customer_id, status=status)
@@ -159,7 +160,7 @@ def customer_status(
 
 @router.get("/customers/{customer_id}/delete")
 def customer_delete_form(
-    request: Request, session: SessionDep, auth: AdminDep, customer_id: int
+    request: Request, session: SessionDep, auth: AdminDep, customer_id: Id
 ) -> HTMLResponse:
     customer = customers.get_customer(session, customer_id=customer_id)
     domain_count = session.scalar(
@@ -179,7 +180,7 @@ def customer_delete(
     store: StoreDep,
     auth: AdminDep,
     data: FormDep,
-    customer_id: int,
+    customer_id: Id,
 ) -> Response:
     customer = customers.get_customer(session, customer_id=customer_id)
     domain_ids = list(session.scalars(select(Domain.id).where(Domain.customer_id == customer_id)))

@@ -17,6 +17,7 @@ from app.services import dkim as dkim_service
 from app.services.addresses import domain_to_unicode
 from app.services.dkim import DnsPolicy
 from web.deps import SessionDep, StoreDep
+from web.params import Id, SearchText, is_id
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import (
     PAGE_SIZE,
@@ -43,10 +44,10 @@ def domain_list(
     request: Request,
     session: SessionDep,
     auth: AuthDep,
-    q: str = "",
+    q: SearchText = "",
     status: str = "",
-    customer: int | None = None,
-    after: int | None = None,
+    customer: Id | None = None,
+    after: Id | None = None,
 ) -> HTMLResponse:
     rows = domains.list_domains(
         session,
@@ -98,6 +99,8 @@ def _customer_from_text(session: Session, text: str) -> int:
         raise ValidationError("choose the customer (name or number)", field="customer")
     try:
         if text.isdigit():
+            if not is_id(text):
+                raise NotFoundError(f"no customer {text}")
             return customers.get_customer(session, customer_id=int(text)).id
         return customers.get_customer_by_name(session, name=text).id
     except NotFoundError:
@@ -106,7 +109,7 @@ def _customer_from_text(session: Session, text: str) -> int:
 
 @router.get("/domains/new")
 def domain_new(
-    request: Request, session: SessionDep, auth: AdminDep, customer: int | None = None
+    request: Request, session: SessionDep, auth: AdminDep, customer: Id | None = None
 ) -> HTMLResponse:
     values = {}
     if customer is not None:
@@ -186,14 +189,14 @@ def _detail(
 
 @router.get("/domains/{domain_id}")
 def domain_detail(
-    request: Request, session: SessionDep, auth: AuthDep, domain_id: int
+    request: Request, session: SessionDep, auth: AuthDep, domain_id: Id
 ) -> HTMLResponse:
     return _detail(request, session, domains.get_domain(session, domain_id=domain_id))
 
 
 @router.post("/domains/{domain_id}/limits", response_model=None)
 def domain_limits(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: Id
 ) -> Response:
     domain = domains.get_domain(session, domain_id=domain_id)
     form = FormState(values=data.values(), fields=LIMIT_FIELDS)
@@ -219,7 +222,7 @@ def domain_limits(
 
 
 @router.post("/domains/{domain_id}/status")
-def domain_status(session: SessionDep, auth: AuthDep, data: FormDep, domain_id: int) -> Response:
+def domain_status(session: SessionDep, auth: AuthDep, data: FormDep, domain_id: Id) -> Response:
     status = data.text("status")
     domains.set_domain_status(session, actor=auth.actor, domain_id=domain_id, status=status)
     session.commit()
@@ -228,7 +231,7 @@ def domain_status(session: SessionDep, auth: AuthDep, data: FormDep, domain_id: 
 
 @router.post("/domains/{domain_id}/catchall", response_model=None)
 def domain_catchall(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: Id
 ) -> Response:
     domains.get_domain(session, domain_id=domain_id)
     form = FormState(values=data.values(), fields=("target",))
@@ -244,7 +247,7 @@ def domain_catchall(
 
 @router.post("/domains/{domain_id}/aliases", response_model=None)
 def domain_alias_add(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: Id
 ) -> Response:
     domains.get_domain(session, domain_id=domain_id)
     form = FormState(values=data.values(), fields=("alias_name",))
@@ -260,7 +263,7 @@ def domain_alias_add(
 
 @router.post("/domains/{domain_id}/aliases/remove")
 def domain_alias_remove(
-    session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+    session: SessionDep, auth: AdminDep, data: FormDep, domain_id: Id
 ) -> Response:
     domain = domains.get_domain(session, domain_id=domain_id)
     name = data.text("alias_name")
@@ -273,7 +276,7 @@ def domain_alias_remove(
 
 @router.post("/domains/{domain_id}/dkim", response_model=None)
 def domain_dkim_generate(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: Id
 ) -> Response:
     """A new signing key; with one already active this is a rotation (the old stays published)."""
     domains.get_domain(session, domain_id=domain_id)
@@ -294,7 +297,7 @@ def domain_dkim_generate(
 
 @router.post("/domains/{domain_id}/dkim/retire")
 def domain_dkim_retire(
-    session: SessionDep, auth: AdminDep, data: FormDep, domain_id: int
+    session: SessionDep, auth: AdminDep, data: FormDep, domain_id: Id
 ) -> Response:
     dkim_service.retire_key(
         session, actor=auth.actor, domain_id=domain_id, selector=data.text("selector")
@@ -305,7 +308,7 @@ def domain_dkim_retire(
 
 @router.get("/domains/{domain_id}/delete")
 def domain_delete_form(
-    request: Request, session: SessionDep, auth: AdminDep, domain_id: int
+    request: Request, session: SessionDep, auth: AdminDep, domain_id: Id
 ) -> HTMLResponse:
     domain = domains.get_domain(session, domain_id=domain_id)
     return render(
@@ -326,7 +329,7 @@ def domain_delete(
     store: StoreDep,
     auth: AdminDep,
     data: FormDep,
-    domain_id: int,
+    domain_id: Id,
 ) -> Response:
     domain = domains.get_domain(session, domain_id=domain_id)
     refs = removal.refs_of_domain(session, domain_id=domain_id)

@@ -14,6 +14,7 @@ from app.models import Domain, Mailbox, utcnow
 from app.services import domains, mailboxes, removal, sending_admin
 from app.services.sending import SendingLimits
 from web.deps import SessionDep, StoreDep
+from web.params import Id, SearchText
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import PAGE_SIZE, done_after_delete, redirect, split_page
 from web.portal.forms import FormState, optional_size, saving, size_text
@@ -35,10 +36,10 @@ def mailbox_list(
     session: SessionDep,
     store: StoreDep,
     auth: AuthDep,
-    q: str = "",
+    q: SearchText = "",
     status: str = "",
-    domain: int | None = None,
-    after: int | None = None,
+    domain: Id | None = None,
+    after: Id | None = None,
 ) -> HTMLResponse:
     scope: Domain | None = None
     if domain is not None:
@@ -72,7 +73,7 @@ def mailbox_list(
 
 @router.get("/mailboxes/new")
 def mailbox_new(
-    request: Request, session: SessionDep, auth: AdminDep, domain: int | None = None
+    request: Request, session: SessionDep, auth: AdminDep, domain: Id | None = None
 ) -> HTMLResponse:
     values = {"pop3_enabled": "on"}
     scope = None
@@ -157,7 +158,7 @@ def _detail(
 
 @router.get("/mailboxes/{mailbox_id}")
 def mailbox_detail(
-    request: Request, session: SessionDep, store: StoreDep, auth: AuthDep, mailbox_id: int
+    request: Request, session: SessionDep, store: StoreDep, auth: AuthDep, mailbox_id: Id
 ) -> HTMLResponse:
     return _detail(request, session, store, mailboxes.get_mailbox(session, mailbox_id=mailbox_id))
 
@@ -169,7 +170,7 @@ def mailbox_password(
     store: StoreDep,
     auth: AuthDep,
     data: FormDep,
-    mailbox_id: int,
+    mailbox_id: Id,
 ) -> Response:
     """Admins and support may both reset a mailbox password (the most common support call)."""
     mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
@@ -196,7 +197,7 @@ def mailbox_settings(
     store: StoreDep,
     auth: AdminDep,
     data: FormDep,
-    mailbox_id: int,
+    mailbox_id: Id,
 ) -> Response:
     mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
     form = FormState(values=data.values(), fields=SETTINGS_FIELDS)
@@ -218,7 +219,7 @@ def mailbox_settings(
 
 
 @router.post("/mailboxes/{mailbox_id}/status")
-def mailbox_status(session: SessionDep, auth: AuthDep, data: FormDep, mailbox_id: int) -> Response:
+def mailbox_status(session: SessionDep, auth: AuthDep, data: FormDep, mailbox_id: Id) -> Response:
     status = data.text("status")
     mailboxes.set_mailbox_status(session, actor=auth.actor, mailbox_id=mailbox_id, status=status)
     session.commit()
@@ -227,7 +228,7 @@ def mailbox_status(session: SessionDep, auth: AuthDep, data: FormDep, mailbox_id
 
 @router.get("/mailboxes/{mailbox_id}/delete")
 def mailbox_delete_form(
-    request: Request, session: SessionDep, store: StoreDep, auth: AdminDep, mailbox_id: int
+    request: Request, session: SessionDep, store: StoreDep, auth: AdminDep, mailbox_id: Id
 ) -> HTMLResponse:
     mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
     return render(
@@ -239,7 +240,7 @@ def mailbox_delete_form(
 
 @router.post("/mailboxes/{mailbox_id}/delete")
 def mailbox_delete(
-    session: SessionDep, store: StoreDep, auth: AdminDep, data: FormDep, mailbox_id: int
+    session: SessionDep, store: StoreDep, auth: AdminDep, data: FormDep, mailbox_id: Id
 ) -> Response:
     mailbox = mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
     refs = removal.refs_of_mailbox(session, mailbox_id=mailbox_id)

@@ -10,6 +10,7 @@ from app.models import ROLE_ADMIN, ROLE_SUPPORT, SCOPES, Operator
 from app.services import accounts
 from app.services.mailboxes import generate_password
 from web.deps import SessionDep
+from web.params import Id
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import redirect
 from web.portal.errors import not_found
@@ -73,7 +74,7 @@ def _operator(session: SessionDep, operator_id: int) -> Operator:
 
 @router.get("/operators/{operator_id}/delete")
 def operator_delete_form(
-    request: Request, session: SessionDep, auth: AdminDep, operator_id: int
+    request: Request, session: SessionDep, auth: AdminDep, operator_id: Id
 ) -> HTMLResponse:
     return render(
         request,
@@ -84,7 +85,7 @@ def operator_delete_form(
 
 @router.post("/operators/{operator_id}/delete", response_model=None)
 def operator_delete(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, operator_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, operator_id: Id
 ) -> Response:
     operator = _operator(session, operator_id)
     try:
@@ -103,7 +104,7 @@ def operator_delete(
 
 @router.get("/operators/{operator_id}/password", response_model=None)
 def operator_password_form(
-    request: Request, session: SessionDep, auth: AdminDep, operator_id: int
+    request: Request, session: SessionDep, auth: AdminDep, operator_id: Id
 ) -> Response:
     if operator_id == auth.me.id:
         return redirect("/account")  # your own: the current password is asked there
@@ -112,7 +113,7 @@ def operator_password_form(
 
 @router.post("/operators/{operator_id}/password", response_model=None)
 def operator_password_reset(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, operator_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, operator_id: Id
 ) -> Response:
     """An admin resets another operator's password (forgotten, or a leak suspected): a
     generated one, shown once; the operator is logged out everywhere."""
@@ -169,7 +170,7 @@ def token_create(request: Request, session: SessionDep, auth: AdminDep, data: Fo
 
 
 @router.post("/tokens/{token_id}/revoke")
-def token_revoke(session: SessionDep, auth: AdminDep, data: FormDep, token_id: int) -> Response:
+def token_revoke(session: SessionDep, auth: AdminDep, data: FormDep, token_id: Id) -> Response:
     accounts.revoke_token(session, actor=auth.actor, token_id=token_id)
     session.commit()
     return redirect("/tokens?done=revoked")

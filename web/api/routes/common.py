@@ -20,12 +20,15 @@ from web.api.problems import problem_responses
 from web.api.schemas import (
     Status,
 )
+from web.params import ID_MAX, ID_MIN, SEARCH_MAX_LENGTH
 
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
-Id = Annotated[int, Path(ge=1, le=MAX_ID)]
-IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+# The range and the search length are the portal's too (web/params.py).
+Id = Annotated[int, Path(ge=ID_MIN, le=ID_MAX)]
+IdFilter = Annotated[int | None, Query(ge=ID_MIN, le=ID_MAX)]
 StatusFilter = Annotated[Status | None, Query()]
-Search = Annotated[str | None, Query(max_length=200, description="Substring of the name.")]
+Search = Annotated[
+    str | None, Query(max_length=SEARCH_MAX_LENGTH, description="Substring of the name.")
+]
 Cascade = Annotated[
     bool, Query(description="Also delete everything below (domains, mailboxes, aliases).")
 ]

@@ -22,9 +22,9 @@ from web.api.auth import Provisioner, Reader
 from web.api.common import IdempotencyKey, run_post
 from web.api.problems import ProblemRoute, problem_responses
 from web.deps import FactoryDep
+from web.params import ID_MAX, ID_MIN
 
-MAX_ID = 2**31 - 1
-Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Id = Annotated[int, Path(ge=ID_MIN, le=ID_MAX)]
 Selector = Annotated[str, Path(min_length=1, max_length=63)]
 
 READ_ERRORS = problem_responses(401, 403, 404, 422, 503)
