@@ -84,7 +84,9 @@ def run_schemathesis(served: Served, token_kind: str) -> None:
     (Schemathesis' pytest plugin cannot take a fixture-built schema under pytest 9.2, its
     ``from_fixture`` reads a removed private attribute, so the operations' Hypothesis
     strategies are driven directly.)"""
-    schema = schemathesis.openapi.from_url(f"{served.server.url}/api/v1/openapi.json")
+    # The same 30 s as every call below: the default 10 s read timeout failed on a loaded machine
+    # (the first request builds the whole OpenAPI document).
+    schema = schemathesis.openapi.from_url(f"{served.server.url}/api/v1/openapi.json", timeout=30)
     headers = bearer(served.tokens[token_kind])
     failures: list[str] = []
     operations = 0
