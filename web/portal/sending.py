@@ -12,6 +12,7 @@ from app.services import customers, mailboxes
 from app.services import sending_admin as admin
 from app.services.sending import SendingLimits
 from web.deps import SessionDep
+from web.params import Id
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import redirect
 from web.portal.forms import FormState, saving
@@ -57,14 +58,14 @@ def _mailbox_page(
 
 @router.get("/mailboxes/{mailbox_id}/sending")
 def mailbox_sending(
-    request: Request, session: SessionDep, auth: AuthDep, mailbox_id: int
+    request: Request, session: SessionDep, auth: AuthDep, mailbox_id: Id
 ) -> HTMLResponse:
     return _mailbox_page(request, session, mailbox_id, None, 200)
 
 
 @router.post("/mailboxes/{mailbox_id}/sending", response_model=None)
 def mailbox_sending_save(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, mailbox_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, mailbox_id: Id
 ) -> Response:
     mailboxes.get_mailbox(session, mailbox_id=mailbox_id)
     form = FormState(values=data.values(), fields=MAILBOX_FIELDS)
@@ -87,7 +88,7 @@ def mailbox_sending_save(
 
 
 @router.post("/mailboxes/{mailbox_id}/sending/clear", response_model=None)
-def mailbox_sending_clear(session: SessionDep, auth: AdminDep, mailbox_id: int) -> Response:
+def mailbox_sending_clear(session: SessionDep, auth: AdminDep, mailbox_id: Id) -> Response:
     admin.set_mailbox_sending(session, actor=auth.actor, mailbox_id=mailbox_id, clear_flag=True)
     session.commit()
     return redirect(f"/mailboxes/{mailbox_id}/sending?done=cleared")
@@ -117,14 +118,14 @@ def _customer_page(
 
 @router.get("/customers/{customer_id}/sending")
 def customer_sending(
-    request: Request, session: SessionDep, auth: AuthDep, customer_id: int
+    request: Request, session: SessionDep, auth: AuthDep, customer_id: Id
 ) -> HTMLResponse:
     return _customer_page(request, session, customer_id, None, 200)
 
 
 @router.post("/customers/{customer_id}/sending", response_model=None)
 def customer_sending_save(
-    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, customer_id: int
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, customer_id: Id
 ) -> Response:
     customers.get_customer(session, customer_id=customer_id)
     form = FormState(values=data.values(), fields=CUSTOMER_FIELDS)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Path
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -22,10 +22,10 @@ from app.services.sending_admin import MAX_LIMIT, UNSET, LimitChange, Usage
 from web.api.auth import Provisioner, Reader
 from web.api.problems import ProblemRoute, problem_responses
 from web.deps import FactoryDep, SettingsDep
+from web.params import Id
 
-MAX_ID = 2**31 - 1
-Id = Annotated[int, Path(ge=1, le=MAX_ID)]
-Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
+# A JSON integer only (``true`` and ``1.5`` are refused, as elsewhere in the API).
+Limit = Annotated[StrictInt, Field(ge=1, le=MAX_LIMIT)]
 
 READ_ERRORS = problem_responses(401, 403, 404, 422, 503)
 WRITE_ERRORS = problem_responses(400, 401, 403, 404, 422, 503)
