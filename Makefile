@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # Debian packages the test suite drives: a real browser, real mail/HTTP clients (mpop: POP3
 # STLS as GnuTLS does it), and docker-compose to validate docker-compose.yml (it needs no
 # Docker engine for `config`).
-SYSTEM_PACKAGES := chromium curl swaks docker-compose mpop
+SYSTEM_PACKAGES := chromium curl swaks docker-compose mpop msmtp
 PYTEST_ARGS ?=
 
 .PHONY: run test lint pytest bench clean distclean system-packages
