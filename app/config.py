@@ -161,6 +161,15 @@ class Settings(BaseSettings):
     login_account_refill_seconds: float = 120.0
     login_known_address_days: int = 30
 
+    # --- sending limits (submission; app/services/sending.py) -----------------------------
+    # Platform defaults for a mailbox or customer whose own limit is unset. Fixed windows: the
+    # UTC clock hour for messages, the UTC day for recipients (every recipient counts, hosted
+    # or remote). A customer's limits cover all its mailboxes together.
+    send_mailbox_messages_per_hour: int = Field(default=200, ge=1)
+    send_mailbox_recipients_per_day: int = Field(default=1000, ge=1)
+    send_customer_messages_per_hour: int = Field(default=2000, ge=1)
+    send_customer_recipients_per_day: int = Field(default=10000, ge=1)
+
     log_level: str = "INFO"
 
     @property

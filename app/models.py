@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -78,6 +79,10 @@ class Customer(Base):
     price_per_mailbox: Mapped[Decimal] = mapped_column(Numeric(12, 4), default=Decimal("0"))
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Sending limits over all the customer's mailboxes; None = the platform default
+    # (Settings.send_customer_*; see app/services/sending.py).
+    max_messages_per_hour: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_recipients_per_day: Mapped[int | None] = mapped_column(Integer, default=None)
 
     domains: Mapped[list[Domain]] = relationship(back_populates="customer")
 
@@ -143,6 +148,15 @@ class Mailbox(Base):
     pop3_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Submission (app/services/sending.py): may this mailbox send at all, its own limits
+    # (None = the platform default, Settings.send_mailbox_*), and the visible "sending
+    # limited" flag: set when a limit refused a message, shown while ``until`` is ahead.
+    may_send: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    max_messages_per_hour: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_recipients_per_day: Mapped[int | None] = mapped_column(Integer, default=None)
+    sending_limited_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    sending_limited_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    sending_limited_reason: Mapped[str | None] = mapped_column(String(300), default=None)
 
     domain: Mapped[Domain] = relationship(back_populates="mailboxes")
 
@@ -326,6 +340,34 @@ class LoginKnownAddress(Base):
     account_key: Mapped[str] = mapped_column(String(400), primary_key=True)
     network: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_success_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+SEND_SCOPE_MAILBOX = "mailbox"
+SEND_SCOPE_CUSTOMER = "customer"
+SEND_METRIC_MESSAGES = "messages_hour"
+SEND_METRIC_RECIPIENTS = "recipients_day"
+
+
+class SendingCounter(Base):
+    """What a mailbox or a customer sent in the current fixed window of one metric.
+
+    One row per (scope, scope id, metric): ``count`` belongs to the window that began at
+    ``window_start`` (a UTC clock hour for messages, a UTC day for recipients); a row whose
+    window has passed counts as zero and is reset by the next message (see
+    app/services/sending.py for why fixed windows)."""
+
+    __tablename__ = "sending_counters"
+    __table_args__ = (
+        CheckConstraint("scope IN ('mailbox', 'customer')", name="scope"),
+        CheckConstraint("metric IN ('messages_hour', 'recipients_day')", name="metric"),
+        CheckConstraint("count >= 0", name="count_nonnegative"),
+    )
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(16), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class IdempotencyRecord(Base):
