@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import email.utils
+import functools
 import logging
 import secrets
 from concurrent.futures import Executor
@@ -35,17 +36,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import transaction
 from app.dkim import sign_message
-from app.errors import MailhostError, TemporaryError, ValidationError
+from app.errors import (
+    MailhostError,
+    SendingDisabled,
+    SendLimitExceeded,
+    TemporaryError,
+    ValidationError,
+)
 from app.maildir import MailboxRef, MaildirStore, MessageInfo
 from app.models import utcnow
-from app.services import accounts, throttle
+from app.services import accounts, sending, throttle
 from app.services import dkim as dkim_service
 from app.services import queue as queue_service
 from app.services.resolution import POSTMASTER, Target, Verdict, resolve_recipient
+from app.services.sending import may_send_as
 from app.spool import SpoolStore
 from smtp_submission import message as msg
 from smtp_submission import replies
-from smtp_submission.sender_policy import may_send_as, routing_trick
+from smtp_submission.sender_policy import routing_trick
 
 log = logging.getLogger("smtp_submission")
 T = TypeVar("T")
@@ -111,6 +119,7 @@ class SubmissionHandler:
         self.spool = spool
         self.executor = executor
         self.throttle_policy = throttle.ThrottlePolicy.from_settings(settings)
+        self.limits = sending.SendingLimits.from_settings(settings)
 
     async def _blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -203,13 +212,13 @@ class SubmissionHandler:
         if "@" not in address:
             return replies.BAD_SENDER
         try:
-            owned = await self._blocking(self._owns, identity.mailbox_id, [address])
+            refusal: str | None = await self._blocking(self._check_sender, identity, address)
         except (SQLAlchemyError, TemporaryError, OSError):
             log.warning("sender check failed for %s", address, exc_info=True)
             return replies.TEMPFAIL
-        if not owned:
-            log.info("sender refused user=%s from=<%s>", identity.address, address)
-            return replies.SENDER_NOT_OWNED
+        if refusal is not None:
+            log.info("sender refused user=%s from=<%s> %s", identity.address, address, refusal)
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.queue_id = queue_service.new_queue_id()
@@ -217,9 +226,39 @@ class SubmissionHandler:
         envelope.remote.clear()
         return replies.SENDER_OK
 
-    def _owns(self, mailbox_id: int, addresses: list[str]) -> bool:
+    def _check_sender(self, identity: Identity, address: str) -> str | None:
         with transaction(self.factory) as db:
-            return all(may_send_as(db, mailbox_id=mailbox_id, address=a) for a in addresses)
+            if not may_send_as(db, mailbox_id=identity.mailbox_id, address=address):
+                return replies.SENDER_NOT_OWNED
+        return self._check_limits(identity, recipients=0)
+
+    def _check_limits(self, identity: Identity, *, recipients: int) -> str | None:
+        """The refusal when the mailbox may not send (``550 5.7.1``) or one more message
+        with ``recipients`` recipients would pass a limit (``450 4.7.1``, flag raised)."""
+        now = utcnow()
+        try:
+            with transaction(self.factory) as db:
+                sending.check_sending(
+                    db,
+                    mailbox_id=identity.mailbox_id,
+                    now=now,
+                    recipients=recipients,
+                    limits=self.limits,
+                )
+        except SendingDisabled as exc:
+            return replies.sending_disabled(exc.text)
+        except SendLimitExceeded as exc:
+            self._limit_hit(identity, exc, now)
+            return replies.limit_exceeded(exc.text)
+        return None
+
+    def _limit_hit(self, identity: Identity, error: SendLimitExceeded, now: dt.datetime) -> None:
+        # Its own transaction: the refused message's work is rolled back, the flag stays.
+        try:
+            with transaction(self.factory) as db:
+                sending.record_limit_hit(db, mailbox_id=identity.mailbox_id, error=error, now=now)
+        except (SQLAlchemyError, MailhostError):
+            log.exception("could not record the sending limit hit of %s", identity.address)
 
     async def handle_RCPT(
         self,
@@ -240,6 +279,20 @@ class SubmissionHandler:
         except (SQLAlchemyError, TemporaryError, OSError):
             log.warning("recipient lookup failed for %s", address, exc_info=True)
             return replies.TEMPFAIL
+        identity = identity_of(session)
+        if identity is None:
+            return replies.AUTH_REQUIRED
+        try:
+            refusal: str | None = await self._blocking(
+                functools.partial(
+                    self._check_limits, identity, recipients=len(envelope.rcpt_tos) + 1
+                )
+            )
+        except (SQLAlchemyError, TemporaryError, OSError):
+            log.warning("sending limit check failed", exc_info=True)
+            return replies.TEMPFAIL
+        if refusal is not None:
+            return refusal
         if resolution.verdict is Verdict.UNKNOWN_DOMAIN:
             try:
                 remote = queue_service.clean_remote_address(address)
@@ -328,7 +381,11 @@ class SubmissionHandler:
         from_addresses: tuple[str, ...],
         prepared: bytes,
     ) -> str:
-        """Check the header From, sign, store locally, spool and queue: one executor job."""
+        """Check the header From, sign, store the local copies, spool, then queue the remote
+        rows and count the message in ONE committed transaction: one executor job.
+
+        Any failure before that commit takes back what was stored (the local copies, the
+        spool file): no 250, nothing kept; the client retries."""
         sender = envelope.mail_from or ""
         with transaction(self.factory) as db:
             if not all(
@@ -339,42 +396,58 @@ class SubmissionHandler:
             key = dkim_service.signing_key_for(db, domain=from_addresses[0].rpartition("@")[2])
         final = sign_message(prepared, key) if key is not None else prepared
         stored: list[tuple[MailboxRef, MessageInfo]] = []
-        if envelope.local:
-            lf = msg.to_lf(final)
-            copies: list[tuple[MailboxRef, list[bytes]]] = [
-                (
-                    target.ref,
-                    [f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode(), lf],
-                )
-                for target, _ in envelope.local.values()
-            ]
-            infos = self.store.deliver(copies)
-            stored = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
-        if envelope.remote:
-            try:
+        spool_id: str | None = None
+        now = utcnow()
+        try:
+            if envelope.local:
+                lf = msg.to_lf(final)
+                copies: list[tuple[MailboxRef, list[bytes]]] = [
+                    (
+                        target.ref,
+                        [f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode(), lf],
+                    )
+                    for target, _ in envelope.local.values()
+                ]
+                infos = self.store.deliver(copies)
+                stored = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
+            if envelope.remote:
                 spooled = self.spool.write([final])
-                try:
-                    with transaction(self.factory) as db:
-                        queued = queue_service.enqueue(
-                            db,
-                            spool_id=spooled.spool_id,
-                            size=spooled.size,
-                            sender=sender,
-                            recipients=envelope.remote,
-                            origin="submission",
-                            now=utcnow(),
-                            customer_id=identity.customer_id,
-                        )
-                        # One id for the client's 250, our log and `mailhost queue show`.
-                        queued.queue_id = envelope.queue_id
-                except BaseException:
-                    self.spool.remove(spooled.spool_id)
-                    raise
-            except BaseException:
-                # No 250: the client retries, so the local copies go back (nobody saw them:
-                # POP3 lists a maildrop at login).
-                for ref, info in stored:
-                    with contextlib.suppress(OSError):
-                        self.store.expunge(ref, [info])
-                raise
+                spool_id = spooled.spool_id
+            with transaction(self.factory) as db:
+                if envelope.remote:
+                    assert spool_id is not None
+                    queued = queue_service.enqueue(
+                        db,
+                        spool_id=spool_id,
+                        size=len(final),
+                        sender=sender,
+                        recipients=envelope.remote,
+                        origin="submission",
+                        now=now,
+                        customer_id=identity.customer_id,
+                    )
+                    # One id for the client's 250, our log and `mailhost queue show`.
+                    queued.queue_id = envelope.queue_id
+                sending.consume_sending(
+                    db,
+                    mailbox_id=identity.mailbox_id,
+                    recipients=len(envelope.rcpt_tos),
+                    now=now,
+                    limits=self.limits,
+                )
+        except BaseException as exc:
+            # No 250: take everything back (no POP3 session has listed the local copies:
+            # a maildrop is listed at login, which needs the database too).
+            for ref, info in stored:
+                with contextlib.suppress(OSError):
+                    self.store.expunge(ref, [info])
+            if spool_id is not None:
+                with contextlib.suppress(OSError):
+                    self.spool.remove(spool_id)
+            if isinstance(exc, SendLimitExceeded):
+                self._limit_hit(identity, exc, now)
+                return replies.limit_exceeded(exc.text)
+            if isinstance(exc, SendingDisabled):
+                return replies.sending_disabled(exc.text)
+            raise
         return replies.accepted(envelope.queue_id)

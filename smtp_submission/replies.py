@@ -34,7 +34,6 @@ FROM_NOT_OWNED = (
     "550 5.7.1 Message refused: From header address not owned by the authenticated user"
 )
 FROM_MISSING = "550 5.6.0 Message refused: no From header field (RFC 5322 section 3.6)"
-SENDING_DISABLED = "550 5.7.1 Sending is disabled for this mailbox"
 BAD_SENDER = "553 5.1.7 Bad sender address syntax"
 BAD_RCPT = "553 5.1.3 Bad recipient address syntax"
 # %, !, quotes, source routes and literals: source routing hacks never relayed (RFC 5321 3.6.1).
@@ -60,6 +59,10 @@ VERDICT_REPLIES: dict[Verdict, str] = {
 
 def accepted(queue_id: str) -> str:
     return f"250 2.0.0 Ok: queued as {queue_id}"
+
+
+def sending_disabled(text: str) -> str:
+    return f"550 5.7.1 Sending refused: {text}"
 
 
 def limit_exceeded(text: str) -> str:
