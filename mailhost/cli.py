@@ -68,7 +68,7 @@ def _ensure_first_operator(ctx: Context) -> None:
 
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
-    from mailhost.serve import run
+    from mailhost.serve import SERVE_KINDS, run
 
     _setup_logging(ctx)
     _warn_without_postmaster(ctx)
@@ -78,7 +78,7 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     if removed:
         logging.getLogger("mailhost").warning("removed %d stale file(s) from tmp/", removed)
     ctx.close()
-    return run(ctx.settings, ("smtp", "pop3", "web"))
+    return run(ctx.settings, SERVE_KINDS)
 
 
 def _cmd_edge(kind: str) -> commands.Handler:
@@ -89,12 +89,15 @@ def _cmd_edge(kind: str) -> commands.Handler:
         workers = args.workers or int(getattr(ctx.settings, f"{kind}_workers"))
         if workers < 1:
             raise UsageError("--workers must be at least 1")
+        settings = ctx.settings
         if kind == "smtp":
             _warn_without_postmaster(ctx)
             # Crash debris is cleaned where mail is written; never delivered (see MaildirStore).
             ctx.store.clean_tmp()
+        if kind == "submission":
+            ctx.store.clean_tmp()
         ctx.close()
-        return run_prefork(ctx.settings, kind, workers)
+        return run_prefork(settings, kind, workers)
 
     return handler
 
@@ -140,15 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="migrate, then run SMTP, POP3 and the portal in one process",
+        help="migrate, then run SMTP, POP3, the portal, submission and delivery in one process",
         description="Apply migrations, create a first operator if there is none, and run "
-        "SMTP ingress, POP3 and the portal together until SIGINT/SIGTERM.",
+        "SMTP ingress, POP3, the portal, SMTP submission and a delivery worker together "
+        "until SIGINT/SIGTERM.",
     )
     p.set_defaults(handler=cmd_serve)
     for kind, what in (
         ("smtp", "SMTP ingress"),
         ("pop3", "the POP3 server"),
         ("web", "the portal"),
+        ("submission", "SMTP submission for hosted users (STARTTLS and implicit-TLS ports)"),
     ):
         p = sub.add_parser(kind, help=f"run {what} alone", description=f"Run {what} alone.")
         p.add_argument(
