@@ -9,7 +9,8 @@ TEST_STAMP := $(VENV)/.installed-test
 # Debian packages the test suite drives: a real browser, real mail/HTTP clients (mpop: POP3
 # STLS as GnuTLS does it), and docker-compose to validate docker-compose.yml (it needs no
 # Docker engine for `config`).
-SYSTEM_PACKAGES := chromium curl swaks docker-compose mpop
+# swaks needs Net::SSLeay / IO::Socket::SSL for --tls (checked separately: not commands).
+SYSTEM_PACKAGES := chromium curl swaks docker-compose mpop msmtp
 PYTEST_ARGS ?=
 
 .PHONY: run test lint pytest bench clean distclean system-packages
@@ -34,6 +35,7 @@ run: $(RUN_STAMP)
 system-packages:
 	@missing=""; \
 	for pkg in $(SYSTEM_PACKAGES); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || missing="$$missing libnet-ssleay-perl libio-socket-ssl-perl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     # (RFC 5321 section 4.5.1). Set it in production; unset, those get 550 5.1.1.
     postmaster_address: str | None = None
 
+    # --- SMTP submission (RFC 6409 / RFC 8314; 587 and 465 in production) --------------------
+    # STARTTLS port (AUTH only after STARTTLS) and implicit-TLS port (None: off). Both need a
+    # certificate (tls_cert_file/tls_key_file); `mailhost serve` makes a development one.
+    submission_host: str = "127.0.0.1"
+    submission_port: int = 2587
+    submissions_port: int | None = 2465
+    submission_workers: int = 1
+
     # --- POP3 --------------------------------------------------------------------------------
     pop3_host: str = "127.0.0.1"
     pop3_port: int = 1110

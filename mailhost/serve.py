@@ -1,7 +1,8 @@
 """Running the edges: all three in one event loop, or one edge in N prefork worker processes.
 
 Theory of operation. ``run_services`` builds the engine, session factory and Maildir store from
-settings, starts the requested edges on one asyncio loop and waits for SIGINT or SIGTERM. Then
+settings, starts the requested edges (and, for ``delivery``, one outbound delivery agent as a
+task) on one asyncio loop and waits for SIGINT or SIGTERM. Then
 it drains: every edge stops accepting at once, SMTP lets transactions in progress finish (a
 message is only ever answered 250 after it is fsync'd, so nothing accepted is lost), the portal
 finishes its requests, and the process exits 0.
@@ -23,6 +24,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
@@ -33,7 +35,9 @@ from mailhost.supervisor import Supervisor
 
 log = logging.getLogger("mailhost.serve")
 
-KINDS = ("smtp", "pop3", "web")
+KINDS = ("smtp", "pop3", "web", "submission")
+# What `mailhost serve` runs: every edge and one delivery worker (the outbound queue).
+SERVE_KINDS = ("smtp", "pop3", "web", "submission", "delivery")
 # Seconds the portal gives requests in flight before cancelling them on shutdown.
 WEB_GRACEFUL_SECONDS = 30
 
@@ -88,6 +92,26 @@ def _edge_ports(kind: str, edge: Any) -> dict[str, int]:
     return {kind: int(edge.port)}
 
 
+def with_development_certificate(settings: Settings) -> Settings:
+    """``settings``, with a self-signed certificate under ./var/tls when none is configured
+    (made once, as ``mailhost cert`` does): submission needs TLS (AUTH only after it), and
+    the README tour must work with the embedded defaults. Only submission gets it: the MX and
+    POP3 keep behaving as configured. Production sets MAILHOST_TLS_CERT_FILE / _KEY_FILE."""
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        return settings
+    from app.tls import generate_self_signed
+
+    cert, key = Path("./var/tls/cert.pem").resolve(), Path("./var/tls/key.pem").resolve()
+    if not (cert.exists() and key.exists()):
+        generate_self_signed(cert, key, hostname=settings.hostname)
+        log.warning(
+            "no TLS certificate configured: wrote a self-signed development certificate to %s "
+            "for submission (set MAILHOST_TLS_CERT_FILE and MAILHOST_TLS_KEY_FILE in production)",
+            cert,
+        )
+    return settings.model_copy(update={"tls_cert_file": cert, "tls_key_file": key})
+
+
 async def run_services(
     settings: Settings,
     kinds: Sequence[str],
@@ -133,6 +157,33 @@ async def run_services(
             await pop3.start()
             stoppers.append(pop3.stop)
             named["pop3"] = _edge_ports("pop3", pop3)
+        if "submission" in kinds:
+            from smtp_submission.server import SmtpSubmission
+
+            submission = SmtpSubmission(
+                await asyncio.to_thread(with_development_certificate, settings),
+                session_factory=factory,
+                store=store,
+            )
+            await submission.start()
+            stoppers.append(submission.stop)
+            named["submission"] = submission.ports
+        if "delivery" in kinds:
+            from app.spool import SpoolStore
+            from smtp_outbound.agent import DeliveryAgent
+
+            agent = DeliveryAgent(
+                settings, factory, spool=SpoolStore(settings.spool_root), store=store
+            )
+            agent_stop = asyncio.Event()
+            agent_task = asyncio.create_task(agent.run(agent_stop), name="delivery")
+
+            async def stop_agent() -> None:
+                # The round in progress is finished (its outcomes recorded), then it ends.
+                agent_stop.set()
+                await agent_task
+
+            stoppers.append(stop_agent)
         if "web" in kinds:
             from web.app import create_app
 
@@ -185,7 +236,12 @@ async def run_services(
 
 
 def _announce(settings: Settings, kinds: Sequence[str], named: dict[str, dict[str, int]]) -> None:
-    hosts = {"smtp": settings.smtp_host, "pop3": settings.pop3_host, "web": settings.web_host}
+    hosts = {
+        "smtp": settings.smtp_host,
+        "pop3": settings.pop3_host,
+        "web": settings.web_host,
+        "submission": settings.submission_host,
+    }
     for kind, ports in named.items():
         for port in ports.values():
             where = f"http://{hosts[kind]}:{port}/" if kind == "web" else f"{hosts[kind]}:{port}"
@@ -213,8 +269,16 @@ def _reserve_ports(settings: Settings, kind: str) -> tuple[Settings, list[socket
     The reserving socket is bound but never listens, so the kernel hands it no connections;
     it keeps the port ours while workers come and go.
     """
-    fields = {"smtp": ["smtp_port"], "pop3": ["pop3_port", "pop3s_port"]}[kind]
-    host = settings.smtp_host if kind == "smtp" else settings.pop3_host
+    fields = {
+        "smtp": ["smtp_port"],
+        "pop3": ["pop3_port", "pop3s_port"],
+        "submission": ["submission_port", "submissions_port"],
+    }[kind]
+    host = {
+        "smtp": settings.smtp_host,
+        "pop3": settings.pop3_host,
+        "submission": settings.submission_host,
+    }[kind]
     update: dict[str, int] = {}
     held: list[socket.socket] = []
     for name in fields:

@@ -49,7 +49,7 @@ def _ensure_first_operator(ctx: Context) -> None:
 
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
-    from mailhost.serve import run
+    from mailhost.serve import SERVE_KINDS, run
 
     _setup_logging(ctx)
     _warn_without_postmaster(ctx)
@@ -57,7 +57,7 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     _ensure_first_operator(ctx)
     ctx.close()
     # Stale tmp/ files are removed by run_services at every (worker) start, not here.
-    return run(ctx.settings, ("smtp", "pop3", "web"))
+    return run(ctx.settings, SERVE_KINDS)
 
 
 def _cmd_edge(kind: str) -> Handler:
@@ -103,15 +103,17 @@ def register(subparsers: Any) -> None:
     """Add ``serve``, ``smtp``, ``pop3``, ``web``, ``db`` and ``cert`` to the sub-parsers."""
     p = subparsers.add_parser(
         "serve",
-        help="migrate, then run SMTP, POP3 and the portal in one process",
+        help="migrate, then run SMTP, POP3, the portal, submission and delivery in one process",
         description="Apply migrations, create a first operator if there is none, and run "
-        "SMTP ingress, POP3 and the portal together until SIGINT/SIGTERM.",
+        "SMTP ingress, POP3, the portal, SMTP submission and a delivery worker together "
+        "until SIGINT/SIGTERM.",
     )
     p.set_defaults(handler=cmd_serve)
     for kind, what in (
         ("smtp", "SMTP ingress"),
         ("pop3", "the POP3 server"),
         ("web", "the portal"),
+        ("submission", "SMTP submission for hosted users (STARTTLS and implicit-TLS ports)"),
     ):
         p = subparsers.add_parser(kind, help=f"run {what} alone", description=f"Run {what} alone.")
         p.add_argument(

@@ -129,6 +129,8 @@ class Server:
 
     def start(self, run: int, **env_extra: str) -> Served:
         ports = {"smtp_port": free_port(), "pop3_port": free_port(), "web_port": free_port()}
+        # Submission's ports too: its defaults (2587/2465) may be taken on a shared machine.
+        self.submission_ports = {"submission_port": free_port(), "submissions_port": free_port()}
         stdout = self.tmp_path / f"serve{run}.out"
         stderr = self.tmp_path / f"serve{run}.err"
         with open(stdout, "wb") as out, open(stderr, "wb") as err:
@@ -137,7 +139,7 @@ class Server:
                 stdout=out,
                 stderr=err,
                 cwd=self.tmp_path,
-                env={**self.env(**ports), **env_extra},
+                env={**self.env(**ports, **self.submission_ports), **env_extra},
             )
         served = Served(proc, stdout, stderr, **ports)
         self.running.append(served)

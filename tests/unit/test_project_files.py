@@ -20,7 +20,9 @@ from mailhost.cli import build_parser
 from tests.conftest import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
-EDGE_SERVICES = {"smtp": 2525, "pop3": 1110, "web": 8000}
+EDGE_SERVICES = {"smtp": 2525, "pop3": 1110, "web": 8000, "submission": 2587}
+# Services without a port of their own (the delivery agent works from the queue).
+WORKER_SERVICES = {"delivery": ["mailhost", "deliver"]}
 
 
 def _compose() -> dict[str, Any]:
@@ -37,7 +39,7 @@ def _command(service: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------- docker compose
 def test_compose_has_postgres_migrate_and_one_container_per_service() -> None:
     services = _compose()["services"]
-    assert set(services) == {"postgres", *EDGE_SERVICES, "migrate"}
+    assert set(services) == {"postgres", *EDGE_SERVICES, *WORKER_SERVICES, "migrate"}
     pg = services["postgres"]
     assert pg["image"].startswith("postgres:")
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
@@ -57,12 +59,17 @@ def test_compose_has_postgres_migrate_and_one_container_per_service() -> None:
         assert "@postgres:5432/" in env["MAILHOST_DATABASE_URL"]
         assert env[f"MAILHOST_{name.upper()}_HOST"] == "0.0.0.0"  # noqa: S104
         assert "healthcheck" in service, name
+    for name, command in WORKER_SERVICES.items():
+        service = services[name]
+        assert _command(service) == command
+        assert service["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+        assert "@postgres:5432/" in service["environment"]["MAILHOST_DATABASE_URL"]
 
 
 def test_compose_services_share_one_maildir_volume_at_the_configured_root() -> None:
     data = _compose()
     mounts = set()
-    for name in [*EDGE_SERVICES, "migrate"]:
+    for name in [*EDGE_SERVICES, *WORKER_SERVICES, "migrate"]:
         service = data["services"][name]
         root = service["environment"]["MAILHOST_MAILDIR_ROOT"]
         (volume,) = [v for v in service["volumes"] if v.endswith(":" + root)]

@@ -1,0 +1,135 @@
+"""The submission protocol object: aiosmtpd's ``SMTP`` with AUTH off the event loop.
+
+What this subclass changes, and why:
+
+* ``auth_PLAIN`` / ``auth_LOGIN`` decode the credentials as aiosmtpd does, then verify them
+  through ``SubmissionHandler.authenticate`` in a worker thread (argon2 takes tens of
+  milliseconds; aiosmtpd's ``authenticator`` callback would run it on the loop).
+* On the STARTTLS port a transaction before TLS gets ``530 5.7.0 Must issue a STARTTLS
+  command first`` (RFC 3207 section 4), AUTH before TLS ``538 5.7.11`` (RFC 4954 section 6);
+  on the implicit-TLS port (RFC 8314) the connection is TLS from the first byte.
+* ``push`` gives every reply an enhanced status code (``replies.with_enhanced_code``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import warnings
+from base64 import b64decode
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult
+
+from smtp_submission import replies
+from smtp_submission.handler import AuthFailed, SubmissionEnvelope, SubmissionHandler
+
+# Commands that open or continue a mail transaction: they need TLS first on port 587.
+_NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "VRFY", "EXPN"})
+
+
+class SubmissionSMTP(SMTP):
+    # The LOGIN prompts Postfix and Exchange send (aiosmtpd's end in a NUL octet).
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
+
+    def __init__(self, handler: SubmissionHandler, *, implicit_tls: bool, **kwargs: Any) -> None:
+        with warnings.catch_warnings():
+            # "AUTH without requiring TLS": on the implicit-TLS port every byte is TLS.
+            warnings.simplefilter("ignore", UserWarning)
+            super().__init__(
+                handler,
+                auth_required=True,
+                auth_require_tls=not implicit_tls,
+                require_starttls=False,
+                **kwargs,
+            )
+        self.submission = handler
+        self.implicit_tls = implicit_tls
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.implicit_tls and self.session is not None:
+            self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
+
+    def _create_envelope(self) -> SubmissionEnvelope:
+        return SubmissionEnvelope()
+
+    @property
+    def encrypted(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    async def push(self, status: str | bytes) -> None:
+        text = status.decode() if isinstance(status, bytes) else status
+        await super().push(replies.with_enhanced_code(text, hostname=self.hostname))
+
+    async def _tls_first(self) -> bool:
+        if self.encrypted:
+            return False
+        await self.push(replies.STARTTLS_FIRST)
+        return True
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if not await self._tls_first():
+            await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not await self._tls_first():
+            await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if not await self._tls_first():
+            await super().smtp_DATA(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        await self.push(replies.EXPN_REPLY)
+
+    # ------------------------------------------------------------------ AUTH (RFC 4954)
+    async def _verify(self, login: bytes, password: bytes) -> AuthResult:
+        peer = self.session.peer if self.session is not None else None
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        try:
+            identity = await self.submission.authenticate(
+                login=login, password=password, peer_ip=peer_ip
+            )
+        except AuthFailed as failed:
+            return AuthResult(success=False, handled=False, message=failed.reply)
+        return AuthResult(success=True, auth_data=identity, message=replies.AUTH_OK)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        blob: Any
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = bytes(blob).split(b"\x00")
+        if len(parts) != 3:  # RFC 4616 section 2: [authzid] NUL authcid NUL passwd
+            await self.push("501 5.5.2 Cannot split the PLAIN response")
+            return AuthResult(success=False, handled=True)
+        authzid, login, password = parts
+        if authzid and authzid != login:  # no proxy authorization
+            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+        return await self._verify(login, password)
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        login: Any
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._verify(bytes(login), bytes(password))
