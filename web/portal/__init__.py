@@ -48,6 +48,7 @@ def build_router() -> APIRouter:
         domains,
         mailboxes,
         operators,
+        queue,
     )
 
     router = APIRouter(
@@ -60,6 +61,7 @@ def build_router() -> APIRouter:
         domains,
         mailboxes,
         aliases,
+        queue,
         bulk,
         operators,
         account,

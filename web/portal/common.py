@@ -28,6 +28,10 @@ DONE_MESSAGES = {
     "machines) were logged out; this one continues.",
     "revoked": "Revoked.",
     "imported": "Import complete.",
+    "queue_retry": "Queued and deferred recipients are due now; a delivery worker takes them "
+    "on its next round.",
+    "queue_hold": "Held: no delivery until released.",
+    "queue_release": "Released: the held recipients are due now.",
     "deleted_files_left": "Deleted, but the message files of some deleted mailboxes could not "
     "be removed from the server's disk. The server log names their paths.",
 }
