@@ -28,7 +28,7 @@ Postfix: installed with apt-get when missing and running as root; otherwise the 
 and runs Mailhost alone.
 
 Usage: .venv/bin/python bench/delivery.py [--messages 10000] [--domains 100] [--sinks 10]
-       [--size 4096] [--rounds 2] [--no-postfix]
+       [--size 4096] [--rounds 2] [--no-postfix] [--agent-batch N]
 """
 
 from __future__ import annotations
@@ -243,6 +243,8 @@ def run_mailhost(
         "MAILHOST_DELIVERY_POLL_INTERVAL": "0.2",
         "MAILHOST_LOG_LEVEL": "WARNING",
     }
+    if args.agent_batch:
+        env["MAILHOST_DELIVERY_BATCH_SIZE"] = str(args.agent_batch)
     agent = subprocess.Popen(
         [sys.executable, "-m", "smtp_outbound"], cwd=work, env=env, stdin=subprocess.DEVNULL
     )
@@ -460,6 +462,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds per engine")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--no-postfix", action="store_true")
+    parser.add_argument(
+        "--agent-batch", type=int, default=0, help="the agent's delivery_batch_size (0: shipped)"
+    )
     ARGS = args = parser.parse_args()
 
     why_not = None if not args.no_postfix else "--no-postfix"

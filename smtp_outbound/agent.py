@@ -5,7 +5,8 @@ Theory of operation: each round claims up to ``delivery_batch_size`` due rows wi
 rest are grouped by recipient domain, and each destination gets one task that looks up its
 route, opens one connection to the first MX host that answers and sends every message of the
 group over it (several recipients of one message in one transaction), trying the next host
-when a connection fails. At most ``delivery_destination_concurrency`` connections go to one
+when a connection fails; a destination with many messages in the round gets several such
+connections in parallel. At most ``delivery_destination_concurrency`` connections go to one
 domain and ``delivery_concurrency`` in all. A destination whose hosts all failed is left
 alone for ``delivery_destination_backoff`` seconds: its rows are handed back untried. The
 outcomes of a whole round are recorded in one transaction that also queues the DSNs they
@@ -45,6 +46,8 @@ log = logging.getLogger("mailhost.outbound")
 
 DELIVERED, DEFERRED, FAILED = "delivered", "deferred", "failed"
 _HOUSEKEEPING_SECONDS = 300.0
+# Below this many messages for one destination in a round, one connection carries them all.
+_PER_CONNECTION = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,18 @@ class Result:
 
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
+
+
+def _lanes(items: list[Claimed], connections: int) -> list[list[Claimed]]:
+    """Split one destination's rows over up to ``connections`` connections, each message
+    (all its recipients there) whole in one lane, at least ``_PER_CONNECTION`` messages per
+    lane, so a busy destination gets parallel connections and a quiet one a single one."""
+    jobs: dict[int, list[Claimed]] = defaultdict(list)
+    for item in items:
+        jobs[item.message_id].append(item)
+    messages = list(jobs.values())
+    count = max(1, min(connections, len(messages) // _PER_CONNECTION))
+    return [[i for job in messages[n::count] for i in job] for n in range(count)]
 
 
 def _kind(code: int) -> str:
@@ -215,8 +230,15 @@ class DeliveryAgent:
             domain, asyncio.Semaphore(self.settings.delivery_destination_concurrency)
         )
         assert self._limit is not None
-        async with limit, self._limit:
-            return await self._send_all(domain, route.hosts, items)
+        lanes = _lanes(items, self.settings.delivery_destination_concurrency)
+
+        async def lane(chunk: list[Claimed]) -> list[Result]:
+            assert self._limit is not None
+            async with limit, self._limit:
+                return await self._send_all(domain, route.hosts, chunk)
+
+        found = await asyncio.gather(*(lane(chunk) for chunk in lanes))
+        return [result for chunk_results in found for result in chunk_results]
 
     async def _send_all(
         self, domain: str, hosts: tuple[Host, ...], items: list[Claimed]
