@@ -196,3 +196,18 @@ def test_anonymous_is_sent_to_login(anon: PortalClient) -> None:
     response = anon.get("/queue", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"].startswith("/login")
+
+
+def test_a_token_made_in_the_portal_with_the_queue_scope_opens_the_queue_api(
+    admin: PortalClient, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    qid, _ = queue_message(settings, session_factory, ["bob@remote.example"])
+    form = admin.get("/tokens/new").text
+    assert 'value="queue"' in form
+    made = admin.post("/tokens/new", {"name": "queue-bot", "scopes": "queue"})
+    assert made.status_code == 200, made.text
+    secret = re.search(r'<code id="token-secret">([^<]+)</code>', made.text)
+    assert secret, "the new token is not shown"
+    api = admin.http.get("/api/v1/queue", headers={"Authorization": f"Bearer {secret.group(1)}"})
+    assert api.status_code == 200, api.text
+    assert [item["queue_id"] for item in api.json()["items"]] == [qid]
