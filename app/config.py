@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     delivery_destination_concurrency: int = 5
     # Queue rows one worker claims per round, and how long its claim lasts before another
     # worker may take them (a killed worker's rows are retried after this).
-    delivery_batch_size: int = 100
+    delivery_batch_size: int = 500
     delivery_lease_seconds: float = 600.0
     delivery_poll_interval: float = 1.0
     delivery_connect_timeout: float = 30.0

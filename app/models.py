@@ -220,7 +220,10 @@ class Operator(Base):
 SCOPE_PROVISIONING = "provisioning"
 SCOPE_READ = "read"
 SCOPE_BILLING_READ = "billing:read"
-SCOPES = (SCOPE_PROVISIONING, SCOPE_READ, SCOPE_BILLING_READ)
+# The outbound queue: list and show messages (senders and recipients of every customer),
+# retry, hold, release and delete them. Separate from read/provisioning on purpose.
+SCOPE_QUEUE = "queue"
+SCOPES = (SCOPE_PROVISIONING, SCOPE_READ, SCOPE_BILLING_READ, SCOPE_QUEUE)
 
 
 class ApiToken(Base):

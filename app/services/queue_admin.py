@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.errors import ConflictError, NotFoundError, ValidationError
@@ -18,6 +18,7 @@ from app.models import (
     OutboundMessage,
     OutboundRecipient,
 )
+from app.services.addresses import normalise_domain
 from app.services.audit import Actor, audit
 
 
@@ -28,6 +29,11 @@ class QueueSummary:
     message: OutboundMessage
     states: dict[str, int]
     next_attempt_at: dt.datetime | None
+
+    @property
+    def id(self) -> int:
+        """The message's row id: the keyset of list pages."""
+        return self.message.id
 
 
 def get_message(session: Session, *, queue_id: str) -> OutboundMessage:
@@ -43,25 +49,46 @@ def get_message(session: Session, *, queue_id: str) -> OutboundMessage:
 
 
 def list_queue(
-    session: Session, *, state: str | None = None, limit: int = 1000
+    session: Session,
+    *,
+    state: str | None = None,
+    domain: str | None = None,
+    sender: str | None = None,
+    older_than: dt.datetime | None = None,
+    after_id: int | None = None,
+    limit: int = 1000,
 ) -> list[QueueSummary]:
-    """Messages, oldest first; with ``state``, only those having a recipient in that state.
-    Without it, only messages with something still to do (queued, deferred or held)."""
+    """Messages in queue order (keyset paging on the id with ``after_id``).
+
+    With ``state``, only those having a recipient in that state; without it, only messages
+    with something still to do (queued, deferred or held). ``domain`` keeps messages with
+    such a recipient in that destination domain (the recipient must match both), ``sender``
+    a case-insensitive part of the envelope sender ("<>" for the null sender: bounces),
+    ``older_than`` messages queued at or before that time."""
     if state is not None and state not in RCPT_STATES:
         raise ValidationError(f"state must be one of {', '.join(RCPT_STATES)}", field="state")
     wanted = (state,) if state else RCPT_PENDING
-    ids = (
-        select(OutboundRecipient.message_id)
-        .where(OutboundRecipient.state.in_(wanted))
-        .distinct()
-        .scalar_subquery()
-    )
+    rcpt_filter: ColumnElement[bool] = OutboundRecipient.state.in_(wanted)
+    if domain:
+        clean = normalise_domain(domain, field="domain")
+        rcpt_filter = rcpt_filter & OutboundRecipient.address.endswith(f"@{clean}", autoescape=True)
+    ids = select(OutboundRecipient.message_id).where(rcpt_filter).distinct().scalar_subquery()
+    conditions: list[ColumnElement[bool]] = [OutboundMessage.id.in_(ids)]
+    if sender is not None and sender.strip():
+        wanted_sender = sender.strip().lower()
+        if wanted_sender == "<>":
+            conditions.append(OutboundMessage.sender == "")
+        else:
+            conditions.append(
+                func.lower(OutboundMessage.sender).contains(wanted_sender, autoescape=True)
+            )
+    if older_than is not None:
+        conditions.append(OutboundMessage.created_at <= older_than)
+    if after_id is not None:
+        conditions.append(OutboundMessage.id > after_id)
     messages = list(
         session.scalars(
-            select(OutboundMessage)
-            .where(OutboundMessage.id.in_(ids))
-            .order_by(OutboundMessage.created_at, OutboundMessage.id)
-            .limit(limit)
+            select(OutboundMessage).where(*conditions).order_by(OutboundMessage.id).limit(limit)
         )
     )
     counts: dict[int, dict[str, int]] = {m.id: {} for m in messages}

@@ -93,7 +93,7 @@ def register(subparsers: Any) -> None:
         action="append",
         required=True,
         nargs="+",
-        help="provisioning, read, billing:read (repeatable)",
+        help="provisioning, read, billing:read, queue (repeatable)",
     )
     p.add_argument("--owner", help="who the token is for")
     add_json_option(p)

@@ -39,6 +39,7 @@ class Received:
     recipients: list[str]
     data: bytes
     tls: bool
+    peer: Any = None  # (address, port) of the client's connection
 
 
 @dataclass
@@ -72,6 +73,7 @@ class SinkHandler:
                 list(envelope.rcpt_tos),
                 envelope.original_content or b"",
                 session.ssl is not None,
+                session.peer,
             )
         )
         return "250 2.0.0 queued at sink"

@@ -326,3 +326,34 @@ def test_failed_starttls_handshake_is_recorded_and_sent_in_clear_text(
     assert row.last_tls is not None
     assert row.last_tls.startswith("none (STARTTLS handshake failed:")
     assert "clear text" in row.last_tls
+
+
+def test_busy_destination_gets_parallel_reused_connections(
+    out: Settings,
+    dns_server: TestDNSServer,
+    session_factory: sessionmaker[Session],
+    store: MaildirStore,
+    sinks: list[Sink],
+    port: int,
+) -> None:
+    """20 messages to one domain with a per-destination limit of 3: three connections, each
+    carrying several messages; 3 messages to another domain share a single connection."""
+    dns_server.zone.mx("busy.example", (10, "mx.busy.example"))
+    dns_server.zone.a("mx.busy.example", "127.0.0.5")
+    dns_server.zone.mx("quiet.example", (10, "mx.quiet.example"))
+    dns_server.zone.a("mx.quiet.example", "127.0.0.6")
+    busy = _sink(sinks, "127.0.0.5", port)
+    quiet = _sink(sinks, "127.0.0.6", port)
+    for i in range(20):
+        enqueue(out, session_factory, [f"r{i}@busy.example"])
+    for i in range(3):
+        enqueue(out, session_factory, [f"r{i}@quiet.example"])
+    settings = out.model_copy(update={"delivery_destination_concurrency": 3})
+    assert run_once(make_agent(settings, session_factory, store, Clock())) == 23
+    assert sorted(r for got in busy.received for r in got.recipients) == sorted(
+        f"r{i}@busy.example" for i in range(20)
+    )
+    assert len({got.peer for got in busy.received}) == 3
+    assert len(quiet.received) == 3
+    assert len({got.peer for got in quiet.received}) == 1
+    assert {r.state for _, r in rows(session_factory)} == {"delivered"}

@@ -22,6 +22,8 @@ SCOPE_TOKENS = ("provisioning", "read", "billing")
 def required_scope(method: str, path: str) -> str:
     if path.startswith("/api/v1/billing/"):
         return "billing:read"
+    if path == "/api/v1/queue" or path.startswith("/api/v1/queue/"):
+        return "queue"  # reads too: the queue shows every customer's senders and recipients
     return "read" if method == "get" else "provisioning"
 
 

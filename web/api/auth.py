@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
-from app.models import SCOPE_BILLING_READ, SCOPE_PROVISIONING, SCOPE_READ
+from app.models import SCOPE_BILLING_READ, SCOPE_PROVISIONING, SCOPE_QUEUE, SCOPE_READ
 from app.services import accounts
 from app.services.audit import Actor
 from web.api.problems import ApiProblem
@@ -115,3 +115,4 @@ def require(scope: str) -> Any:
 Provisioner = Annotated[Principal, require(SCOPE_PROVISIONING)]
 Reader = Annotated[Principal, require(SCOPE_READ)]
 BillingReader = Annotated[Principal, require(SCOPE_BILLING_READ)]
+QueueOperator = Annotated[Principal, require(SCOPE_QUEUE)]

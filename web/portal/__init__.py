@@ -57,6 +57,7 @@ def build_router() -> APIRouter:
         domains,
         mailboxes,
         operators,
+        queue,
         sending,
     )
 
@@ -71,6 +72,7 @@ def build_router() -> APIRouter:
         mailboxes,
         sending,
         aliases,
+        queue,
         bulk,
         operators,
         account,

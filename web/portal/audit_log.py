@@ -48,6 +48,14 @@ def audit_list(
             "entries": rows,
             "filters": filters,
             "next_before": next_before,
-            "object_types": ["customer", "domain", "mailbox", "alias", "operator", "token"],
+            "object_types": [
+                "customer",
+                "domain",
+                "mailbox",
+                "alias",
+                "operator",
+                "token",
+                "queue",
+            ],
         },
     )

@@ -29,6 +29,10 @@ DONE_MESSAGES = {
     "revoked": "Revoked.",
     "imported": "Import complete.",
     "cleared": "The sending limited flag is cleared.",
+    "queue_retry": "Queued and deferred recipients are due now; a delivery worker takes them "
+    "on its next round.",
+    "queue_hold": "Held: no delivery until released.",
+    "queue_release": "Released: the held recipients are due now.",
     "deleted_files_left": "Deleted, but the message files of some deleted mailboxes could not "
     "be removed from the server's disk. The server log names their paths.",
 }
