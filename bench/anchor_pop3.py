@@ -331,10 +331,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (3)")
     parser.add_argument("--only", default=None, help="cells whose label contains this")
     parser.add_argument("--baseline-tree", default=None, help="also run this Mailhost tree")
+    parser.add_argument(
+        "--login-sizes", default=None, help="comma-separated mailbox sizes for the login cells"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     small, large = (200, 20) if args.quick else (1000, 100)
     login_sizes = [1000, 10_000] if args.quick else [1000, 10_000, 50_000]
+    if args.login_sizes:
+        login_sizes = [int(n) for n in args.login_sizes.split(",")]
     dovecot_bin = ensure_dovecot()
     with tempfile.TemporaryDirectory(prefix="pop3-anchor-") as tmp:
         scratch = Path(tmp)
