@@ -30,6 +30,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
+from app import maildir_index
+from app.maildir_index import Listing
+
 # Refuse path components that could escape the root or hide files; database values are
 # validated long before this, this is the last line of defence.
 _SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~.\-]+$")
@@ -187,6 +190,41 @@ class MessageReader:
         self.close()
 
 
+def _count_wire_size(path: Path | str) -> int:
+    """Octets of a file once every bare LF is sent as CRLF (foreign files may hold CRLF)."""
+    total = 0
+    previous_ended_in_cr = False
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            bare_lf = block.count(b"\n") - block.count(b"\r\n")
+            # A CRLF split across two blocks is not a bare LF.
+            if previous_ended_in_cr and block.startswith(b"\n"):
+                bare_lf -= 1
+            total += len(block) + bare_lf
+            previous_ended_in_cr = block.endswith(b"\r")
+    return total
+
+
+def _parse_entry(entry: os.DirEntry[str]) -> tuple[int, int, int, float] | None:
+    """What the index keeps of a directory entry: (flags, size, wire size, delivery time),
+    or None for what is not a message.  Our names and Dovecot's carry both sizes and the time;
+    foreign files are stat'ed and their wire size counted once, here."""
+    if not entry.is_file(follow_symlinks=False):
+        return None
+    s, w = _sizes_from_name(entry.name)
+    stamp = _time_from_name(entry.name)
+    try:
+        if s is None or stamp is None:
+            st = entry.stat(follow_symlinks=False)
+            s = st.st_size if s is None else s
+            stamp = st.st_mtime if stamp is None else stamp
+        if w is None:
+            return maildir_index.FOREIGN, s, _count_wire_size(entry.path), stamp
+    except FileNotFoundError:  # expunged meanwhile by another process
+        return None
+    return 0, s, w, stamp
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -271,6 +309,10 @@ class MaildirStore:
         removed again and the error propagates, so a retried delivery never duplicates.
         """
         staged: list[tuple[Path, Path, int, int]] = []  # tmp path, final path, size, wire size
+
+        def staged_size(final: Path) -> int:
+            return next(size for _, f, size, _ in staged if f == final)
+
         renamed: list[Path] = []
         try:
             for mailbox, chunks in copies:
@@ -300,8 +342,8 @@ class MaildirStore:
                         os.fsync(fd)
                 finally:
                     os.close(fd)
-            for tmp, final, _, _ in staged:
-                os.rename(tmp, final)
+            for tmp, final, size, wire in staged:
+                self.publish(tmp, final, size=size, wire=wire)
                 renamed.append(final)
             if self._fsync:
                 for directory in {final.parent for final in renamed}:
@@ -309,20 +351,75 @@ class MaildirStore:
         except BaseException:
             for final in renamed:
                 with contextlib.suppress(OSError):
-                    final.unlink()
+                    self._unlink_noted(final.parent.parent, [(final, staged_size(final))])
             for tmp, _, _, _ in staged:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
             raise
         now = self._clock()
-        return [
+        delivered = [
             MessageInfo(uid_from_name(final.name), final, size, wire, now)
             for _, final, size, wire in staged
         ]
+        return delivered
+
+    # ---------------------------------------------------------------- index (app/maildir_index.py)
+    def publish(self, tmp: Path, final: Path, *, size: int, wire: int) -> None:
+        """Rename a written (and fsync'd) message from ``tmp/`` into ``new/`` and note it in
+        the Maildir's index: the one call every writer makes to publish a message.
+
+        Both happen under the index lock, so a concurrent compaction never sees the file
+        without its log line or the other way round.  Noting never fails the delivery: the
+        index is a cache, and one that missed a message is found stale by its mtimes.
+        """
+        maildir = final.parent.parent
+        with maildir_index.locked(maildir):
+            os.rename(tmp, final)
+            stamp = _time_from_name(final.name)
+            with contextlib.suppress(OSError):
+                maildir_index.note_added(
+                    maildir, [(final.name, size, wire, self._clock() if stamp is None else stamp)]
+                )
+
+    def _unlink_noted(self, maildir: Path, files: Sequence[tuple[Path, int]]) -> list[Path]:
+        """Unlink these files of one Maildir and note them in its index; the ones removed."""
+        removed: list[Path] = []
+        with maildir_index.locked(maildir):
+            for path, _ in files:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+            gone = set(removed)
+            with contextlib.suppress(OSError):
+                maildir_index.note_removed(
+                    maildir, [(p.name, size) for p, size in files if p in gone]
+                )
+        return removed
+
+    def listing(self, mailbox: MailboxRef) -> tuple[Path, Listing]:
+        """The Maildir and its messages as compact arrays, oldest first (from the index)."""
+        path = self.mailbox_path(mailbox)
+        if not path.is_dir():
+            return path, Listing.empty()
+        return path, maildir_index.load(path, _parse_entry, clock=self._clock)
 
     # ---------------------------------------------------------------- reading
     def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
-        """Messages in ``new/`` and ``cur/``, oldest first (by delivery time, then name).
+        """Messages in ``new/`` and ``cur/``, oldest first (by delivery time, then name)."""
+        path, listing = self.listing(mailbox)
+        return [
+            MessageInfo(
+                uid=uid_from_name(name),
+                path=listing.path(path, i),
+                size=listing.sizes[i],
+                wire_size=None if listing.foreign(i) else listing.wires[i],
+                mtime=listing.mtimes[i],
+            )
+            for i, name in enumerate(listing.names)
+        ]
+
+    def scan_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
+        """Like ``list_messages`` but from the directories themselves, never the index.
 
         Names we (or Dovecot) wrote carry the sizes and start with the delivery second, so
         they need no stat; only foreign names are stat'ed for their size and time.
@@ -363,17 +460,7 @@ class MaildirStore:
         """Octets with CRLF line endings; read from the name, or counted for foreign files."""
         if message.wire_size is not None:
             return message.wire_size
-        total = 0
-        previous_ended_in_cr = False
-        with open(message.path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                bare_lf = block.count(b"\n") - block.count(b"\r\n")
-                # A CRLF split across two blocks is not a bare LF.
-                if previous_ended_in_cr and block.startswith(b"\n"):
-                    bare_lf -= 1
-                total += len(block) + bare_lf
-                previous_ended_in_cr = block.endswith(b"\r")
-        return total
+        return _count_wire_size(message.path)
 
     def open_message(self, message: MessageInfo) -> BinaryIO:
         """Open a listed message for reading (raises FileNotFoundError if it is gone)."""
@@ -386,9 +473,12 @@ class MaildirStore:
         return MessageReader(self.open_message(message))
 
     def usage(self, mailbox: MailboxRef) -> Usage:
-        """Bytes and messages stored, from file names (stat only for foreign files)."""
-        messages = self.list_messages(mailbox)
-        return Usage(bytes=sum(m.size for m in messages), messages=len(messages))
+        """Bytes and messages stored: the index's totals (same cost for any mailbox size)."""
+        path = self.mailbox_path(mailbox)
+        if not path.is_dir():
+            return Usage(bytes=0, messages=0)
+        size, count = maildir_index.usage(path, _parse_entry, clock=self._clock)
+        return Usage(bytes=size, messages=count)
 
     # ---------------------------------------------------------------- removal
     def expunge(self, mailbox: MailboxRef, messages: Iterable[MessageInfo]) -> int:
@@ -398,29 +488,27 @@ class MaildirStore:
         another reader renamed meanwhile (``new/`` to ``cur/``, flags changed) is found again
         by its uid; one already gone counts as not removed.
         """
-        removed = 0
-        dirs: set[Path] = set()
-        moved: set[str] = set()
+        by_maildir: dict[Path, list[tuple[Path, int]]] = {}
+        uids: dict[Path, str] = {}
         for message in messages:
             self._check_inside(message.path)
-            try:
-                message.path.unlink()
-            except FileNotFoundError:
-                moved.add(message.uid)
-                continue
-            removed += 1
-            dirs.add(message.path.parent)
+            by_maildir.setdefault(message.path.parent.parent, []).append(
+                (message.path, message.size)
+            )
+            uids[message.path] = message.uid
+        removed: list[Path] = []
+        for maildir, files in by_maildir.items():
+            removed += self._unlink_noted(maildir, files)
+        gone = set(removed)
+        moved = {uid for path, uid in uids.items() if path not in gone}
         if moved:
-            for message in self.list_messages(mailbox):
-                if message.uid in moved:
-                    with contextlib.suppress(FileNotFoundError):
-                        message.path.unlink()
-                        removed += 1
-                        dirs.add(message.path.parent)
+            again = [(m.path, m.size) for m in self.scan_messages(mailbox) if m.uid in moved]
+            if again:
+                removed += self._unlink_noted(again[0][0].parent.parent, again)
         if self._fsync:
-            for directory in dirs:
+            for directory in {path.parent for path in removed}:
                 _fsync_dir(directory)
-        return removed
+        return len(removed)
 
     def remove_mailbox(self, mailbox: MailboxRef) -> None:
         """Delete a whole Maildir (used when a mailbox is deleted). A Maildir that was never

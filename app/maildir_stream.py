@@ -207,7 +207,7 @@ def _deliver_spilled(
     store: MaildirStore, copies: Sequence[tuple[MailboxRef, bytes]], body: SpooledBody
 ) -> list[MessageInfo]:
     staged: list[tuple[Path, Path, int, int]] = []  # tmp path, final path, size, wire size
-    renamed: list[Path] = []
+    renamed: list[tuple[Path, int]] = []  # final path, size
     try:
         for mailbox, header in copies:
             path = store.ensure(mailbox)
@@ -224,16 +224,17 @@ def _deliver_spilled(
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        for tmp, final, _, _ in staged:
-            os.rename(tmp, final)
-            renamed.append(final)
+        for tmp, final, size, wire in staged:
+            # Through the store's one publishing call: the rename and the Maildir index's note.
+            store.publish(tmp, final, size=size, wire=wire)
+            renamed.append((final, size))
         if store._fsync:
-            for directory in {final.parent for final in renamed}:
+            for directory in {final.parent for final, _ in renamed}:
                 _fsync_dir(directory)
     except BaseException:
-        for final in renamed:
+        for final, size in renamed:
             with contextlib.suppress(OSError):
-                final.unlink()
+                store._unlink_noted(final.parent.parent, [(final, size)])
         for tmp, _, _, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()

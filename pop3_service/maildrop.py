@@ -10,14 +10,18 @@ maildrop to ``open(i)`` a message of the snapshot, to ``expunge(uids)`` at QUIT 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import overload
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.errors import MailhostError, TemporaryError
-from app.maildir import MailboxRef, MaildirStore, MessageInfo, MessageReader
+from app.maildir import MailboxRef, MaildirStore, MessageInfo, MessageReader, uid_from_name
+from app.maildir_index import Listing
 from app.services import accounts, stats, throttle
 from pop3_service.locking import MaildropLocks
 from pop3_service.session import AuthFailure
@@ -28,18 +32,63 @@ log = logging.getLogger("pop3_service")
 MAX_USERNAME = 320
 
 
-@dataclass(frozen=True, slots=True)
 class SnapshotEntry:
-    """One message of a login snapshot: what the session sees, plus where it is."""
+    """One message of a login snapshot as the session sees it, made on access (its uid is
+    derived from the file name only when asked for: STAT and LIST never need it)."""
 
-    uid: str
-    size: int
-    info: MessageInfo
+    __slots__ = ("name", "size", "crlf_source")
+
+    def __init__(self, name: str, size: int, crlf_source: bool) -> None:
+        self.name = name
+        self.size = size  # octets with CRLF line endings (RFC 1939 section 11)
+        self.crlf_source = crlf_source  # a foreign file: its line endings may be CRLF already
 
     @property
-    def crlf_source(self) -> bool:
-        """True for foreign files whose line endings may already be CRLF."""
-        return self.info.wire_size is None
+    def uid(self) -> str:
+        return uid_from_name(self.name)
+
+
+class Snapshot(Sequence[SnapshotEntry]):
+    """The messages fixed at login, kept as the store's parallel arrays: no object per
+    message stays alive, so a session on 50,000 messages holds a few MB and gives them back
+    at logout (one list of names, three arrays)."""
+
+    __slots__ = ("maildir", "listing")
+
+    def __init__(self, maildir: Path, listing: Listing) -> None:
+        self.maildir = maildir
+        self.listing = listing
+
+    def __len__(self) -> int:
+        return len(self.listing)
+
+    @overload
+    def __getitem__(self, index: int) -> SnapshotEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SnapshotEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> SnapshotEntry | Sequence[SnapshotEntry]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        listing = self.listing
+        return SnapshotEntry(listing.names[index], listing.wires[index], listing.foreign(index))
+
+    def __iter__(self) -> Iterator[SnapshotEntry]:
+        listing = self.listing
+        for i, name in enumerate(listing.names):
+            yield SnapshotEntry(name, listing.wires[i], listing.foreign(i))
+
+    def info(self, index: int) -> MessageInfo:
+        """Where message ``index`` lives, for the store."""
+        listing = self.listing
+        return MessageInfo(
+            uid=uid_from_name(listing.names[index]),
+            path=listing.path(self.maildir, index),
+            size=listing.sizes[index],
+            wire_size=None if listing.foreign(index) else listing.wires[index],
+            mtime=listing.mtimes[index],
+        )
 
 
 @dataclass(slots=True)
@@ -48,21 +97,24 @@ class MaildirMaildrop:
 
     mailbox_id: int
     ref: MailboxRef
-    messages: list[SnapshotEntry]
+    messages: Snapshot
     _store: MaildirStore = field(repr=False)
     _locks: MaildropLocks = field(repr=False)
     _released: bool = False
 
     def open(self, index: int) -> MessageReader:
         """Open message ``index`` (0-based) of the snapshot; FileNotFoundError if gone."""
-        return self._store.open_reader(self.messages[index].info)
+        return self._store.open_reader(self.messages.info(index))
 
     def expunge(self, uids: tuple[str, ...]) -> int:
         """Remove these messages if the lock is still ours (else LeaseLost); how many went."""
         # Still ours?  A session whose lock lapsed must not delete (another may be live).
         self._locks.confirm(self.mailbox_id)
         wanted = set(uids)
-        doomed = [m.info for m in self.messages if m.uid in wanted]
+        names = self.messages.listing.names
+        doomed = [
+            self.messages.info(i) for i in range(len(names)) if uid_from_name(names[i]) in wanted
+        ]
         return self._store.expunge(self.ref, doomed)
 
     def release(self) -> None:
@@ -160,10 +212,9 @@ class Maildrops:
         if not self.locks.acquire(mailbox_id):
             return AuthFailure.IN_USE
         try:
-            messages = [
-                SnapshotEntry(uid=m.uid, size=self._store.wire_size(m), info=m)
-                for m in self._store.list_messages(ref)
-            ]
+            # Sizes come from the index (counted once for foreign files), so login costs
+            # the same for 10 messages and for 50,000 (app/maildir_index.py).
+            messages = Snapshot(*self._store.listing(ref))
         except BaseException:
             self.locks.release(mailbox_id)
             raise

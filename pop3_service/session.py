@@ -181,6 +181,9 @@ class Pop3Session:
         self._unknown = 0
         self._maildrop: Maildrop | None = None
         self._deleted: set[int] = set()
+        # STAT, RSET and the login reply answer from these, not a pass over the snapshot.
+        self._all_octets = 0
+        self._deleted_octets = 0
 
     # ------------------------------------------------------------------ adapter entry points
     def greeting(self) -> list[Event]:
@@ -219,6 +222,8 @@ class Pop3Session:
         self.username = username
         self._maildrop = maildrop
         self._deleted.clear()
+        self._all_octets = sum(m.size for m in maildrop.messages)
+        self._deleted_octets = 0
         count, octets = self._totals()
         return [Reply(_line(f"+OK Logged in, maildrop has {count} messages ({octets} octets)"))]
 
@@ -303,12 +308,8 @@ class Pop3Session:
         return self._maildrop.messages
 
     def _totals(self) -> tuple[int, int]:
-        count = octets = 0
-        for index, message in enumerate(self._messages()):
-            if index not in self._deleted:
-                count += 1
-                octets += message.size
-        return count, octets
+        count = len(self._messages()) - len(self._deleted)
+        return count, self._all_octets - self._deleted_octets
 
     def _message_arg(self, arg: bytes) -> tuple[int, list[Event]]:
         """0-based index for a message-number argument, or -1 and the -ERR to send.
@@ -514,6 +515,7 @@ class Pop3Session:
             return error
         # RFC 1939 section 5: DELE only marks; the message goes in the UPDATE state.
         self._deleted.add(index)
+        self._deleted_octets += self._messages()[index].size
         return [Reply(_line(f"+OK Message {index + 1} deleted"))]
 
     def _cmd_noop(self, args: list[bytes], rest: bytes) -> list[Event]:
@@ -521,6 +523,7 @@ class Pop3Session:
 
     def _cmd_rset(self, args: list[bytes], rest: bytes) -> list[Event]:
         self._deleted.clear()
+        self._deleted_octets = 0
         count, octets = self._totals()
         return [Reply(_line(f"+OK Maildrop has {count} messages ({octets} octets)"))]
 

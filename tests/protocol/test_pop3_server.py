@@ -465,6 +465,49 @@ def test_foreign_maildir_files_are_served(server: ServerThread, store: MaildirSt
     assert [m.uid for m in store.list_messages(ref(ALICE))] == ["1700000000.V801I2M3.postfix-host"]
 
 
+def _unstuffed_retr(client: RawClient, number: int) -> bytes:
+    """The message as RETR transmitted it: CRLF line ends, dot-stuffing and "." removed."""
+    assert client.cmd(f"RETR {number}").startswith(b"+OK")
+    raw = client.multiline_raw()[: -len(b".\r\n")]
+    return b"".join(
+        line[1:] if line.startswith(b".") else line for line in raw.splitlines(keepends=True)
+    )
+
+
+def test_stat_and_list_octets_are_the_crlf_size_of_what_retr_sends(
+    server: ServerThread, store: MaildirStore
+) -> None:
+    """RFC 1939 section 11: sizes count CRLF line ends (not dot-stuffing).  Checked against
+    the bytes RETR sends, for our files, foreign LF and CRLF files, and a mailbox of many
+    identical messages (issue 16: Dovecot's STAT and ours must agree to the octet), through
+    the index after it is built and after a foreign file changed the directory."""
+    bench_like = b"Subject: same\n\n" + b".dot line\n" + b"x" * 60 + b"\n" * 3
+    deliver(store, ALICE, *([bench_like] * 300), MSG_DOTS)
+    maildir = store.ensure(ref(ALICE))
+    postfix = b"Subject: postfix\n\n.line\nbody\n"
+    dovecot = b"Subject: dovecot\r\n\r\nbody\r\n.\r\nmixed\nend\r\n"
+    (maildir / "new" / "1800000000.V801I2M3.postfix-host").write_bytes(postfix)
+    for session in range(2):  # builds the index, then reads it
+        client = RawClient(server.port)
+        assert client.login(ALICE, DEFAULT_PASSWORD).startswith(b"+OK")
+        count, octets = (int(x) for x in client.cmd("STAT").split()[1:3])
+        assert client.cmd("LIST").startswith(b"+OK")
+        sizes = [int(line.split()[1]) for line in client.multiline_raw().splitlines()[:-1]]
+        assert count == len(sizes) == 302 + session
+        assert octets == sum(sizes)
+        for number in (1, 300, 301, 302, count):
+            assert sizes[number - 1] == len(_unstuffed_retr(client, number))
+        assert sizes[0] == len(bench_like) + bench_like.count(b"\n")
+        # The CRLF file keeps its CRLFs; its one bare LF becomes CRLF (one octet more).
+        assert octets == 300 * sizes[0] + len(to_wire(MSG_DOTS)) + len(to_wire(postfix)) + (
+            len(dovecot) + 1 if session else 0
+        )
+        assert client.cmd("QUIT").startswith(b"+OK")
+        client.close()
+        if session == 0:
+            (maildir / "cur" / "1800000001.M4P5Q6.dovecot-host:2,S").write_bytes(dovecot)
+
+
 def test_uidl_is_stable_across_sessions(server: ServerThread, store: MaildirStore) -> None:
     deliver(store, ALICE, MSG_PLAIN, MSG_DOTS)
     seen = []

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.maildir import MailboxRef, MaildirError, MaildirStore, lf_to_wire_size
+from app import maildir_index
+from app.maildir import MailboxRef, MaildirError, MaildirStore, Usage, lf_to_wire_size
 from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
 
 ALICE = MailboxRef("hosted.example", "alice")
@@ -51,7 +52,15 @@ def test_each_copy_is_header_plus_body_with_deliver_names(mstore: MaildirStore, 
     body = _stream(mstore, pieces, memory_limit=256 * 1024)
     assert body.spilled == (size > 256 * 1024)
     headers = [b"Delivered-To: alice\n", b"Delivered-To: bob\n", b"Delivered-To: carol\n"]
+    for ref in (ALICE, BOB, CAROL):  # indexed before: the delivery must note itself
+        mstore.ensure(ref)
+        assert mstore.list_messages(ref) == []
     infos = deliver_spooled(mstore, list(zip([ALICE, BOB, CAROL], headers, strict=True)), body)
+    for ref, header, info in zip([ALICE, BOB, CAROL], headers, infos, strict=True):
+        # Published through the store: the Maildir index noted it, so usage needs no listing.
+        log = mstore.mailbox_path(ref) / maildir_index.LOG_NAME
+        assert info.path.name.encode() in log.read_bytes()
+        assert mstore.usage(ref) == Usage(bytes=len(header) + len(expected_body), messages=1)
     for ref, header, info in zip([ALICE, BOB, CAROL], headers, infos, strict=True):
         content = header + expected_body
         assert info.path.read_bytes() == content
