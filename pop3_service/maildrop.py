@@ -190,10 +190,7 @@ class Maildrops:
                         db, address=username.strip(), password=password
                     )
                     if mailbox is not None:
-                        found = (
-                            mailbox.id,
-                            MailboxRef(domain=mailbox.domain.name, local_part=mailbox.local_part),
-                        )
+                        found = (mailbox.id, MailboxRef.of(mailbox))
                         throttle.settle(
                             db,
                             ticket=ticket,
