@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import maildir_index
 from app.config import Settings
-from app.maildir import MaildirStore
+from app.maildir import MaildirStore, Usage
 from tests.factories import DEFAULT_PASSWORD, seed_mailbox
 from tests.protocol.pop3_helpers import TIMEOUT, RawClient, ref, running_server
 from tests.protocol.smtp_helpers import IngressThread
@@ -80,4 +81,7 @@ def test_smtp_to_pop3_byte_for_byte(
         assert client.quit().startswith(b"+OK")
     assert store.list_messages(ref(USER)) == []
     maildir = store.mailbox_path(ref(USER))
-    assert [p for p in maildir.rglob("*") if p.is_file()] == []
+    # No message file is left anywhere; only the Maildir index (a cache) stays, and it is empty.
+    index_files = {maildir / maildir_index.BASE_NAME, maildir / maildir_index.LOG_NAME}
+    assert [p for p in maildir.rglob("*") if p.is_file() and p not in index_files] == []
+    assert store.usage(ref(USER)) == Usage(bytes=0, messages=0)
