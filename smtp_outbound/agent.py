@@ -10,7 +10,8 @@ FIFO, per-destination connections (reused) and the concurrency limits per destin
 ``run`` is continuous: outcomes are recorded as they come (one transaction takes every outcome
 that arrived while the previous one committed, with the DSNs they call for, RFC 3464; the DSN
 file is spooled before that commit, so a crash leaves only an orphan file), and more rows are
-claimed whenever at most half of ``delivery_batch_size`` rows are still in hand, so a slow
+claimed (``delivery_batch_size`` at a time) while fewer than four claims' worth of rows are
+in hand, so each destination's queue is deep enough to fill its connections and a slow
 destination never holds up the others. ``run_once`` is one drained round (claim, deliver all,
 record in one transaction) for the CLI's ``queue flush`` and for tests with an injected clock.
 Spool files of finished messages are removed after the commit that finishes them. Database
@@ -61,7 +62,11 @@ _HOUSEKEEPING_SECONDS = 300.0
 # Messages up to this size are read ahead in the claiming thread, at most _READ_AHEAD_TOTAL
 # octets per claim; larger ones are read by the lane that sends them.
 _READ_AHEAD_MAX = 256 * 1024
-_READ_AHEAD_TOTAL = 64 * 1024 * 1024
+_READ_AHEAD_TOTAL = 16 * 1024 * 1024
+# The continuous mode keeps up to this many claims' worth of rows in hand, so that each
+# destination has a queue deep enough to fill its connections (Postfix's active queue holds
+# up to 20,000 messages); a claim takes delivery_batch_size rows.
+_CLAIMS_IN_HAND = 4
 # An idle connection is kept this long for the next claim's messages (Postfix: 2 s).
 _LINGER_SECONDS = 2.0
 
@@ -157,7 +162,7 @@ class DeliveryAgent:
         next_poll = 0.0
         try:
             while not stop.is_set():
-                room = batch - self._in_hand
+                room = min(batch, batch * _CLAIMS_IN_HAND - self._in_hand)
                 hungry = room >= max(1, batch // 2)
                 if hungry and loop.time() >= next_poll:
                     try:

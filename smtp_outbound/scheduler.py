@@ -100,6 +100,8 @@ class Dispatcher:
         self._pending: dict[str, deque[Job]] = {}
         self._lanes: dict[str, int] = {}  # open lanes (connections) per destination
         self._busy = 0  # lanes holding a sending slot
+        self._reconnecting = 0  # idle lanes with new work, waiting for a slot (served first)
+        self._slot_freed = asyncio.Event()
         self._arrivals: dict[str, asyncio.Event] = {}  # wakes a lingering lane
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -124,7 +126,7 @@ class Dispatcher:
                 lanes = self._lanes.get(domain, 0)
                 while (
                     jobs
-                    and self._busy < total
+                    and self._busy + self._reconnecting < total
                     and lanes < per_destination
                     and (lanes > 0) == extra
                     and (lanes == 0 or len(jobs) > _PER_CONNECTION * lanes)
@@ -142,6 +144,36 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _release_slot(self) -> None:
+        self._busy -= 1
+        self._slot_freed.set()
+
+    async def _regain_slot(self, domain: str, jobs: deque[Job], deadline: float) -> bool:
+        """An idle lane waits for new work and a slot until ``deadline``; True when it has both."""
+        loop = asyncio.get_running_loop()
+        arrived = self._arrivals.setdefault(domain, asyncio.Event())
+        total = self.settings.delivery_concurrency
+        while not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if not jobs:
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), remaining)
+                continue
+            if self._busy < total:
+                self._busy += 1
+                return True
+            self._reconnecting += 1
+            self._slot_freed.clear()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), remaining)
+            finally:
+                self._reconnecting -= 1
+        return False
+
     def _check_idle(self) -> None:
         if not self._lanes and not any(self._pending.values()):
             self._pending.clear()
@@ -158,6 +190,7 @@ class Dispatcher:
             self._hand_back(domain, self.clock())
         for event in self._arrivals.values():
             event.set()
+        self._slot_freed.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -171,7 +204,7 @@ class Dispatcher:
             self._defer_all(domain, Reply(451, "4.3.0 internal error in the delivery agent"))
         finally:
             if holding:
-                self._busy -= 1
+                self._release_slot()
             self._lanes[domain] -= 1
             if not self._lanes[domain]:
                 del self._lanes[domain]
@@ -259,15 +292,11 @@ class Dispatcher:
             if self.linger <= 0 or self._closing:
                 return True
             # Idle: give the slot back and keep the connection for a while.
-            self._busy -= 1
+            self._release_slot()
             self._fill()
-            arrived = self._arrivals.setdefault(domain, asyncio.Event())
-            arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), self.linger)
-            if not jobs or self._closing or self._busy >= self.settings.delivery_concurrency:
+            deadline = asyncio.get_running_loop().time() + self.linger
+            if not await self._regain_slot(domain, jobs, deadline):
                 return False
-            self._busy += 1
 
     # ------------------------------------------------------------------ outcomes
     def _take_all(self, domain: str, kind: str, reply: Reply) -> None:
