@@ -100,8 +100,9 @@ class Dispatcher:
         self._pending: dict[str, deque[Job]] = {}
         self._lanes: dict[str, int] = {}  # open lanes (connections) per destination
         self._busy = 0  # lanes holding a sending slot
-        self._reconnecting = 0  # idle lanes with new work, waiting for a slot (served first)
-        self._slot_freed = asyncio.Event()
+        # Idle lanes with new work waiting for a slot, first come first served: a freed slot
+        # is handed to the first of them directly (no herd of waiters waking on each release).
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._arrivals: dict[str, asyncio.Event] = {}  # wakes a lingering lane
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -126,7 +127,7 @@ class Dispatcher:
                 lanes = self._lanes.get(domain, 0)
                 while (
                     jobs
-                    and self._busy + self._reconnecting < total
+                    and self._busy + len(self._slot_waiters) < total
                     and lanes < per_destination
                     and (lanes > 0) == extra
                     and (lanes == 0 or len(jobs) > _PER_CONNECTION * lanes)
@@ -145,8 +146,12 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
 
     def _release_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to it: _busy is unchanged
+                return
         self._busy -= 1
-        self._slot_freed.set()
 
     async def _regain_slot(self, domain: str, jobs: deque[Job], deadline: float) -> bool:
         """An idle lane waits for new work and a slot until ``deadline``; True when it has both."""
@@ -162,16 +167,18 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(arrived.wait(), remaining)
                 continue
-            if self._busy < total:
+            if self._busy < total and not self._slot_waiters:
                 self._busy += 1
                 return True
-            self._reconnecting += 1
-            self._slot_freed.clear()
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), remaining)
-            finally:
-                self._reconnecting -= 1
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._slot_waiters.append(waiter)
+            await asyncio.wait({waiter}, timeout=remaining)
+            if waiter.done() and not waiter.cancelled():
+                return True  # handed a slot
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._slot_waiters.remove(waiter)
+            return False
         return False
 
     def _check_idle(self) -> None:
@@ -190,7 +197,8 @@ class Dispatcher:
             self._hand_back(domain, self.clock())
         for event in self._arrivals.values():
             event.set()
-        self._slot_freed.set()
+        for waiter in self._slot_waiters:
+            waiter.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
