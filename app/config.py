@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     submission_port: int = 2587
     submissions_port: int | None = 2465
     submission_workers: int = 1
+    # Open connections per submission process, in all and per client address (a client past
+    # them gets 421 4.7.0 at connect); one address behind a company NAT may hold many.
+    submission_max_connections: int = 1000
+    submission_max_connections_per_ip: int = 20
 
     # --- POP3 --------------------------------------------------------------------------------
     pop3_host: str = "127.0.0.1"

@@ -233,6 +233,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(slots=True)
+class StagedMessage:
+    """A copy being written in ``tmp/`` (``MaildirStore.stage``), ``fd`` open until sealed."""
+
+    mailbox: MailboxRef
+    tmp: Path
+    final: Path
+    size: int
+    wire: int
+    fd: int | None
+
+
+def write_all(fd: int, chunks: Sequence[bytes]) -> int:
+    """writev every chunk to ``fd`` (short writes resumed); returns the octets written."""
+    views = [memoryview(c) for c in chunks if len(c)]  # writev of b"" returns 0
+    total = 0
+    while views:
+        written = os.writev(fd, views)
+        total += written
+        while written and views:
+            if written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][written:]
+                written = 0
+    return total
+
+
 class MaildirStore:
     """All message-file operations. Thread-safe; safe across processes sharing the volume."""
 
@@ -289,8 +318,8 @@ class MaildirStore:
             n = next(self._counter)
         return f"{sec}.M{usec}P{os.getpid()}Q{n}.{self._host}"
 
-    def _create_tmp(self, mailbox: MailboxRef, tmp: Path) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    def _create_tmp(self, mailbox: MailboxRef, tmp: Path, *, readable: bool = False) -> int:
+        flags = (os.O_RDWR if readable else os.O_WRONLY) | os.O_CREAT | os.O_EXCL
         try:
             return os.open(tmp, flags, 0o600)
         except FileNotFoundError:
@@ -300,6 +329,75 @@ class MaildirStore:
             self.ensure(mailbox)
             return os.open(tmp, flags, 0o600)
 
+    # ---------------------------------------------------------------- staging (public)
+    # Every writer of message files goes through these (``deliver`` here, the streamed
+    # delivery in app/maildir_stream.py): stage a copy in tmp/, write it through ``fd``,
+    # ``seal`` it, then ``publish_staged`` all copies at once, or ``rollback``.
+    def stage(self, mailbox: MailboxRef, *, size: int, wire: int) -> StagedMessage:
+        """A new file in the mailbox's ``tmp/`` named for ``size`` / ``wire`` octets, open
+        for writing (``fd``)."""
+        path = self.ensure(mailbox)
+        name = f"{self._unique_base()},S={size},W={wire}"
+        tmp = path / "tmp" / name
+        fd = self._create_tmp(mailbox, tmp)
+        return StagedMessage(mailbox, tmp, path / "new" / name, size, wire, fd)
+
+    def scratch_file(self, mailbox: MailboxRef, suffix: str) -> tuple[int, Path]:
+        """A file of our own in the mailbox's ``tmp/``, open for reading and writing (a
+        spill file). Never published; one left by a crash is stale tmp/ debris for
+        ``clean_tmp``."""
+        tmp = self.ensure(mailbox) / "tmp" / f"{self._unique_base()}{suffix}"
+        return self._create_tmp(mailbox, tmp, readable=True), tmp
+
+    def seal(self, staged: StagedMessage) -> None:
+        """fsync (when this store fsyncs) and close a staged file: written in full."""
+        fd, staged.fd = staged.fd, None
+        if fd is None:
+            return
+        try:
+            if self._fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def publish_staged(self, staged: Sequence[StagedMessage]) -> list[MessageInfo]:
+        """Rename every sealed copy into ``new/`` (noting it in the index) and fsync the
+        ``new/`` directories: all or nothing. If anything fails, every copy is removed again
+        (``rollback``) and the error propagates."""
+        renamed: list[StagedMessage] = []
+        try:
+            for copy in staged:
+                if copy.fd is not None:
+                    raise MaildirError("publish of a copy that was not sealed")
+                self.publish(copy.tmp, copy.final, size=copy.size, wire=copy.wire)
+                renamed.append(copy)
+            if self._fsync:
+                for directory in {copy.final.parent for copy in renamed}:
+                    _fsync_dir(directory)
+        except BaseException:
+            self.rollback(staged, published=renamed)
+            raise
+        now = self._clock()
+        return [
+            MessageInfo(uid_from_name(c.final.name), c.final, c.size, c.wire, now) for c in staged
+        ]
+
+    def rollback(
+        self, staged: Sequence[StagedMessage], *, published: Sequence[StagedMessage] = ()
+    ) -> None:
+        """Remove staged copies (closing open ones) and, of ``published``, the files already
+        renamed into ``new/`` (noted as removed). Only our own files: never raises."""
+        for copy in published:
+            with contextlib.suppress(OSError):
+                self._unlink_noted(copy.final.parent.parent, [(copy.final, copy.size)])
+        for copy in staged:
+            if copy.fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(copy.fd)
+                copy.fd = None
+            with contextlib.suppress(OSError):
+                copy.tmp.unlink()
+
     # ---------------------------------------------------------------- delivery
     def deliver(self, copies: Sequence[tuple[MailboxRef, Sequence[bytes]]]) -> list[MessageInfo]:
         """Store each copy (chunks already with LF line endings) in its mailbox's ``new/``.
@@ -308,62 +406,22 @@ class MaildirStore:
         each ``new/`` directory is fsync'd; if anything fails, every file this call created is
         removed again and the error propagates, so a retried delivery never duplicates.
         """
-        staged: list[tuple[Path, Path, int, int]] = []  # tmp path, final path, size, wire size
-
-        def staged_size(final: Path) -> int:
-            return next(size for _, f, size, _ in staged if f == final)
-
-        renamed: list[Path] = []
+        # Recorded only once created: the cleanup must never remove someone else's file.
+        staged: list[StagedMessage] = []
         try:
             for mailbox, chunks in copies:
-                path = self.ensure(mailbox)
                 size = sum(len(c) for c in chunks)
                 wire = size + sum(c.count(b"\n") for c in chunks)
-                name = f"{self._unique_base()},S={size},W={wire}"
-                tmp = path / "tmp" / name
-                fd = self._create_tmp(mailbox, tmp)
-                # Recorded only once we created it: the cleanup below must never remove a
-                # file that belongs to someone else.
-                staged.append((tmp, path / "new" / name, size, wire))
-                try:
-                    view_chunks = [
-                        memoryview(c) for c in chunks if len(c)
-                    ]  # writev of b"" returns 0
-                    while view_chunks:
-                        written = os.writev(fd, view_chunks)
-                        while written and view_chunks:
-                            if written >= len(view_chunks[0]):
-                                written -= len(view_chunks[0])
-                                view_chunks.pop(0)
-                            else:
-                                view_chunks[0] = view_chunks[0][written:]
-                                written = 0
-                    if self._fsync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for tmp, final, size, wire in staged:
-                self.publish(tmp, final, size=size, wire=wire)
-                renamed.append(final)
-            if self._fsync:
-                for directory in {final.parent for final in renamed}:
-                    _fsync_dir(directory)
+                copy = self.stage(mailbox, size=size, wire=wire)
+                staged.append(copy)
+                assert copy.fd is not None
+                write_all(copy.fd, chunks)
+                self.seal(copy)
         except BaseException:
-            for final in renamed:
-                with contextlib.suppress(OSError):
-                    self._unlink_noted(final.parent.parent, [(final, staged_size(final))])
-            for tmp, _, _, _ in staged:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+            self.rollback(staged)
             raise
-        now = self._clock()
-        delivered = [
-            MessageInfo(uid_from_name(final.name), final, size, wire, now)
-            for _, final, size, wire in staged
-        ]
-        return delivered
+        return self.publish_staged(staged)
 
-    # ---------------------------------------------------------------- index (app/maildir_index.py)
     def publish(self, tmp: Path, final: Path, *, size: int, wire: int) -> None:
         """Rename a written (and fsync'd) message from ``tmp/`` into ``new/`` and note it in
         the Maildir's index: the one call every writer makes to publish a message.

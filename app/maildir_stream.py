@@ -1,8 +1,9 @@
 """Streamed delivery, the second room of the Maildir store: bodies too large to hold in memory.
 
-It builds no path itself: the spill file and the copies are created through ``MaildirStore``
-(``ensure``, ``_create_tmp``, ``_unique_base``), so names, S=/W= sizes, the recreation of a
-removed Maildir and the stale ``tmp/`` cleanup are exactly ``deliver``'s.
+It builds no path itself: the spill file and the copies are created through ``MaildirStore``'s
+public staging calls (``scratch_file``, ``stage``, ``seal``, ``publish_staged``, ``rollback``),
+the same ones ``deliver`` uses, so names, S=/W= sizes, the recreation of a removed Maildir,
+the index notes and the stale ``tmp/`` cleanup are exactly ``deliver``'s.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from app.maildir import (
     MaildirError,
     MaildirStore,
     MessageInfo,
-    _fsync_dir,
-    uid_from_name,
+    StagedMessage,
+    write_all,
 )
 
 # ---------------------------------------------------------------- streamed delivery
@@ -87,11 +88,8 @@ class SpooledBody:
             if not chunks:
                 return
             if self._fd is None:
-                path = self._store.ensure(self._mailbox)
-                tmp = path / "tmp" / f"{self._store._unique_base()},spool"
-                self._fd = _create_spill(self._store, self._mailbox, tmp)
-                self._path = tmp
-            _write_all(self._fd, chunks)
+                self._fd, self._path = self._store.scratch_file(self._mailbox, ",spool")
+            write_all(self._fd, chunks)
             self._written += sum(len(c) for c in chunks)
 
     def _copy_into(self, fd: int) -> None:
@@ -105,7 +103,7 @@ class SpooledBody:
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                     raise
-                copied = _write_all(fd, [os.pread(self._fd, min(count, 1 << 20), offset)])
+                copied = write_all(fd, [os.pread(self._fd, min(count, 1 << 20), offset)])
             if copied == 0:
                 raise MaildirError("the spilled message body is shorter than written")
             offset += copied
@@ -144,34 +142,6 @@ class SpooledBody:
                 path.unlink()
 
 
-def _create_spill(store: MaildirStore, mailbox: MailboxRef, tmp: Path) -> int:
-    """``MaildirStore._create_tmp`` opened for reading too (the copies are read from it)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-    try:
-        return os.open(tmp, flags, 0o600)
-    except FileNotFoundError:  # the Maildir was removed by another process: as _create_tmp
-        store._known_dirs.pop(mailbox, None)
-        store.ensure(mailbox)
-        return os.open(tmp, flags, 0o600)
-
-
-def _write_all(fd: int, chunks: Sequence[bytes]) -> int:
-    """writev every chunk to ``fd`` (short writes resumed); returns the octets written."""
-    views = [memoryview(c) for c in chunks if len(c)]  # writev of b"" returns 0
-    total = 0
-    while views:
-        written = os.writev(fd, views)
-        total += written
-        while written and views:
-            if written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][written:]
-                written = 0
-    return total
-
-
 def spool_body(
     store: MaildirStore, mailbox: MailboxRef, *, memory_limit: int = SPOOL_MEMORY_LIMIT
 ) -> SpooledBody:
@@ -206,41 +176,18 @@ def deliver_spooled(
 def _deliver_spilled(
     store: MaildirStore, copies: Sequence[tuple[MailboxRef, bytes]], body: SpooledBody
 ) -> list[MessageInfo]:
-    staged: list[tuple[Path, Path, int, int]] = []  # tmp path, final path, size, wire size
-    renamed: list[tuple[Path, int]] = []  # final path, size
+    staged: list[StagedMessage] = []  # ours only: the rollback may remove them
     try:
         for mailbox, header in copies:
-            path = store.ensure(mailbox)
             size = len(header) + body.size
             wire = size + header.count(b"\n") + body.lines
-            name = f"{store._unique_base()},S={size},W={wire}"
-            tmp = path / "tmp" / name
-            fd = store._create_tmp(mailbox, tmp)
-            staged.append((tmp, path / "new" / name, size, wire))  # ours: cleanup may remove
-            try:
-                _write_all(fd, [header])
-                body._copy_into(fd)
-                if store._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        for tmp, final, size, wire in staged:
-            # Through the store's one publishing call: the rename and the Maildir index's note.
-            store.publish(tmp, final, size=size, wire=wire)
-            renamed.append((final, size))
-        if store._fsync:
-            for directory in {final.parent for final, _ in renamed}:
-                _fsync_dir(directory)
+            copy = store.stage(mailbox, size=size, wire=wire)
+            staged.append(copy)
+            assert copy.fd is not None
+            write_all(copy.fd, [header])
+            body._copy_into(copy.fd)
+            store.seal(copy)
     except BaseException:
-        for final, size in renamed:
-            with contextlib.suppress(OSError):
-                store._unlink_noted(final.parent.parent, [(final, size)])
-        for tmp, _, _, _ in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        store.rollback(staged)
         raise
-    now = store._clock()
-    return [
-        MessageInfo(uid_from_name(final.name), final, size, wire, now)
-        for _, final, size, wire in staged
-    ]
+    return store.publish_staged(staged)

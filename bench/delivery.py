@@ -28,7 +28,7 @@ Postfix: installed with apt-get when missing and running as root; otherwise the 
 and runs Mailhost alone.
 
 Usage: .venv/bin/python bench/delivery.py [--messages 10000] [--domains 100] [--sinks 10]
-       [--size 4096] [--rounds 2] [--no-postfix] [--agent-batch N]
+       [--size 4096] [--rounds 2] [--no-postfix] [--agent-batch N] [--agent-profile FILE]
 """
 
 from __future__ import annotations
@@ -247,8 +247,12 @@ def run_mailhost(
     if args.agent_batch:
         env["MAILHOST_DELIVERY_BATCH_SIZE"] = str(args.agent_batch)
     base = counter.value
+    profile = ["-m", "cProfile", "-o", str(Path(args.agent_profile).resolve())]
     agent = subprocess.Popen(
-        [sys.executable, "-m", "smtp_outbound"], cwd=work, env=env, stdin=subprocess.DEVNULL
+        [sys.executable, *(profile if args.agent_profile else []), "-m", "smtp_outbound"],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     try:
         return watch(
@@ -469,6 +473,9 @@ def main() -> None:
     parser.add_argument("--no-postfix", action="store_true")
     parser.add_argument(
         "--agent-batch", type=int, default=0, help="the agent's delivery_batch_size (0: shipped)"
+    )
+    parser.add_argument(
+        "--agent-profile", default="", help="run the agent under cProfile, write stats here"
     )
     ARGS = args = parser.parse_args()
 

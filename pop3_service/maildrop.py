@@ -187,7 +187,10 @@ class Maildrops:
             try:
                 with transaction(self._factory) as db:
                     mailbox = accounts.authenticate_mailbox(
-                        db, address=username.strip(), password=password
+                        db,
+                        address=username.strip(),
+                        password=password,
+                        door=accounts.DOOR_POP3,
                     )
                     if mailbox is not None:
                         found = (mailbox.id, MailboxRef.of(mailbox))

@@ -1,18 +1,21 @@
 """The delivery agent: claim due queue rows, deliver them (locally or by SMTP), record, bounce.
 
-Theory of operation: each round claims up to ``delivery_batch_size`` due rows with a lease
-(``app.services.queue.claim_due``). Rows for hosted addresses are stored in the Maildir; the
-rest are grouped by recipient domain, and each destination gets one task that looks up its
-route, opens one connection to the first MX host that answers and sends every message of the
-group over it (several recipients of one message in one transaction), trying the next host
-when a connection fails; a destination with many messages in the round gets several such
-connections in parallel. At most ``delivery_destination_concurrency`` connections go to one
-domain and ``delivery_concurrency`` in all. A destination whose hosts all failed is left
-alone for ``delivery_destination_backoff`` seconds: its rows are handed back untried. The
-outcomes of a whole round are recorded in one transaction that also queues the DSNs they
-call for (RFC 3464; the DSN file is spooled before that commit, so a crash leaves only an
-orphan file); the spool files of finished messages are removed after it. Database and file
-work runs in threads, never on the event loop.
+Theory of operation: the agent claims due rows with a lease (``app.services.queue.claim_due``,
+``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL) and, in the same thread, reads ahead the
+spool file of each small message once (all its recipients share it) and sorts hosted
+recipients from remote ones. Hosted ones are stored in the Maildir; remote ones go to the
+scheduler (``smtp_outbound.scheduler``) as one job per message and domain, which keeps a
+FIFO, per-destination connections (reused) and the concurrency limits per destination.
+
+``run`` is continuous: outcomes are recorded as they come (one transaction takes every outcome
+that arrived while the previous one committed, with the DSNs they call for, RFC 3464; the DSN
+file is spooled before that commit, so a crash leaves only an orphan file), and more rows are
+claimed (``delivery_batch_size`` at a time) while fewer than four claims' worth of rows are
+in hand, so each destination's queue is deep enough to fill its connections and a slow
+destination never holds up the others. ``run_once`` is one drained round (claim, deliver all,
+record in one transaction) for the CLI's ``queue flush`` and for tests with an injected clock.
+Spool files of finished messages are removed after the commit that finishes them. Database
+and file work runs in threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ import logging
 import os
 import secrets
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-import aiosmtplib
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -40,43 +42,33 @@ from app.services.queue import Claimed, Notice, Reply, RetrySchedule
 from app.spool import SpoolError, SpoolStore
 from smtp_outbound import client
 from smtp_outbound.local import deliver_local, is_hosted
-from smtp_outbound.routing import Host, Router
+from smtp_outbound.routing import Router
+from smtp_outbound.scheduler import (
+    DEFERRED,
+    DELIVERED,
+    FAILED,
+    HANDED_BACK,
+    Dispatcher,
+    Job,
+    Result,
+    domain_of,
+)
 
 log = logging.getLogger("mailhost.outbound")
 
-DELIVERED, DEFERRED, FAILED = "delivered", "deferred", "failed"
+__all__ = ["DELIVERED", "DEFERRED", "FAILED", "DeliveryAgent", "Result"]
+
 _HOUSEKEEPING_SECONDS = 300.0
-# Below this many messages for one destination in a round, one connection carries them all.
-_PER_CONNECTION = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    item: Claimed
-    kind: str
-    reply: Reply
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2].lower()
-
-
-def _lanes(items: list[Claimed], connections: int) -> list[list[Claimed]]:
-    """Split one destination's rows over up to ``connections`` connections, each message
-    (all its recipients there) whole in one lane, at least ``_PER_CONNECTION`` messages per
-    lane, so a busy destination gets parallel connections and a quiet one a single one."""
-    jobs: dict[int, list[Claimed]] = defaultdict(list)
-    for item in items:
-        jobs[item.message_id].append(item)
-    messages = list(jobs.values())
-    count = max(1, min(connections, len(messages) // _PER_CONNECTION))
-    return [[i for job in messages[n::count] for i in job] for n in range(count)]
-
-
-def _kind(code: int) -> str:
-    if 200 <= code < 300:
-        return DELIVERED
-    return FAILED if 500 <= code < 600 else DEFERRED
+# Messages up to this size are read ahead in the claiming thread, at most _READ_AHEAD_TOTAL
+# octets per claim; larger ones are read by the lane that sends them.
+_READ_AHEAD_MAX = 256 * 1024
+_READ_AHEAD_TOTAL = 16 * 1024 * 1024
+# The continuous mode keeps up to this many claims' worth of rows in hand, so that each
+# destination has a queue deep enough to fill its connections (Postfix's active queue holds
+# up to 20,000 messages); a claim takes delivery_batch_size rows.
+_CLAIMS_IN_HAND = 4
+# An idle connection is kept this long for the next claim's messages (Postfix: 2 s).
+_LINGER_SECONDS = 2.0
 
 
 class DeliveryAgent:
@@ -106,50 +98,116 @@ class DeliveryAgent:
         self.router = Router(settings)
         self.tls_memory = client.TLSMemory()
         self.backoff: dict[str, dt.datetime] = {}
-        self._dest_limits: dict[str, asyncio.Semaphore] = {}
-        self._limit: asyncio.Semaphore | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._results: list[Result] = []
+        self._have_results: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
+        self._in_hand = 0  # rows claimed and not yet recorded
+        self._local_tasks: set[asyncio.Task[None]] = set()
         self._last_housekeeping: dt.datetime | None = None
+
+    def _dispatch(self) -> Dispatcher:
+        # Built per event loop (run_once may be called under several asyncio.run calls).
+        loop = asyncio.get_running_loop()
+        if self._dispatcher is None or self._loop is not loop:
+            self._loop = loop
+            self._dispatcher = Dispatcher(
+                self.settings,
+                spool=self.spool,
+                router=self.router,
+                tls_memory=self.tls_memory,
+                clock=self.clock,
+                emit=self._emit,
+                lease_seconds=self.settings.delivery_lease_seconds,
+            )
+            self._dispatcher.backoff = self.backoff
+            self._have_results = asyncio.Event()
+            self._progress = asyncio.Event()
+        return self._dispatcher
+
+    def _emit(self, results: list[Result]) -> None:
+        self._results.extend(results)
+        assert self._have_results is not None
+        self._have_results.set()
 
     # ------------------------------------------------------------------ rounds
     async def run_once(self) -> int:
         """One round: claim due rows, deliver them all, record. Returns how many were claimed."""
-        if self._limit is None:
-            self._limit = asyncio.Semaphore(self.settings.delivery_concurrency)
-        now = self.clock()
-        claimed = await asyncio.to_thread(self._claim, now)
+        dispatcher = self._dispatch()
+        claimed = await self._claim_and_hand_out(self.settings.delivery_batch_size)
         if not claimed:
             return 0
-        local, remote = await asyncio.to_thread(self._split_hosted, claimed)
-        results: list[Result] = []
-        if local:
-            results.extend(await asyncio.to_thread(self._deliver_local, local))
-        by_domain: dict[str, list[Claimed]] = defaultdict(list)
-        for item in remote:
-            by_domain[_domain(item.address)].append(item)
-        for found in await asyncio.gather(
-            *(self._destination(d, items) for d, items in by_domain.items())
-        ):
-            results.extend(found)
-        # One transaction records the whole round (bench/delivery.py: one commit per
-        # destination was the round's main cost on SQLite). A crash before it leaves the rows
-        # leased: taken again after the lease, sent twice at worst, never lost.
+        await dispatcher.wait_idle()
+        while self._local_tasks:
+            await asyncio.gather(*self._local_tasks)
+        # One transaction records the whole round. A crash before it leaves the rows leased:
+        # taken again after the lease, sent twice at worst, never lost.
+        results, self._results = self._results, []
         await asyncio.to_thread(self._record, results)
-        return len(claimed)
+        self._in_hand -= len(results)
+        return claimed
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Rounds until ``stop`` is set; a round that found nothing waits for the poll interval."""
+        """Deliver continuously until ``stop`` is set; then the messages being sent are
+        finished and recorded, and rows not yet started are handed back."""
         log.info("delivery agent %s started", self.worker)
-        while not stop.is_set():
-            try:
-                handled = await self.run_once()
-                await self._housekeeping()
-            except Exception:
-                log.exception("delivery round failed")
-                handled = 0
-            if not handled:
+        dispatcher = self._dispatch()
+        dispatcher.linger = _LINGER_SECONDS
+        assert self._progress is not None
+        loop = asyncio.get_running_loop()
+        recorder = asyncio.create_task(self._recorder(), name="delivery recorder")
+        batch = self.settings.delivery_batch_size
+        next_poll = 0.0
+        try:
+            while not stop.is_set():
+                room = min(batch, batch * _CLAIMS_IN_HAND - self._in_hand)
+                hungry = room >= max(1, batch // 2)
+                if hungry and loop.time() >= next_poll:
+                    try:
+                        got = await self._claim_and_hand_out(room)
+                        await self._housekeeping()
+                    except Exception:
+                        log.exception("claiming delivery work failed")
+                        got = 0
+                    if got < room:  # nothing more due now: look again after the interval
+                        next_poll = loop.time() + self.settings.delivery_poll_interval
+                    continue
+                wait = max(0.0, next_poll - loop.time()) if hungry else None
+                self._progress.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.delivery_poll_interval)
-        log.info("delivery agent %s stopped", self.worker)
+                    await asyncio.wait_for(
+                        _first(stop.wait(), self._progress.wait()),
+                        wait if wait is not None else self.settings.delivery_poll_interval,
+                    )
+        finally:
+            await dispatcher.close()
+            while self._local_tasks:
+                await asyncio.gather(*self._local_tasks, return_exceptions=True)
+            self._stopping = True
+            assert self._have_results is not None
+            self._have_results.set()
+            await recorder
+            log.info("delivery agent %s stopped", self.worker)
+
+    async def _recorder(self) -> None:
+        """Record outcomes as they arrive; those arriving during a commit share the next one."""
+        assert self._have_results is not None and self._progress is not None
+        while True:
+            await self._have_results.wait()
+            self._have_results.clear()
+            results, self._results = self._results, []
+            if results:
+                try:
+                    await asyncio.to_thread(self._record, results)
+                except Exception:
+                    # The rows stay leased: taken again after the lease, never lost.
+                    log.exception("recording %d delivery outcome(s) failed", len(results))
+                self._in_hand -= len(results)
+                self._progress.set()
+            if self._stopping and not self._results:
+                return
 
     async def _housekeeping(self) -> None:
         now = self.clock()
@@ -170,134 +228,82 @@ class DeliveryAgent:
             queue.purge_finished(s, before=now - keep)
         return removed
 
-    def _claim(self, now: dt.datetime) -> list[Claimed]:
+    # ------------------------------------------------------------------ claiming
+    async def _claim_and_hand_out(self, limit: int) -> int:
+        dispatcher = self._dispatch()
+        local, remote, count = await asyncio.to_thread(self._claim, self.clock(), limit)
+        self._in_hand += count
+        if local:
+            task = asyncio.create_task(self._local(local), name="local delivery")
+            self._local_tasks.add(task)
+            task.add_done_callback(self._local_tasks.discard)
+        for domain, jobs in remote.items():
+            dispatcher.add(domain, jobs)
+        return count
+
+    def _claim(self, now: dt.datetime, limit: int) -> tuple[list[Job], dict[str, list[Job]], int]:
+        """Claim, read ahead and sort: (hosted jobs, remote jobs by domain, rows claimed)."""
         with transaction(self.factory) as s:
-            return queue.claim_due(
+            claimed = queue.claim_due(
                 s,
                 worker=self.worker,
                 now=now,
-                limit=self.settings.delivery_batch_size,
+                limit=limit,
                 lease=self.settings.delivery_lease_seconds,
             )
-
-    def _split_hosted(self, claimed: list[Claimed]) -> tuple[list[Claimed], list[Claimed]]:
-        local: list[Claimed] = []
-        remote: list[Claimed] = []
+        if not claimed:
+            return [], {}, 0
+        data: dict[str, bytes] = {}
+        budget = _READ_AHEAD_TOTAL
+        for item in claimed:
+            if item.spool_id in data or item.size > _READ_AHEAD_MAX or item.size > budget:
+                continue
+            with contextlib.suppress(SpoolError):
+                data[item.spool_id] = self.spool.read(item.spool_id)
+                budget -= item.size
+        hosted: dict[str, bool] = {}
+        groups: dict[tuple[str, int], list[Claimed]] = defaultdict(list)
         with self.factory() as s:
             for item in claimed:
-                (local if is_hosted(s, item.address) else remote).append(item)
-        return local, remote
+                domain = domain_of(item.address)
+                if domain not in hosted:  # hosted or not is a property of the domain
+                    hosted[domain] = is_hosted(s, item.address)
+                key = ("" if hosted[domain] else domain, item.message_id)
+                groups[key].append(item)
+        local: list[Job] = []
+        remote: dict[str, list[Job]] = defaultdict(list)
+        for (domain, _), items in groups.items():
+            job = Job(items, data.get(items[0].spool_id))
+            (remote[domain] if domain else local).append(job)
+        return local, remote, len(claimed)
 
     # ------------------------------------------------------------------ local
-    def _deliver_local(self, items: list[Claimed]) -> list[Result]:
+    async def _local(self, jobs: list[Job]) -> None:
+        self._emit(await asyncio.to_thread(self._deliver_local, jobs))
+
+    def _deliver_local(self, jobs: list[Job]) -> list[Result]:
         results: list[Result] = []
         now = self.clock()
-        for item in items:
+        for job in jobs:
             try:
-                data = self.spool.read(item.spool_id)
+                data = job.data if job.data is not None else self.spool.read(job.items[0].spool_id)
             except SpoolError as exc:
                 reply = Reply(451, f"4.3.0 {exc}", self.settings.hostname)
-                results.append(Result(item, DEFERRED, reply))
+                results.extend(Result(item, DEFERRED, reply) for item in job.items)
                 continue
-            with self.factory() as s:
-                kind, reply = deliver_local(
-                    s,
-                    store=self.store,
-                    hostname=self.settings.hostname,
-                    item=item,
-                    data=data,
-                    now=now,
-                    postmaster_address=self.settings.postmaster_address,
-                )
-            results.append(Result(item, kind, reply))
+            for item in job.items:
+                with self.factory() as s:
+                    kind, reply = deliver_local(
+                        s,
+                        store=self.store,
+                        hostname=self.settings.hostname,
+                        item=item,
+                        data=data,
+                        now=now,
+                        postmaster_address=self.settings.postmaster_address,
+                    )
+                results.append(Result(item, kind, reply))
         return results
-
-    # ------------------------------------------------------------------ remote
-    async def _destination(self, domain: str, items: list[Claimed]) -> list[Result]:
-        """Deliver one domain's rows; returns the outcomes for the round to record."""
-        now = self.clock()
-        until = self.backoff.get(domain)
-        if until is not None and until > now:
-            await asyncio.to_thread(self._postpone, items, until)
-            return []
-        route = await self.router.route(domain)
-        if not route.hosts:
-            code = 550 if route.permanent else 451
-            reply = Reply(code, f"{route.status} {route.error}", None)
-            kind = FAILED if route.permanent else DEFERRED
-            return [Result(i, kind, reply) for i in items]
-        limit = self._dest_limits.setdefault(
-            domain, asyncio.Semaphore(self.settings.delivery_destination_concurrency)
-        )
-        assert self._limit is not None
-        lanes = _lanes(items, self.settings.delivery_destination_concurrency)
-
-        async def lane(chunk: list[Claimed]) -> list[Result]:
-            assert self._limit is not None
-            async with limit, self._limit:
-                return await self._send_all(domain, route.hosts, chunk)
-
-        found = await asyncio.gather(*(lane(chunk) for chunk in lanes))
-        return [result for chunk_results in found for result in chunk_results]
-
-    async def _send_all(
-        self, domain: str, hosts: tuple[Host, ...], items: list[Claimed]
-    ) -> list[Result]:
-        jobs: dict[int, list[Claimed]] = defaultdict(list)
-        for item in items:
-            jobs[item.message_id].append(item)
-        pending = list(jobs.values())
-        results: list[Result] = []
-        last = Reply(451, "4.4.1 no host tried", None)
-        for host in hosts:
-            for address in host.addresses:
-                if not pending:
-                    break
-                try:
-                    conn = await client.connect(self.settings, host.name, address, self.tls_memory)
-                except client.ConnectFailure as exc:
-                    last = exc.reply
-                    log.info("%s[%s]: %s %s", host.name, address, exc.reply.code, exc.reply.text)
-                    continue
-                try:
-                    while pending:
-                        job = pending[0]
-                        try:
-                            data = await asyncio.to_thread(self.spool.read, job[0].spool_id)
-                        except SpoolError as exc:
-                            reply = Reply(451, f"4.3.0 {exc}", None)
-                            results.extend(Result(i, DEFERRED, reply) for i in job)
-                            pending.pop(0)
-                            continue
-                        refused, data_reply = await client.send(
-                            conn,
-                            sender=job[0].sender,
-                            recipients=[i.address for i in job],
-                            data=data,
-                        )
-                        for item in job:
-                            got = refused.get(item.address) or data_reply
-                            assert got is not None
-                            results.append(Result(item, _kind(got.code), got))
-                        pending.pop(0)
-                except (aiosmtplib.SMTPException, OSError) as exc:
-                    # The connection broke mid-message: that message goes to the next host.
-                    last = conn.reply(421, f"4.4.2 connection lost: {exc}")
-                    conn.smtp.close()
-                    continue
-                await conn.close()
-        if pending:
-            self.backoff[domain] = self.clock() + dt.timedelta(
-                seconds=self.settings.delivery_destination_backoff
-            )
-            results.extend(Result(i, DEFERRED, last) for job in pending for i in job)
-        return results
-
-    def _postpone(self, items: list[Claimed], until: dt.datetime) -> None:
-        with transaction(self.factory) as s:
-            queue.postpone(
-                s, recipient_ids=[i.recipient_id for i in items], worker=self.worker, until=until
-            )
 
     # ------------------------------------------------------------------ recording
     def _record(self, results: list[Result]) -> None:
@@ -305,7 +311,11 @@ class DeliveryAgent:
             return
         now = self.clock()
         groups: dict[tuple[str, Reply], list[int]] = defaultdict(list)
+        handed_back: dict[dt.datetime, list[int]] = defaultdict(list)
         for r in results:
+            if r.kind == HANDED_BACK:
+                handed_back[r.until or now].append(r.item.recipient_id)
+                continue
             groups[(r.kind, r.reply)].append(r.item.recipient_id)
             log.info(
                 "qid=%s to=<%s> relay=%s status=%s (%s %s) tls=%s",
@@ -319,6 +329,8 @@ class DeliveryAgent:
             )
         finished: list[str] = []
         with transaction(self.factory) as s:
+            for until, ids in handed_back.items():
+                queue.postpone(s, recipient_ids=ids, worker=self.worker, until=until)
             notices: list[Notice] = []
             for (kind, reply), ids in groups.items():
                 common = {"recipient_ids": ids, "worker": self.worker, "now": now, "reply": reply}
@@ -381,3 +393,13 @@ class DeliveryAgent:
                 first.action,
                 bounce.queue_id,
             )
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Until the first of ``waits`` finishes; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import email.utils
-import functools
 import logging
 import secrets
 from concurrent.futures import Executor
@@ -78,6 +77,8 @@ class SubmissionEnvelope(Envelope):
     queue_id: str = ""
     local: dict[int, tuple[Target, str]] = field(default_factory=dict)
     remote: list[str] = field(default_factory=list)
+    # The limits and counters read at MAIL FROM: each RCPT is checked against them.
+    limits: sending.SendingSnapshot | None = None
 
     def __post_init__(self) -> None:
         Envelope.__init__(self)
@@ -154,7 +155,9 @@ class SubmissionHandler:
             return replies.AUTH_INVALID  # the charge stays: a failed attempt
         try:
             with transaction(self.factory) as db:
-                mailbox = accounts.authenticate_mailbox(db, address=user.strip(), password=secret)
+                mailbox = accounts.authenticate_mailbox(
+                    db, address=user.strip(), password=secret, door=accounts.DOOR_SUBMISSION
+                )
                 if mailbox is None:
                     log.info("auth failed client=%s", peer_ip)
                     return replies.AUTH_INVALID
@@ -212,13 +215,16 @@ class SubmissionHandler:
         if "@" not in address:
             return replies.BAD_SENDER
         try:
-            refusal: str | None = await self._blocking(self._check_sender, identity, address)
+            checked: str | sending.SendingSnapshot = await self._blocking(
+                self._check_sender, identity, address
+            )
         except (SQLAlchemyError, TemporaryError, OSError):
             log.warning("sender check failed for %s", address, exc_info=True)
             return replies.TEMPFAIL
-        if refusal is not None:
-            log.info("sender refused user=%s from=<%s> %s", identity.address, address, refusal)
-            return refusal
+        if isinstance(checked, str):
+            log.info("sender refused user=%s from=<%s> %s", identity.address, address, checked)
+            return checked
+        envelope.limits = checked
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.queue_id = queue_service.new_queue_id()
@@ -226,31 +232,23 @@ class SubmissionHandler:
         envelope.remote.clear()
         return replies.SENDER_OK
 
-    def _check_sender(self, identity: Identity, address: str) -> str | None:
-        with transaction(self.factory) as db:
-            if not may_send_as(db, mailbox_id=identity.mailbox_id, address=address):
-                return replies.SENDER_NOT_OWNED
-        return self._check_limits(identity, recipients=0)
-
-    def _check_limits(self, identity: Identity, *, recipients: int) -> str | None:
-        """The refusal when the mailbox may not send (``550 5.7.1``) or one more message
-        with ``recipients`` recipients would pass a limit (``450 4.7.1``, flag raised)."""
+    def _check_sender(self, identity: Identity, address: str) -> str | sending.SendingSnapshot:
+        """One transaction: the sender policy, then may it send and would one more message
+        pass a limit. The refusal (``553 5.7.1``, ``550 5.7.1``, ``450 4.7.1`` with the flag
+        raised), or the limits snapshot the RCPT checks use."""
         now = utcnow()
         try:
             with transaction(self.factory) as db:
-                sending.check_sending(
-                    db,
-                    mailbox_id=identity.mailbox_id,
-                    now=now,
-                    recipients=recipients,
-                    limits=self.limits,
+                if not may_send_as(db, mailbox_id=identity.mailbox_id, address=address):
+                    return replies.SENDER_NOT_OWNED
+                return sending.check_sending(
+                    db, mailbox_id=identity.mailbox_id, now=now, recipients=0, limits=self.limits
                 )
         except SendingDisabled as exc:
             return replies.sending_disabled(exc.text)
         except SendLimitExceeded as exc:
             self._limit_hit(identity, exc, now)
             return replies.limit_exceeded(exc.text)
-        return None
 
     def _limit_hit(self, identity: Identity, error: SendLimitExceeded, now: dt.datetime) -> None:
         # Its own transaction: the refused message's work is rolled back, the flag stays.
@@ -282,17 +280,16 @@ class SubmissionHandler:
         identity = identity_of(session)
         if identity is None:
             return replies.AUTH_REQUIRED
-        try:
-            refusal: str | None = await self._blocking(
-                functools.partial(
-                    self._check_limits, identity, recipients=len(envelope.rcpt_tos) + 1
-                )
-            )
-        except (SQLAlchemyError, TemporaryError, OSError):
-            log.warning("sending limit check failed", exc_info=True)
+        if envelope.limits is None:  # aiosmtpd refuses RCPT before MAIL; defence in depth
             return replies.TEMPFAIL
-        if refusal is not None:
-            return refusal
+        # Checked against the counters read at MAIL FROM, without a round trip: the exact,
+        # counting check is consume_sending's in the transaction that queues the message.
+        now = utcnow()
+        try:
+            envelope.limits.check(recipients=len(envelope.rcpt_tos) + 1, now=now)
+        except SendLimitExceeded as exc:
+            await self._blocking(self._limit_hit, identity, exc, now)
+            return replies.limit_exceeded(exc.text)
         if resolution.verdict is Verdict.UNKNOWN_DOMAIN:
             try:
                 remote = queue_service.clean_remote_address(address)
@@ -382,72 +379,89 @@ class SubmissionHandler:
         prepared: bytes,
     ) -> str:
         """Check the header From, sign, store the local copies, spool, then queue the remote
-        rows and count the message in ONE committed transaction: one executor job.
+        rows and count the message: one executor job and ONE database transaction (its reads
+        first; its writes after the files are durable, committed before the 250).
 
         Any failure before that commit takes back what was stored (the local copies, the
         spool file): no 250, nothing kept; the client retries."""
-        sender = envelope.mail_from or ""
-        with transaction(self.factory) as db:
-            if not all(
-                may_send_as(db, mailbox_id=identity.mailbox_id, address=a) for a in from_addresses
-            ):
-                log.info("From refused user=%s from=%s", identity.address, from_addresses)
-                return replies.FROM_NOT_OWNED
-            key = dkim_service.signing_key_for(db, domain=from_addresses[0].rpartition("@")[2])
-        final = sign_message(prepared, key) if key is not None else prepared
-        stored: list[tuple[MailboxRef, MessageInfo]] = []
-        spool_id: str | None = None
+        kept = _Kept()
         now = utcnow()
         try:
-            if envelope.local:
-                lf = msg.to_lf(final)
-                copies: list[tuple[MailboxRef, list[bytes]]] = [
-                    (
-                        target.ref,
-                        [f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode(), lf],
-                    )
-                    for target, _ in envelope.local.values()
-                ]
-                infos = self.store.deliver(copies)
-                stored = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
-            if envelope.remote:
-                spooled = self.spool.write([final])
-                spool_id = spooled.spool_id
             with transaction(self.factory) as db:
-                if envelope.remote:
-                    assert spool_id is not None
-                    queued = queue_service.enqueue(
-                        db,
-                        spool_id=spool_id,
-                        size=len(final),
-                        sender=sender,
-                        recipients=envelope.remote,
-                        origin="submission",
-                        now=now,
-                        customer_id=identity.customer_id,
-                    )
-                    # One id for the client's 250, our log and `mailhost queue show`.
-                    queued.queue_id = envelope.queue_id
-                sending.consume_sending(
-                    db,
-                    mailbox_id=identity.mailbox_id,
-                    recipients=len(envelope.rcpt_tos),
-                    now=now,
-                    limits=self.limits,
-                )
+                return self._store_and_queue(db, identity, envelope, from_addresses, prepared, kept)
         except BaseException as exc:
             # No 250: take everything back (no POP3 session has listed the local copies:
             # a maildrop is listed at login, which needs the database too).
-            for ref, info in stored:
+            for ref, info in kept.local:
                 with contextlib.suppress(OSError):
                     self.store.expunge(ref, [info])
-            if spool_id is not None:
+            if kept.spool_id is not None:
                 with contextlib.suppress(OSError):
-                    self.spool.remove(spool_id)
+                    self.spool.remove(kept.spool_id)
             if isinstance(exc, SendLimitExceeded):
                 self._limit_hit(identity, exc, now)
                 return replies.limit_exceeded(exc.text)
             if isinstance(exc, SendingDisabled):
                 return replies.sending_disabled(exc.text)
             raise
+
+    def _store_and_queue(
+        self,
+        db: Session,
+        identity: Identity,
+        envelope: SubmissionEnvelope,
+        from_addresses: tuple[str, ...],
+        prepared: bytes,
+        kept: _Kept,
+    ) -> str:
+        """The work of ``_deliver`` inside its transaction; ``kept`` says what was stored."""
+        sender = envelope.mail_from or ""
+        if not all(
+            may_send_as(db, mailbox_id=identity.mailbox_id, address=a) for a in from_addresses
+        ):
+            log.info("From refused user=%s from=%s", identity.address, from_addresses)
+            return replies.FROM_NOT_OWNED
+        key = dkim_service.signing_key_for(db, domain=from_addresses[0].rpartition("@")[2])
+        final = sign_message(prepared, key) if key is not None else prepared
+        if envelope.local:
+            lf = msg.to_lf(final)
+            copies: list[tuple[MailboxRef, list[bytes]]] = [
+                (
+                    target.ref,
+                    [f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode(), lf],
+                )
+                for target, _ in envelope.local.values()
+            ]
+            infos = self.store.deliver(copies)
+            kept.local = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
+        now = utcnow()
+        if envelope.remote:
+            kept.spool_id = self.spool.write([final]).spool_id
+            queued = queue_service.enqueue(
+                db,
+                spool_id=kept.spool_id,
+                size=len(final),
+                sender=sender,
+                recipients=envelope.remote,
+                origin="submission",
+                now=now,
+                customer_id=identity.customer_id,
+            )
+            # One id for the client's 250, our log and `mailhost queue show`.
+            queued.queue_id = envelope.queue_id
+        sending.consume_sending(
+            db,
+            mailbox_id=identity.mailbox_id,
+            recipients=len(envelope.rcpt_tos),
+            now=now,
+            limits=self.limits,
+        )
         return replies.accepted(envelope.queue_id)
+
+
+@dataclass(slots=True)
+class _Kept:
+    """What a submission stored before its commit: taken back if the commit never comes."""
+
+    local: list[tuple[MailboxRef, MessageInfo]] = field(default_factory=list)
+    spool_id: str | None = None

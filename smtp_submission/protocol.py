@@ -9,20 +9,26 @@ What this subclass changes, and why:
   command first`` (RFC 3207 section 4), AUTH before TLS ``538 5.7.11`` (RFC 4954 section 6);
   on the implicit-TLS port (RFC 8314) the connection is TLS from the first byte.
 * ``push`` gives every reply an enhanced status code (``replies.with_enhanced_code``).
+* ``connection_made`` counts the connection (``app.connlimit``): past the limit in all or per
+  client address the client gets ``421 4.7.0`` and the connection is closed, as at the MX.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
+import logging
 import warnings
 from base64 import b64decode
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
+from app.connlimit import TOTAL, ConnectionCounter
 from smtp_submission import replies
 from smtp_submission.handler import AuthFailed, SubmissionEnvelope, SubmissionHandler
+
+log = logging.getLogger("smtp_submission")
 
 # Commands that open or continue a mail transaction: they need TLS first on port 587.
 _NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "VRFY", "EXPN"})
@@ -33,7 +39,14 @@ class SubmissionSMTP(SMTP):
     AuthLoginUsernameChallenge = "Username:"
     AuthLoginPasswordChallenge = "Password:"
 
-    def __init__(self, handler: SubmissionHandler, *, implicit_tls: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: SubmissionHandler,
+        *,
+        implicit_tls: bool,
+        connections: ConnectionCounter | None = None,
+        **kwargs: Any,
+    ) -> None:
         with warnings.catch_warnings():
             # "AUTH without requiring TLS": on the implicit-TLS port every byte is TLS.
             warnings.simplefilter("ignore", UserWarning)
@@ -46,11 +59,38 @@ class SubmissionSMTP(SMTP):
             )
         self.submission = handler
         self.implicit_tls = implicit_tls
+        self._connections = connections
+        self._client_ip: str | None = None  # set once the connection is counted
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and self._connections is not None:  # not the STARTTLS call
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            refused = self._connections.acquire(ip)
+            if refused is not None:
+                self._refused = True
+                log.warning("connection limit (%s) reached, refusing client=%s", refused, ip)
+                reply = (
+                    replies.TOO_MANY_CONNECTIONS
+                    if refused == TOTAL
+                    else replies.TOO_MANY_CONNECTIONS_IP
+                )
+                transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._client_ip = ip
         super().connection_made(transport)
         if self.implicit_tls and self.session is not None:
             self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._client_ip is not None and self._connections is not None:
+            self._connections.release(self._client_ip)
+            self._client_ip = None
+        super().connection_lost(error)
 
     def _create_envelope(self) -> SubmissionEnvelope:
         return SubmissionEnvelope()

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.connlimit import ConnectionCounter
 from app.maildir import MaildirStore
 from app.spool import SpoolStore
 from app.tls import server_context
@@ -55,11 +56,16 @@ class SmtpSubmission:
         )
         self._servers: dict[str, asyncio.Server] = {}
         self._protocols: set[SubmissionSMTP] = set()
+        self._connections = ConnectionCounter(
+            max_total=settings.submission_max_connections,
+            max_per_address=settings.submission_max_connections_per_ip,
+        )
 
     def _protocol(self, *, implicit_tls: bool) -> SubmissionSMTP:
         protocol = SubmissionSMTP(
             self._handler,
             implicit_tls=implicit_tls,
+            connections=self._connections,
             tls_context=None if implicit_tls else self._tls,
             data_size_limit=self.settings.smtp_max_message_size,
             enable_SMTPUTF8=False,

@@ -292,13 +292,26 @@ def verify_token(session: Session, *, token: str) -> ApiToken | None:
 
 
 # ------------------------------------------------------------------------------ logins
+DOOR_POP3 = "pop3"
+DOOR_SUBMISSION = "submission"
+
+
 def authenticate_mailbox(
-    session: Session, *, address: str, password: str, now: dt.datetime | None = None
+    session: Session,
+    *,
+    address: str,
+    password: str,
+    now: dt.datetime | None = None,
+    door: str = DOOR_POP3,
 ) -> Mailbox | None:
     """The mailbox if address/password match AND mailbox, domain and customer are active AND
-    POP3 is enabled; else None. Same time spent for unknown users (dummy verify). Re-hashes
-    deprecated hashes on success and records last_login_at. Raises TemporaryError only for
-    server-side failures."""
+    the mailbox may use ``door`` (POP3: ``pop3_enabled``; submission: ``may_send``); else
+    None. Each door checks only its own switch: POP3 off does not stop sending, nor the
+    reverse. Same time spent for unknown users (dummy verify). Re-hashes deprecated hashes
+    on success and records last_login_at. Raises TemporaryError only for server-side
+    failures."""
+    if door not in (DOOR_POP3, DOOR_SUBMISSION):
+        raise ValueError(f"unknown door {door!r}")
     try:
         try:
             mailbox = find_mailbox(session, address=address)
@@ -317,7 +330,7 @@ def authenticate_mailbox(
             mailbox.status != STATUS_ACTIVE
             or domain.status != STATUS_ACTIVE
             or domain.customer.status != STATUS_ACTIVE
-            or not mailbox.pop3_enabled
+            or not (mailbox.pop3_enabled if door == DOOR_POP3 else mailbox.may_send)
         ):
             return None
         if new_hash is not None:

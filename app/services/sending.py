@@ -12,9 +12,10 @@ The submission edge asks three questions of an authenticated mailbox:
   domain (or the oldest mailbox as ``postmaster@``) would hand out identities by accident.
   Whoever should send as ``postmaster@`` gets an alias or mailbox of that name. The null
   sender and anything unparsable are False.
-* :func:`check_sending` (at MAIL FROM and each RCPT): may it send at all (``may_send`` on, the
-  mailbox, its domain and its customer active) and would one more message pass a limit?
-  Reads only, counts nothing.
+* :func:`check_sending` (at MAIL FROM): may it send at all (``may_send`` on, the mailbox, its
+  domain and its customer active) and would one more message pass a limit? Reads only,
+  counts nothing; the :class:`SendingSnapshot` it returns checks each RCPT in memory (no
+  database round trip per recipient; an early refusal only, as the MAIL check is).
 * :func:`consume_sending` (at the end of DATA, in the transaction that commits the queue rows
   before the 250): the same check and the count, atomically.
 
@@ -284,19 +285,29 @@ def _exceeded(
     )
 
 
-def check_sending(
-    session: Session,
-    *,
-    mailbox_id: int,
-    now: dt.datetime,
-    recipients: int = 0,
-    limits: SendingLimits = DEFAULT_LIMITS,
-) -> None:
-    """Raise SendingDisabled when the mailbox (its domain, its customer) is suspended or
-    ``may_send`` is off; SendLimitExceeded when one more message with ``recipients``
-    recipients would pass a limit. Counts nothing (MAIL FROM: 0 recipients; RCPT: so far)."""
-    if recipients < 0:
-        raise ValidationError("recipients must not be negative", field="recipients")
+@dataclass(frozen=True, slots=True)
+class SendingSnapshot:
+    """The mailbox's limits and its counters as read at one moment (MAIL FROM): lets each RCPT
+    be checked without another database round trip. Only an early refusal: the count that
+    keeps the limits exact is :func:`consume_sending`, which reads the rows again under lock."""
+
+    sender: _Sender
+    counts: dict[tuple[str, str], int]
+
+    def check(self, *, recipients: int, now: dt.datetime) -> None:
+        """SendLimitExceeded when one more message with ``recipients`` recipients would pass
+        a limit by these counts."""
+        if recipients < 0:
+            raise ValidationError("recipients must not be negative", field="recipients")
+        error = _verdict(self.sender, self.counts, recipients=recipients, now=now)
+        if error is not None:
+            raise error
+
+
+def sending_snapshot(
+    session: Session, *, mailbox_id: int, now: dt.datetime, limits: SendingLimits = DEFAULT_LIMITS
+) -> SendingSnapshot:
+    """Read the limits and counters (SendingDisabled when the mailbox may not send at all)."""
     sender = _sender(session, mailbox_id, limits)
     rows = session.execute(
         select(
@@ -314,9 +325,26 @@ def check_sending(
         (scope, metric): current_count(start, count, metric, now)
         for scope, metric, start, count in rows
     }
-    error = _verdict(sender, counts, recipients=recipients, now=now)
-    if error is not None:
-        raise error
+    return SendingSnapshot(sender, counts)
+
+
+def check_sending(
+    session: Session,
+    *,
+    mailbox_id: int,
+    now: dt.datetime,
+    recipients: int = 0,
+    limits: SendingLimits = DEFAULT_LIMITS,
+) -> SendingSnapshot:
+    """Raise SendingDisabled when the mailbox (its domain, its customer) is suspended or
+    ``may_send`` is off; SendLimitExceeded when one more message with ``recipients``
+    recipients would pass a limit. Counts nothing (MAIL FROM: 0 recipients). Returns the
+    snapshot it read, for the RCPT checks of the same transaction (SMTP's, not the DB's)."""
+    if recipients < 0:
+        raise ValidationError("recipients must not be negative", field="recipients")
+    snapshot = sending_snapshot(session, mailbox_id=mailbox_id, now=now, limits=limits)
+    snapshot.check(recipients=recipients, now=now)
+    return snapshot
 
 
 def consume_sending(

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.maildir import MaildirStore
+from app.spool import SpoolStore
 from smtp_submission.server import SmtpSubmission
 
 TIMEOUT = 10.0
@@ -24,13 +25,18 @@ class SubmissionThread:
     """A real ``SmtpSubmission`` serving from its own event loop thread."""
 
     def __init__(
-        self, settings: Settings, session_factory: sessionmaker[Session], store: MaildirStore
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        store: MaildirStore,
+        spool: SpoolStore | None = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.settings = settings
         self.server: SmtpSubmission | None = None
         self._args = (settings, session_factory, store)
+        self._spool = spool
 
     def _run(self, coro: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -40,7 +46,9 @@ class SubmissionThread:
         settings, factory, store = self._args
 
         async def make() -> SmtpSubmission:
-            server = SmtpSubmission(settings, session_factory=factory, store=store, stop_grace=1)
+            server = SmtpSubmission(
+                settings, session_factory=factory, store=store, spool=self._spool, stop_grace=1
+            )
             await server.start()
             return server
 

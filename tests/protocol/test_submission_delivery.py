@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import smtplib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -159,13 +160,26 @@ def test_may_send_off_and_limits(
     with session_factory() as s:
         mailbox = s.scalars(select(Mailbox).where(Mailbox.local_part == "user")).first()
         assert mailbox is not None and mailbox.sending_limited_until is not None
+    # Sending switched off: a session logged in before it is refused at MAIL with the reason,
+    # a new login is refused as POP3 refuses a mailbox with POP3 off (535, like a wrong
+    # password, so a guesser cannot tell); POP3 off does not stop sending.
+    client = starttls_client(server.port, tls_files[0], login=OTHER)
     with transaction(session_factory) as s:
         box = s.scalars(select(Mailbox).where(Mailbox.local_part == "other")).one()
         box.may_send = False
-    client = starttls_client(server.port, tls_files[0], login=OTHER)
     code, text = client.docmd(f"MAIL FROM:<{OTHER}>")
     assert code == 550 and text.decode().startswith("5.7.1 Sending refused: "), text
     client.quit()
+    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+        starttls_client(server.port, tls_files[0], login=OTHER)
+    assert refused.value.smtp_code == 535
+    with transaction(session_factory) as s:
+        box = s.scalars(select(Mailbox).where(Mailbox.local_part == "other")).one()
+        box.may_send, box.pop3_enabled = True, False
+    client = starttls_client(server.port, tls_files[0], login=OTHER)
+    assert client.sendmail(OTHER, [USER], message(OTHER, USER, subject="pop3 off")) == {}
+    client.quit()
+    assert any(b"pop3 off" in m for m in new_messages(store, USER))
 
 
 def test_limit_reached_during_data_keeps_nothing(

@@ -110,6 +110,30 @@ def test_refusals(session: Session) -> None:
 
 
 @pytest.mark.parametrize(
+    ("pop3_enabled", "may_send", "pop3_ok", "submission_ok"),
+    [
+        (True, True, True, True),
+        (False, True, False, True),  # POP3 off: still sends
+        (True, False, True, False),  # sending off: still reads mail
+        (False, False, False, False),
+    ],
+)
+def test_each_door_checks_its_own_switch(
+    session: Session, pop3_enabled: bool, may_send: bool, pop3_ok: bool, submission_ok: bool
+) -> None:
+    mailbox = make_mailbox(session, "user@hosted.example")
+    mailbox.pop3_enabled, mailbox.may_send = pop3_enabled, may_send
+    session.flush()
+    ok = {"address": "user@hosted.example", "password": DEFAULT_PASSWORD}
+    pop3 = accounts.authenticate_mailbox(session, **ok, door=accounts.DOOR_POP3)
+    submission = accounts.authenticate_mailbox(session, **ok, door=accounts.DOOR_SUBMISSION)
+    assert (pop3 is mailbox) is pop3_ok
+    assert (submission is mailbox) is submission_ok
+    with pytest.raises(ValueError, match="unknown door"):
+        accounts.authenticate_mailbox(session, **ok, door="imap")
+
+
+@pytest.mark.parametrize(
     "address",
     ["nobody@hosted.example", "user@elsewhere.example", "not an address", "", "a%b@hosted.example"],
 )
