@@ -202,7 +202,9 @@ def test_recipients_add_remove_import_export(session: Session) -> None:
         session, actor=CLI_ACTOR, domain_id=domain.id, text=exported, replace=True
     )
     assert again == relay.ImportSummary(added=0, already_listed=3, removed=0)
-    relay.import_recipients(session, actor=CLI_ACTOR, domain_id=domain.id, text="bert", replace=True)
+    relay.import_recipients(
+        session, actor=CLI_ACTOR, domain_id=domain.id, text="bert", replace=True
+    )
     assert [r.local_part for r in relay.list_recipients(session, domain_id=domain.id)] == ["bert"]
     relay.remove_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="bert")
     with pytest.raises(NotFoundError):
