@@ -51,8 +51,7 @@ def parse_next_hop(text: str, *, field: str = "next_hop") -> NextHop:
     if not raw:
         raise ValidationError(f"a next hop is required ({forms})", field=field)
     if raw.lower().startswith("mx:"):
-        name = raw[3:].strip()
-        return NextHop(HOP_MX, normalise_domain(name, field=field))
+        return NextHop(HOP_MX, _host_name(raw[3:], text, forms, field))
     found = _PORTED.match(raw)
     if found is None:
         raise ValidationError(f"invalid next hop {text!r} ({forms})", field=field)
@@ -71,7 +70,16 @@ def parse_next_hop(text: str, *, field: str = "next_hop") -> NextHop:
     try:
         return NextHop(HOP_HOST, str(ipaddress.ip_address(host)), port)
     except ValueError:
-        return NextHop(HOP_HOST, normalise_domain(host, field=field), port)
+        return NextHop(HOP_HOST, _host_name(host, text, forms, field), port)
+
+
+def _host_name(name: str, text: str, forms: str, field: str) -> str:
+    try:
+        return normalise_domain(name, field=field)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"invalid next hop {text!r}: {exc.message} ({forms})", field=field
+        ) from exc
 
 
 # A check run before a next hop is stored: raises ValidationError for a hop that is us.
