@@ -108,6 +108,16 @@ def create_domain(
     return domain
 
 
+def require_hosted(domain: Domain, *, what: str) -> None:
+    """ConflictError for a relay domain: it has no mailboxes, aliases, catch-all or alias
+    domains (all its mail goes to its next hop; app/services/relay.py)."""
+    if domain.kind == DOMAIN_RELAY:
+        raise ConflictError(
+            f"{domain.name} is a relay domain: it has no {what} (its mail goes to the next hop)",
+            field="domain",
+        )
+
+
 def get_domain(session: Session, *, domain_id: int) -> Domain:
     domain = session.get(Domain, domain_id)
     if domain is None:
@@ -320,6 +330,7 @@ def set_catchall(session: Session, *, actor: Actor, domain_id: int, target: str 
     domain = get_domain(session, domain_id=domain_id)
     normalised: str | None = None
     if target is not None and target.strip():
+        require_hosted(domain, what="catch-all")
         normalised = check_own_address(
             session,
             customer_id=domain.customer_id,
@@ -460,6 +471,7 @@ def add_domain_alias(
     session: Session, *, actor: Actor, domain_id: int, alias_name: str
 ) -> DomainAlias:
     domain = get_domain(session, domain_id=domain_id)
+    require_hosted(domain, what="alias domains")
     name = normalise_domain(alias_name, field="alias_name")
     taken = _name_in_use(session, name)
     if taken is not None:

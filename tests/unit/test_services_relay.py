@@ -273,3 +273,26 @@ def test_delete_with_queued_mail_needs_discard(session: Session) -> None:
     assert actions[-2:] == ["relay.discard", "domain.delete"]
     events = [(e.entity, e.action) for e in session.scalars(select(LifecycleEvent))]
     assert events[-2:] == [("relay_domain", "deleted"), ("domain", "deleted")]
+
+
+def test_a_relay_domain_has_no_mailboxes_aliases_or_catchall(session: Session) -> None:
+    from app.services import aliases, domains, mailboxes
+
+    domain = _relay(session)
+    with pytest.raises(ConflictError, match="is a relay domain: it has no mailboxes"):
+        mailboxes.create_mailbox(
+            session, actor=CLI_ACTOR, address="anna@shop.example", password="correct horse"
+        )
+    with pytest.raises(ConflictError, match="no aliases"):
+        aliases.create_alias(
+            session, actor=CLI_ACTOR, address="team@shop.example", targets=["a@b.example"]
+        )
+    with pytest.raises(ConflictError, match="no alias domains"):
+        domains.add_domain_alias(
+            session, actor=CLI_ACTOR, domain_id=domain.id, alias_name="shop2.example"
+        )
+    make_mailbox(session, "u@hosted.example")
+    with pytest.raises(ConflictError, match="no catch-all"):
+        domains.set_catchall(
+            session, actor=CLI_ACTOR, domain_id=domain.id, target="u@hosted.example"
+        )
