@@ -228,9 +228,11 @@ def convert_to_relay(
         raise ConflictError(f"{domain.name} is already a relay domain", field="domain_id")
     mailboxes = session.scalar(select(func.count(Mailbox.id)).where(Mailbox.domain_id == domain.id))
     aliases = session.scalar(select(func.count(Alias.id)).where(Alias.domain_id == domain.id))
-    if mailboxes or aliases or domain.catchall_target:
+    alias_domains = len(domain.domain_aliases)
+    if mailboxes or aliases or domain.catchall_target or alias_domains:
         raise ConflictError(
-            f"{domain.name} still has {mailboxes} mailbox(es), {aliases} alias(es)"
+            f"{domain.name} still has {mailboxes} mailbox(es), {aliases} alias(es), "
+            f"{alias_domains} alias domain(s)"
             f"{' and a catch-all' if domain.catchall_target else ''}; remove them first",
             field="domain_id",
         )

@@ -142,6 +142,14 @@ def test_convert_hosted_domain(session: Session) -> None:
     busy = make_mailbox(session, "u@busy.example").domain
     with pytest.raises(ConflictError, match="1 mailbox"):
         relay.convert_to_relay(session, actor=CLI_ACTOR, domain_id=busy.id, next_hop="a.example")
+    from app.services import domains
+
+    aliased = make_domain(session, "aliased.example")
+    domains.add_domain_alias(
+        session, actor=CLI_ACTOR, domain_id=aliased.id, alias_name="other-name.example"
+    )
+    with pytest.raises(ConflictError, match="1 alias domain"):
+        relay.convert_to_relay(session, actor=CLI_ACTOR, domain_id=aliased.id, next_hop="a.example")
 
 
 def test_update_is_audited(session: Session) -> None:
