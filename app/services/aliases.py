@@ -17,6 +17,7 @@ from app.services.domains import (
     check_own_address,
     forget_addresses,
     get_domain_by_name,
+    require_hosted,
 )
 
 # An alias is a small distribution list, not a mailing-list manager.
@@ -57,6 +58,7 @@ def create_alias(session: Session, *, actor: Actor, address: str, targets: Seque
     local, domain_name = split_address(address)
     normalised = f"{local}@{domain_name}"
     domain = get_domain_by_name(session, name=domain_name)
+    require_hosted(domain, what="aliases")
     if session.scalar(
         select(Mailbox.id).where(Mailbox.domain_id == domain.id, Mailbox.local_part == local)
     ):

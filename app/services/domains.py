@@ -9,7 +9,8 @@ from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload
 
 from app.errors import ConflictError, LimitExceededError, NotFoundError, ValidationError
-from app.models import Alias, AliasTarget, Customer, Domain, DomainAlias, Mailbox
+from app.models import DOMAIN_RELAY, Alias, AliasTarget, Customer, Domain, DomainAlias, Mailbox
+from app.services import relay_queue
 from app.services.addresses import normalise_domain, split_address
 from app.services.audit import Actor, audit, record_lifecycle
 from app.services.common import check_status, flush_or_conflict
@@ -105,6 +106,16 @@ def create_domain(
         domain_name=domain.name,
     )
     return domain
+
+
+def require_hosted(domain: Domain, *, what: str) -> None:
+    """ConflictError for a relay domain: it has no mailboxes, aliases, catch-all or alias
+    domains (all its mail goes to its next hop; app/services/relay.py)."""
+    if domain.kind == DOMAIN_RELAY:
+        raise ConflictError(
+            f"{domain.name} is a relay domain: it has no {what} (its mail goes to the next hop)",
+            field="domain",
+        )
 
 
 def get_domain(session: Session, *, domain_id: int) -> Domain:
@@ -319,6 +330,7 @@ def set_catchall(session: Session, *, actor: Actor, domain_id: int, target: str 
     domain = get_domain(session, domain_id=domain_id)
     normalised: str | None = None
     if target is not None and target.strip():
+        require_hosted(domain, what="catch-all")
         normalised = check_own_address(
             session,
             customer_id=domain.customer_id,
@@ -459,6 +471,7 @@ def add_domain_alias(
     session: Session, *, actor: Actor, domain_id: int, alias_name: str
 ) -> DomainAlias:
     domain = get_domain(session, domain_id=domain_id)
+    require_hosted(domain, what="alias domains")
     name = normalise_domain(alias_name, field="alias_name")
     taken = _name_in_use(session, name)
     if taken is not None:
@@ -510,6 +523,8 @@ def delete_domain(session: Session, *, actor: Actor, domain_id: int, cascade: bo
     point into this domain or its alias domains are removed (see ``forget_addresses``).
     Message files are removed by the edge afterwards."""
     domain = get_domain(session, domain_id=domain_id)
+    if domain.kind == DOMAIN_RELAY:
+        relay_queue.check_deletable(session, domain=domain)
     mailbox_rows = session.execute(
         select(Mailbox.id, Mailbox.local_part)
         .where(Mailbox.domain_id == domain.id)
@@ -531,6 +546,15 @@ def delete_domain(session: Session, *, actor: Actor, domain_id: int, cascade: bo
             customer_id=domain.customer_id,
             domain_name=domain.name,
             address=f"{local_part}@{domain.name}",
+        )
+    if domain.kind == DOMAIN_RELAY:
+        record_lifecycle(
+            session,
+            entity="relay_domain",
+            entity_id=domain.id,
+            action="deleted",
+            customer_id=domain.customer_id,
+            domain_name=domain.name,
         )
     record_lifecycle(
         session,

@@ -19,6 +19,7 @@ from app.services.domains import (
     address_forms,
     forget_addresses,
     get_domain_by_name,
+    require_hosted,
     usage_of,
 )
 
@@ -119,6 +120,7 @@ def create_mailbox(
     if password is not None:
         check_password(password)
     domain = get_domain_by_name(session, name=domain_name)
+    require_hosted(domain, what="mailboxes")
     if session.scalar(
         select(Mailbox.id).where(Mailbox.domain_id == domain.id, Mailbox.local_part == local)
     ):
