@@ -155,6 +155,13 @@ class Settings(BaseSettings):
     # Finished queue rows (delivered/bounced/expired) are kept this long for `queue show`.
     queue_keep_finished: float = 7 * 86400.0
 
+    # --- relay domains (issue 12; app/services/relay.py) ----------------------------------------
+    # Addresses this platform's MX answers on (besides smtp_host): a relay domain's next hop
+    # resolving to one of them (on the MX port or 25) is refused as a mail loop.
+    relay_own_addresses: tuple[str, ...] = ()
+    # Seconds a recipient callout (mode "verify") may take before the sender gets 451 4.4.1.
+    relay_callout_timeout: float = 10.0
+
     # --- login throttle (every password door: POP3, SMTP AUTH, portal; app/services/throttle)
     # Attempts a client network (an IPv4 address, an IPv6 /64) may have failed or in flight;
     # one comes back every refill period. Over budget, a login is refused at once.

@@ -91,12 +91,19 @@ class Customer(Base):
     domains: Mapped[list[Domain]] = relationship(back_populates="customer")
 
 
+DOMAIN_HOSTED = "hosted"  # mailboxes on this platform
+DOMAIN_RELAY = "relay"  # the "SMTP mail connection": mail is forwarded to the customer's server
+DOMAIN_KINDS = (DOMAIN_HOSTED, DOMAIN_RELAY)
+
+
 class Domain(Base):
-    """A hosted mail domain; ``name`` is lower-case IDNA (punycode)."""
+    """A mail domain; ``name`` is lower-case IDNA (punycode). ``kind`` 'hosted' has mailboxes,
+    'relay' forwards everything to a next hop (its settings: ``relay``, a RelayDomain)."""
 
     __tablename__ = "domains"
     __table_args__ = (
         CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        CheckConstraint("kind IN ('hosted', 'relay')", name="kind"),
         {"sqlite_autoincrement": True},
     )
 
@@ -110,11 +117,74 @@ class Domain(Base):
     # Full address (local@domain) that receives mail for unknown users of this domain.
     catchall_target: Mapped[str | None] = mapped_column(String(320), default=None, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(8), default=DOMAIN_HOSTED, server_default="hosted")
 
     customer: Mapped[Customer] = relationship(back_populates="domains")
+    relay: Mapped[RelayDomain | None] = relationship(
+        back_populates="domain", uselist=False, cascade="all, delete-orphan", passive_deletes=True
+    )
     mailboxes: Mapped[list[Mailbox]] = relationship(back_populates="domain")
     aliases: Mapped[list[Alias]] = relationship(back_populates="domain")
     domain_aliases: Mapped[list[DomainAlias]] = relationship(back_populates="target_domain")
+
+
+RELAY_TLS_OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered (the queue's default)
+RELAY_TLS_REQUIRED = "required"  # no STARTTLS, or a failed handshake: deferred, never clear
+RELAY_TLS_POLICIES = (RELAY_TLS_OPPORTUNISTIC, RELAY_TLS_REQUIRED)
+RELAY_MODE_LIST = "list"  # only the listed recipients (relay_recipients); others 550 5.1.1
+RELAY_MODE_VERIFY = "verify"  # a recipient callout (RCPT probe) to the next hop, cached
+RELAY_MODE_ANY = "any"  # everything accepted (invites backscatter)
+RELAY_MODES = (RELAY_MODE_LIST, RELAY_MODE_VERIFY, RELAY_MODE_ANY)
+RELAY_DEFAULT_MAX_AGE = 10 * 86400  # a customer server may be off over a long weekend
+RELAY_DEFAULT_CALLOUT_CACHE = 3600
+
+
+class RelayDomain(Base):
+    """The relay settings of a Domain of kind 'relay' (one row per such domain).
+
+    ``next_hop`` is ``host``, ``host:port``, ``[address]:port`` or ``mx:hostname`` (deliver
+    to the MX hosts of ``hostname``; see app/services/relay_hop.py). ``flush_networks`` are
+    space-separated networks (CIDR) allowed to ETRN. ``held``: nothing is delivered until
+    released; ``hold_reason`` says why (an operator's note, or a detected mail loop)."""
+
+    __tablename__ = "relay_domains"
+    __table_args__ = (
+        CheckConstraint("tls_policy IN ('opportunistic', 'required')", name="tls_policy"),
+        CheckConstraint("recipient_mode IN ('list', 'verify', 'any')", name="recipient_mode"),
+        CheckConstraint("max_queue_age > 0", name="max_queue_age_positive"),
+        CheckConstraint("callout_cache_seconds >= 0", name="callout_cache_nonnegative"),
+    )
+
+    domain_id: Mapped[int] = mapped_column(
+        ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True
+    )
+    next_hop: Mapped[str] = mapped_column(String(300))
+    tls_policy: Mapped[str] = mapped_column(String(16), default=RELAY_TLS_OPPORTUNISTIC)
+    max_queue_age: Mapped[int] = mapped_column(Integer, default=RELAY_DEFAULT_MAX_AGE)  # seconds
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    hold_reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    recipient_mode: Mapped[str] = mapped_column(String(8), default=RELAY_MODE_LIST)
+    callout_cache_seconds: Mapped[int] = mapped_column(Integer, default=RELAY_DEFAULT_CALLOUT_CACHE)
+    flush_networks: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    domain: Mapped[Domain] = relationship(back_populates="relay")
+
+    @property
+    def flush_network_list(self) -> list[str]:
+        return self.flush_networks.split()
+
+
+class RelayRecipient(Base):
+    """A valid recipient of a relay domain in mode 'list'; ``local_part`` is lower-case."""
+
+    __tablename__ = "relay_recipients"
+    __table_args__ = (UniqueConstraint("domain_id", "local_part"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    local_part: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class DomainAlias(Base):
@@ -260,7 +330,7 @@ class LifecycleEvent(Base):
 
     __tablename__ = "lifecycle_events"
     __table_args__ = (
-        CheckConstraint("entity IN ('mailbox', 'domain')", name="entity"),
+        CheckConstraint("entity IN ('mailbox', 'domain', 'relay_domain')", name="entity"),
         CheckConstraint("action IN ('created', 'suspended', 'resumed', 'deleted')", name="action"),
         Index("ix_lifecycle_events_customer_time", "customer_id", "occurred_at"),
     )

@@ -9,7 +9,8 @@ from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload
 
 from app.errors import ConflictError, LimitExceededError, NotFoundError, ValidationError
-from app.models import Alias, AliasTarget, Customer, Domain, DomainAlias, Mailbox
+from app.models import DOMAIN_RELAY, Alias, AliasTarget, Customer, Domain, DomainAlias, Mailbox
+from app.services import relay_queue
 from app.services.addresses import normalise_domain, split_address
 from app.services.audit import Actor, audit, record_lifecycle
 from app.services.common import check_status, flush_or_conflict
@@ -510,6 +511,8 @@ def delete_domain(session: Session, *, actor: Actor, domain_id: int, cascade: bo
     point into this domain or its alias domains are removed (see ``forget_addresses``).
     Message files are removed by the edge afterwards."""
     domain = get_domain(session, domain_id=domain_id)
+    if domain.kind == DOMAIN_RELAY:
+        relay_queue.check_deletable(session, domain=domain)
     mailbox_rows = session.execute(
         select(Mailbox.id, Mailbox.local_part)
         .where(Mailbox.domain_id == domain.id)
@@ -531,6 +534,15 @@ def delete_domain(session: Session, *, actor: Actor, domain_id: int, cascade: bo
             customer_id=domain.customer_id,
             domain_name=domain.name,
             address=f"{local_part}@{domain.name}",
+        )
+    if domain.kind == DOMAIN_RELAY:
+        record_lifecycle(
+            session,
+            entity="relay_domain",
+            entity_id=domain.id,
+            action="deleted",
+            customer_id=domain.customer_id,
+            domain_name=domain.name,
         )
     record_lifecycle(
         session,

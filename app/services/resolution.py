@@ -32,7 +32,16 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore
-from app.models import STATUS_ACTIVE, Alias, AliasTarget, Customer, Domain, DomainAlias, Mailbox
+from app.models import (
+    DOMAIN_HOSTED,
+    STATUS_ACTIVE,
+    Alias,
+    AliasTarget,
+    Customer,
+    Domain,
+    DomainAlias,
+    Mailbox,
+)
 from app.services.addresses import MAX_LOCAL_PART, normalise_domain, split_address
 
 # Aliases pointing at aliases deeper than this are configuration errors (or loops).
@@ -87,13 +96,15 @@ _DOMAIN_COLUMNS = (Domain.id, Domain.name, Domain.status, Customer.status, Domai
 _DOMAINS = (
     select(*_DOMAIN_COLUMNS)
     .join(Customer, Domain.customer_id == Customer.id)
-    .where(Domain.name.in_(bindparam("names", expanding=True)))
+    # A relay domain has no mailboxes: for resolution it is not hosted (UNKNOWN_DOMAIN), and
+    # the MX and the delivery agent route its mail to the next hop (app/services/relay.py).
+    .where(Domain.name.in_(bindparam("names", expanding=True)), Domain.kind == DOMAIN_HOSTED)
 )
 _ALIAS_DOMAINS = (
     select(DomainAlias.name, *_DOMAIN_COLUMNS)
     .join(Domain, DomainAlias.target_domain_id == Domain.id)
     .join(Customer, Domain.customer_id == Customer.id)
-    .where(DomainAlias.name.in_(bindparam("names", expanding=True)))
+    .where(DomainAlias.name.in_(bindparam("names", expanding=True)), Domain.kind == DOMAIN_HOSTED)
 )
 # The common case in one round trip: the address names an active mailbox of an active
 # hosted domain (not an alias domain). Anything else (no row, or a row with some status not
