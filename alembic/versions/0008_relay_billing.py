@@ -15,7 +15,7 @@ from alembic import op
 
 
 revision: str = "0008_relay_billing"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007_relay"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
