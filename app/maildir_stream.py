@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from app.maildir import (
@@ -109,6 +109,35 @@ class SpooledBody:
             if copied == 0:
                 raise MaildirError("the spilled message body is shorter than written")
             offset += copied
+
+    def write_to(self, write: Callable[[bytes], None], chunk: int = 1 << 20) -> None:
+        """Pass the whole body appended so far to ``write`` in order (a spilled body is read
+        back from its file in pieces of ``chunk`` octets: blocking, call it on a worker
+        thread). Copies the body into the outbound spool for relay recipients."""
+        with self._lock:
+            if self._discarded:
+                raise MaildirError("the message body was discarded")
+            if self._fd is not None:
+                for offset in range(0, self._written, chunk):
+                    write(os.pread(self._fd, min(chunk, self._written - offset), offset))
+            for piece in self._chunks:
+                write(piece)
+
+    def head(self, limit: int) -> bytes:
+        """The first ``limit`` octets of the body (the header section, for loop checks)."""
+        with self._lock:
+            if self._fd is not None and self._written:
+                start = os.pread(self._fd, min(limit, self._written), 0)
+            else:
+                start = b""
+            pieces = [start]
+            size = len(start)
+            for piece in self._chunks:
+                if size >= limit:
+                    break
+                pieces.append(piece[: limit - size])
+                size += len(pieces[-1])
+            return b"".join(pieces)
 
     def claim(self) -> None:
         """Hand the body to ``deliver_spooled``: from now on ``discard`` leaves it alone (it

@@ -128,6 +128,12 @@ class SpoolStore:
             if w._fd is not None:  # left uncommitted on purpose: discard it
                 w.abort()
 
+    def open_spill(self) -> tuple[int, Path]:
+        """A new scratch file in ``tmp/`` opened for reading and writing (a message body
+        being received, before it is known to be wanted); ``clean_tmp`` removes leftovers."""
+        path = self._tmp_dir() / f"{secrets.token_hex(10)}.body"
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), path
+
     def write(self, chunks: Iterable[bytes]) -> SpoolFile:
         """Write a whole message and return its durable spool file."""
         with self.writer() as w:

@@ -9,6 +9,7 @@ from typing import Protocol
 from aiosmtpd.smtp import Envelope
 
 from app.maildir_stream import SpooledBody
+from app.services.relay import RelayInfo
 from app.services.resolution import Resolution, Target
 
 
@@ -35,6 +36,9 @@ class Transaction:
     # (multidrop) target the mailbox id and the lower-cased RCPT: one copy per recipient.
     targets: dict[int | tuple[int, str], tuple[Target, str]] = field(default_factory=dict)
     accepted: list[str] = field(default_factory=list)
+    # Accepted recipients at relay domains (address, the domain's settings): queued, not
+    # stored in a Maildir (smtp_ingress/relay.py).
+    relay: list[tuple[str, RelayInfo]] = field(default_factory=list)
     # Resolutions are cached per transaction: the same RCPT twice asks the database once.
     cache: dict[str, Resolution] = field(default_factory=dict)
 

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import transaction
-from app.errors import TemporaryError
+from app.errors import TemporaryError, ValidationError
 from app.maildir import MailboxRef, MaildirStore
 from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
 from app.services import stats
@@ -54,8 +54,12 @@ from app.services.resolution import (
     existing_mailbox_ids,
     resolve_recipient,
 )
+from app.spool import SpoolStore
+from app.spool_body import SpoolSpilledBody
+from smtp_ingress import relay as relay_edge
 from smtp_ingress import replies
 from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
+from smtp_ingress.relay import RelayDesk
 
 log = logging.getLogger("smtp_ingress")
 T = TypeVar("T")
@@ -287,6 +291,7 @@ class IngressHandler:
         store: MaildirStore,
         executor: Executor,
         stats_batcher: StatsBatcher,
+        spool: SpoolStore | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
@@ -297,6 +302,10 @@ class IngressHandler:
         self.queue_ids = QueueIds()
         self.received_date = ReceivedDate()
         self._completions: LoopCompletions | None = None
+        self.spool = spool or SpoolStore(settings.spool_root)
+        self.relay = RelayDesk(
+            settings, session_factory=session_factory, spool=self.spool, blocking=self._blocking
+        )
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         completions = self._completions
@@ -329,7 +338,7 @@ class IngressHandler:
         session.host_name = hostname
         # No AUTH on an MX (aiosmtpd would offer it after STARTTLS).
         lines = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
-        lines += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+        lines += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-ETRN", "250 HELP"]
         return lines
 
     async def handle_NOOP(
@@ -350,6 +359,15 @@ class IngressHandler:
         # No user enumeration (RFC 5321 section 3.5.3 allows 252).
         server.note_noop()
         return replies.VRFY_REPLY
+
+    async def handle_ETRN(
+        self, server: ServerLike, session: SmtpSession, envelope: IngressEnvelope, arg: str | None
+    ) -> str:
+        """RFC 1985 (smtp_ingress/relay.py has the policy)."""
+        server.note_noop()
+        if envelope.txn is not None:
+            return relay_edge.ETRN_IN_TRANSACTION
+        return await self.relay.etrn(_peer_ip(session), arg)
 
     # ------------------------------------------------------------------ envelope
     async def handle_MAIL(
@@ -396,6 +414,15 @@ class IngressHandler:
                 return replies.TEMPFAIL
             self.resolutions.put(key, resolution)
         txn.cache[key] = resolution
+        if resolution.verdict is Verdict.UNKNOWN_DOMAIN:
+            relay_reply = await self._relay_rcpt(txn, address)
+            if relay_reply is not None:
+                if relay_reply[:1] != "2":
+                    self._log_reject(session, txn, address, relay_reply)
+                    return relay_reply
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(options)
+                return relay_reply
         reply = replies.VERDICT_REPLIES[resolution.verdict]
         if resolution.verdict is not Verdict.OK or not resolution.targets:
             self._log_reject(session, txn, address, reply)
@@ -406,6 +433,22 @@ class IngressHandler:
         txn.accepted.append(address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
+        return reply
+
+    async def _relay_rcpt(self, txn: Transaction, address: str) -> str | None:
+        """The reply for a relay domain's recipient (accepted ones are noted in ``txn``), or
+        None when the domain is no relay domain either."""
+        try:
+            info = await self.relay.info(address.rpartition("@")[2])
+            if info is None:
+                return None
+            reply = await self.relay.rcpt(info, address)
+        except (SQLAlchemyError, TemporaryError, OSError):
+            log.warning("relay recipient lookup failed for %s", address, exc_info=True)
+            return replies.TEMPFAIL
+        if reply[:1] == "2":
+            txn.relay.append((address, info))
+            txn.accepted.append(address)
         return reply
 
     def _resolve(self, address: str) -> Resolution:
@@ -422,7 +465,9 @@ class IngressHandler:
         """Where the protocol streams the decoded body: in memory, spilling past 256 KiB
         into the first recipient's ``tmp/`` (nothing is created until then)."""
         txn = envelope.txn
-        assert txn is not None and txn.targets  # DATA needs an accepted RCPT
+        assert txn is not None and (txn.targets or txn.relay)  # DATA needs an accepted RCPT
+        if not txn.targets:  # relay recipients only: spill into the outbound spool
+            return SpoolSpilledBody(self.spool)
         first, _ = next(iter(txn.targets.values()))
         return spool_body(self.store, first.ref)
 
@@ -444,6 +489,11 @@ class IngressHandler:
         txn = envelope.txn
         body = envelope.body
         assert txn is not None and body is not None  # set by IngressSMTP.smtp_DATA
+        if await self._loops(body):
+            self._log_reject(session, txn, ",".join(txn.accepted), relay_edge.LOOP_REFUSED)
+            return relay_edge.LOOP_REFUSED
+        if txn.relay:
+            return await self._data_with_relay(server, session, txn, body)
         targets = [target for target, _ in txn.targets.values()]
         copies = [
             (target.ref, self._trace_headers(server, session, txn, target, rcpt))
@@ -465,6 +515,67 @@ class IngressHandler:
             return refusal
         if not kept:
             return replies.RECIPIENTS_GONE
+        self.stats.add(kept)
+        server.transaction_done()
+        return reply
+
+    async def _loops(self, body: SpooledBody) -> bool:
+        """More than 30 Received fields (RFC 5321 section 6.3); a spilled body's head is
+        read off the loop."""
+        limit = 256 * 1024
+        head = await self._blocking(body.head, limit) if body.spilled else body.head(limit)
+        return relay_edge.too_many_received(head)
+
+    async def _data_with_relay(
+        self, server: ServerLike, session: SmtpSession, txn: Transaction, body: SpooledBody
+    ) -> str:
+        """DATA for a transaction with relay recipients (and maybe hosted ones): the queue
+        copy is spooled and committed first, then the Maildir copies; if those fail the
+        queue copy is taken back and the client retries the whole message (451)."""
+        helo = session.host_name or "unknown"
+        protocol = ("ESMTPS" if session.ssl else "ESMTP") if session.extended_smtp else "SMTP"
+        copy = relay_edge.RelayCopy(
+            queue_id=txn.queue_id,
+            sender=txn.sender,
+            recipients=tuple(txn.relay),
+            trace_header=self.relay.trace_header(
+                helo=helo,
+                client_ip=_peer_ip(session),
+                protocol=protocol,
+                queue_id=txn.queue_id,
+                rcpts=[a for a, _ in txn.relay],
+            ),
+        )
+        targets = [target for target, _ in txn.targets.values()]
+        copies = [
+            (target.ref, self._trace_headers(server, session, txn, target, rcpt))
+            for target, rcpt in txn.targets.values()
+        ]
+        reply = replies.delivered(txn.queue_id)
+        line = self._transaction_line(session, txn, body.size, reply[:9])
+        if line is not None:
+            line = dataclasses.replace(line, copies=len(targets) + len(txn.relay))
+
+        def job() -> int:
+            stored = self.relay.store(copy, body)
+            if not targets:
+                if line is not None:
+                    line.write()
+                return len(txn.relay)
+            try:
+                return len(txn.relay) + self._deliver(targets, copies, body, line)
+            except BaseException:
+                self.relay.unstore(*stored)
+                raise
+
+        try:
+            kept = await self._blocking(job)
+        except ValidationError:  # a sender the queue cannot hold (queue.clean_remote_address)
+            return relay_edge.BAD_SENDER_FOR_RELAY
+        except Exception as exc:
+            cid = secrets.token_hex(4)
+            log.exception("relay delivery failed id=%s qid=%s", cid, txn.queue_id)
+            return replies.delivery_failure(exc)
         self.stats.add(kept)
         server.transaction_done()
         return reply

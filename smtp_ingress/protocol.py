@@ -351,6 +351,12 @@ class IngressSMTP(PreparedSMTP):
     async def smtp_EXPN(self, arg: str) -> None:
         await self.push(replies.EXPN_REPLY)
 
+    async def smtp_ETRN(self, arg: str | None) -> None:
+        """RFC 1985 ETRN: aiosmtpd has no such command; the handler's hook decides."""
+        if await self.check_helo_needed():
+            return
+        await self.push(await self._call_handler_hook("ETRN", arg))
+
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(replies.AUTH_REPLY)
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.maildir import MaildirStore
+from app.spool import SpoolStore
 from app.tls import server_context
 from smtp_ingress.handler import IngressHandler, StatsBatcher
 from smtp_ingress.protocol import ConnectionTracker, IngressSMTP
@@ -39,6 +40,7 @@ class SmtpIngress:
         store: MaildirStore,
         greet_delay: float | None = None,
         stop_grace: float = DEFAULT_STOP_GRACE,
+        spool: SpoolStore | None = None,
     ) -> None:
         self.settings = settings
         self._greet_delay = greet_delay if greet_delay is not None else settings.smtp_greet_delay
@@ -51,6 +53,7 @@ class SmtpIngress:
             store=store,
             executor=self._executor,
             stats_batcher=self._stats,
+            spool=spool,
         )
         self._tracker = ConnectionTracker(
             max_total=settings.smtp_max_connections,

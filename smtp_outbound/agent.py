@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -40,6 +41,7 @@ from app.services.queue import Claimed, Notice, Reply, RetrySchedule
 from app.spool import SpoolError, SpoolStore
 from smtp_outbound import client
 from smtp_outbound.local import deliver_local, is_hosted
+from smtp_outbound.relay_hop import RelayRoute, RelayRouting
 from smtp_outbound.routing import Host, Router
 
 log = logging.getLogger("mailhost.outbound")
@@ -55,6 +57,7 @@ class Result:
     item: Claimed
     kind: str
     reply: Reply
+    schedule: RetrySchedule | None = None  # a relay domain's own maximum age
 
 
 def _domain(address: str) -> str:
@@ -104,6 +107,8 @@ class DeliveryAgent:
             delay_warning=settings.delivery_delay_warning,
         )
         self.router = Router(settings)
+        self.relays = RelayRouting(settings, factory, self.schedule)
+        self._loops: dict[str, str] = {}  # relay domain -> loop error, held when recorded
         self.tls_memory = client.TLSMemory()
         self.backoff: dict[str, dt.datetime] = {}
         self._dest_limits: dict[str, asyncio.Semaphore] = {}
@@ -216,6 +221,9 @@ class DeliveryAgent:
     async def _destination(self, domain: str, items: list[Claimed]) -> list[Result]:
         """Deliver one domain's rows; returns the outcomes for the round to record."""
         now = self.clock()
+        relay_route = await self.relays.route(domain)
+        if relay_route is not None:
+            return await self._relay_destination(domain, relay_route, items)
         until = self.backoff.get(domain)
         if until is not None and until > now:
             await asyncio.to_thread(self._postpone, items, until)
@@ -240,8 +248,40 @@ class DeliveryAgent:
         found = await asyncio.gather(*(lane(chunk) for chunk in lanes))
         return [result for chunk_results in found for result in chunk_results]
 
+    async def _relay_destination(
+        self, domain: str, route: RelayRoute, items: list[Claimed]
+    ) -> list[Result]:
+        """A relay domain: its next hop, one connection, oldest first (smtp_outbound/relay_hop)."""
+        if route.info.held:
+            await asyncio.to_thread(
+                self.relays.hold_claimed, domain, items, self.worker, self.clock()
+            )
+            return []
+        items = sorted(items, key=lambda i: (i.message_id, i.recipient_id))
+        if not route.hosts:
+            reply = Reply(451, route.error, None)
+            return [Result(i, DEFERRED, reply, route.schedule) for i in items]
+        assert self._limit is not None
+        async with self._limit:
+            found = await self._send_all(
+                domain,
+                route.hosts,
+                items,
+                port=route.port,
+                require_tls=route.require_tls,
+                relay=True,
+            )
+        return [dataclasses.replace(r, schedule=route.schedule) for r in found]
+
     async def _send_all(
-        self, domain: str, hosts: tuple[Host, ...], items: list[Claimed]
+        self,
+        domain: str,
+        hosts: tuple[Host, ...],
+        items: list[Claimed],
+        *,
+        port: int | None = None,
+        require_tls: bool = False,
+        relay: bool = False,
     ) -> list[Result]:
         jobs: dict[int, list[Claimed]] = defaultdict(list)
         for item in items:
@@ -254,7 +294,20 @@ class DeliveryAgent:
                 if not pending:
                     break
                 try:
-                    conn = await client.connect(self.settings, host.name, address, self.tls_memory)
+                    conn = await client.connect(
+                        self.settings,
+                        host.name,
+                        address,
+                        self.tls_memory,
+                        port=port,
+                        require_tls=require_tls,
+                    )
+                except client.LoopDetected as exc:
+                    last = exc.reply
+                    log.warning("%s[%s]: %s", host.name, address, exc.reply.text)
+                    if relay:
+                        self._loops[domain] = exc.reply.text
+                    continue
                 except client.ConnectFailure as exc:
                     last = exc.reply
                     log.info("%s[%s]: %s %s", host.name, address, exc.reply.code, exc.reply.text)
@@ -286,10 +339,11 @@ class DeliveryAgent:
                     conn.smtp.close()
                     continue
                 await conn.close()
-        if pending:
+        if pending and not relay:
             self.backoff[domain] = self.clock() + dt.timedelta(
                 seconds=self.settings.delivery_destination_backoff
             )
+        if pending:
             results.extend(Result(i, DEFERRED, last) for job in pending for i in job)
         return results
 
@@ -304,9 +358,9 @@ class DeliveryAgent:
         if not results:
             return
         now = self.clock()
-        groups: dict[tuple[str, Reply], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, Reply, RetrySchedule], list[int]] = defaultdict(list)
         for r in results:
-            groups[(r.kind, r.reply)].append(r.item.recipient_id)
+            groups[(r.kind, r.reply, r.schedule or self.schedule)].append(r.item.recipient_id)
             log.info(
                 "qid=%s to=<%s> relay=%s status=%s (%s %s) tls=%s",
                 r.item.queue_id,
@@ -320,17 +374,19 @@ class DeliveryAgent:
         finished: list[str] = []
         with transaction(self.factory) as s:
             notices: list[Notice] = []
-            for (kind, reply), ids in groups.items():
+            for (kind, reply, schedule), ids in groups.items():
                 common = {"recipient_ids": ids, "worker": self.worker, "now": now, "reply": reply}
                 if kind == DELIVERED:
                     outcome = queue.record_delivered(s, **common)  # type: ignore[arg-type]
                 elif kind == FAILED:
                     outcome = queue.record_failed(s, **common)  # type: ignore[arg-type]
                 else:
-                    outcome = queue.record_deferred(s, **common, schedule=self.schedule)  # type: ignore[arg-type]
+                    outcome = queue.record_deferred(s, **common, schedule=schedule)  # type: ignore[arg-type]
                 notices.extend(outcome.notices)
                 finished.extend(outcome.finished_spool_ids)
             self._queue_dsns(s, notices, now)
+            loops, self._loops = self._loops, {}
+            RelayRouting.hold_for_loops(s, loops)
         for spool_id in finished:
             self.spool.remove(spool_id)
 

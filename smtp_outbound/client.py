@@ -32,6 +32,15 @@ class ConnectFailure(Exception):
         self.reply = reply
 
 
+class LoopDetected(ConnectFailure):
+    """The host greets with our own name: the mail would come back to us (a loop)."""
+
+
+def _greets_as(greeting: str, hostname: str) -> bool:
+    words = greeting.split()
+    return bool(words) and words[0].lower().rstrip(".") == hostname.lower().rstrip(".")
+
+
 @dataclass(slots=True)
 class TLSMemory:
     """Per MX host name: 'unverified' or 'failed', with when it was learnt."""
@@ -89,21 +98,30 @@ class Connection:
 
 
 async def _connect_once(
-    settings: Settings, host: str, address: str, *, starttls: str | None
+    settings: Settings, host: str, address: str, *, starttls: str | None, port: int | None = None
 ) -> tuple[aiosmtplib.SMTP, str]:
     """One connection; ``starttls`` None = verify, 'unverified' = do not verify, 'failed' =
     clear text. Returns the client and what protects it."""
     where = f"{host}[{address}]"
     smtp = aiosmtplib.SMTP(
         hostname=address,
-        port=settings.delivery_port,
+        port=port if port is not None else settings.delivery_port,
         local_hostname=settings.hostname,
         timeout=settings.delivery_command_timeout,
         start_tls=False,
         use_tls=False,
     )
     try:
-        await smtp.connect(timeout=settings.delivery_connect_timeout)
+        greeting = await smtp.connect(timeout=settings.delivery_connect_timeout)
+        if _greets_as(greeting.message, settings.hostname):
+            smtp.close()
+            raise LoopDetected(
+                Reply(
+                    451,
+                    f"4.4.6 mail loop: {where} greets as {settings.hostname}, this host",
+                    where,
+                )
+            )
         await smtp.ehlo()
     except aiosmtplib.SMTPResponseException as exc:
         smtp.close()
@@ -141,15 +159,40 @@ class _HandshakeFailed(Exception):
     pass
 
 
-async def connect(settings: Settings, host: str, address: str, memory: TLSMemory) -> Connection:
-    """A ready session with ``host`` at ``address`` (EHLO done, TLS when it could be had)."""
+async def connect(
+    settings: Settings,
+    host: str,
+    address: str,
+    memory: TLSMemory,
+    *,
+    port: int | None = None,
+    require_tls: bool = False,
+) -> Connection:
+    """A ready session with ``host`` at ``address`` (EHLO done, TLS when it could be had).
+    ``require_tls`` (a relay domain's policy 'required', Postfix's "encrypt" level): a session
+    without TLS is refused with ``4.7.10`` (an unverified certificate is still used)."""
+    conn = await _connect(settings, host, address, memory, port)
+    if require_tls and conn.tls.startswith("none"):
+        await conn.close()
+        where = f"{host}[{address}]"
+        raise ConnectFailure(
+            Reply(
+                454, f"4.7.10 TLS is required for this destination but {where}: {conn.tls}", where
+            )
+        )
+    return conn
+
+
+async def _connect(
+    settings: Settings, host: str, address: str, memory: TLSMemory, port: int | None
+) -> Connection:
     known = memory.get(host)
     mode = known[0] if known else None
     note = f" ({known[1]})" if known and known[0] == TLS_UNVERIFIED else ""
     failed_with = ""
     for _ in range(3):
         try:
-            smtp, tls = await _connect_once(settings, host, address, starttls=mode)
+            smtp, tls = await _connect_once(settings, host, address, starttls=mode, port=port)
         except _Unverified as exc:
             memory.put(host, TLS_UNVERIFIED, str(exc))
             mode, note = TLS_UNVERIFIED, f" ({exc})"

@@ -4,10 +4,12 @@ and refusing a hop that is Mailhost itself (a mail loop)."""
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
@@ -49,8 +51,7 @@ def parse_next_hop(text: str, *, field: str = "next_hop") -> NextHop:
     if not raw:
         raise ValidationError(f"a next hop is required ({forms})", field=field)
     if raw.lower().startswith("mx:"):
-        name = raw[3:].strip()
-        return NextHop(HOP_MX, normalise_domain(name, field=field))
+        return NextHop(HOP_MX, _host_name(raw[3:], text, forms, field))
     found = _PORTED.match(raw)
     if found is None:
         raise ValidationError(f"invalid next hop {text!r} ({forms})", field=field)
@@ -69,7 +70,16 @@ def parse_next_hop(text: str, *, field: str = "next_hop") -> NextHop:
     try:
         return NextHop(HOP_HOST, str(ipaddress.ip_address(host)), port)
     except ValueError:
-        return NextHop(HOP_HOST, normalise_domain(host, field=field), port)
+        return NextHop(HOP_HOST, _host_name(host, text, forms, field), port)
+
+
+def _host_name(name: str, text: str, forms: str, field: str) -> str:
+    try:
+        return normalise_domain(name, field=field)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"invalid next hop {text!r}: {exc.message} ({forms})", field=field
+        ) from exc
 
 
 # A check run before a next hop is stored: raises ValidationError for a hop that is us.
@@ -160,3 +170,76 @@ def hop_checker(settings: Settings) -> HopCheck:
         default_port=settings.delivery_port,
         resolver=resolver,
     )
+
+
+# --- where a hop's mail goes (the MX's callout and the delivery agent share this) -----------
+
+
+@dataclass(frozen=True, slots=True)
+class HopHost:
+    name: str  # the host name (the MX exchange, or the hop's host), for TLS and logs
+    address: str
+    port: int
+
+
+class HopUnresolved(Exception):  # noqa: N818
+    """The hop has no usable address now (DNS failure, no address): always temporary for a
+    relay domain, whose mail waits up to its maximum queue age."""
+
+
+def async_resolver(settings: Settings) -> dns.asyncresolver.Resolver:
+    """The resolver the delivery agent uses (Settings.delivery_nameservers, else the system's)."""
+    if settings.delivery_nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = list(settings.delivery_nameservers)
+        resolver.port = settings.delivery_dns_port
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = settings.delivery_dns_timeout
+    resolver.cache = dns.resolver.LRUCache(max_size=10_000)
+    return resolver
+
+
+async def _addresses_of(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
+    found: list[str] = []
+    for rtype in ("A", "AAAA"):
+        try:
+            answer = await resolver.resolve(name, rtype, search=False)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            continue
+        found.extend(rr.to_text() for rr in answer)
+    return found
+
+
+async def hop_hosts(
+    hop: NextHop, *, resolver: dns.asyncresolver.Resolver, default_port: int
+) -> list[HopHost]:
+    """The (host, address, port) to try in order: the hop's own address(es) for a host hop,
+    the MX hosts of the name by preference (RFC 5321 section 5.1) for an ``mx:`` hop.
+    Raises HopUnresolved."""
+    port = hop.port if hop.port is not None else default_port
+    if hop.is_address:
+        return [HopHost(hop.host, hop.host, port)]
+    try:
+        if hop.kind == HOP_HOST:
+            names = [hop.host]
+        else:
+            try:
+                answer = await resolver.resolve(hop.host, "MX", search=False)
+            except dns.resolver.NoAnswer:
+                names = [hop.host]  # implicit MX
+            else:
+                records = [
+                    (rr.preference, rr.exchange.to_text(omit_final_dot=True)) for rr in answer
+                ]
+                random.shuffle(records)  # equal preferences in random order
+                records.sort(key=lambda r: r[0])
+                names = [n for _, n in records if n not in ("", ".")]
+        hosts: list[HopHost] = []
+        for name in names:
+            hosts.extend(HopHost(name, a, port) for a in await _addresses_of(resolver, name))
+    except dns.exception.DNSException as exc:
+        raise HopUnresolved(f"DNS lookup for next hop {hop} failed: {exc}") from exc
+    if not hosts:
+        raise HopUnresolved(f"next hop {hop} has no address")
+    return hosts

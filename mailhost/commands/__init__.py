@@ -20,6 +20,7 @@ from mailhost.commands import (
     mailboxes,
     operators,
     queue,
+    relay,
     sending,
     system,
     tokens,
@@ -37,4 +38,5 @@ def register(subparsers: Any) -> None:
     tokens.register(subparsers)
     dkim.register(subparsers)  # under "domain": after the domain group exists
     queue.register(subparsers)
+    relay.register(subparsers)
     sending.register(subparsers)  # under "mailbox" and "customer"

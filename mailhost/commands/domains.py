@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.models import STATUS_ACTIVE, STATUS_SUSPENDED, Domain
 from app.services import customers, domains, mailboxes, removal
 from app.services.audit import CLI_ACTOR
+from mailhost.commands import relay as relay_commands
 from mailhost.commands.common import (
     Handler,
     add_command,
@@ -29,6 +30,7 @@ def _domain_row(session: Session, d: Domain) -> dict[str, Any]:
     return {
         "id": d.id,
         "name": d.name,
+        "kind": d.kind,
         "customer": d.customer.name,
         "status": d.status,
         "mailboxes": mailboxes.count_mailboxes(session, domain_id=d.id),
@@ -42,6 +44,10 @@ def _domain_row(session: Session, d: Domain) -> dict[str, Any]:
 
 
 def domain_add(ctx: Context, args: argparse.Namespace) -> int:
+    if args.relay:
+        return relay_commands.domain_add_relay(ctx, args)
+    if args.next_hop is not None:
+        raise UsageError("--next-hop is for relay domains: add --relay")
     with ctx.transaction() as s:
         c = customers.get_customer_by_name(s, name=args.customer)
         d = domains.create_domain(
@@ -168,6 +174,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-mailboxes", type=int)
     p.add_argument("--default-quota", help="quota of new mailboxes, e.g. 1G (default 1G)")
     p.add_argument("--total-quota", help="sum of all mailbox quotas, e.g. 50G")
+    relay_commands.add_domain_add_options(p)
     add_json_option(p)
     p = add_command(g, "list", domain_list, "list domains")
     p.add_argument("--customer", help="only this customer's domains")
