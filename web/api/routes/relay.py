@@ -53,8 +53,6 @@ router = APIRouter(prefix="/relay-domains", tags=["relay domains"], route_class=
 TlsPolicy = Literal["opportunistic", "required"]
 RecipientMode = Literal["list", "verify", "any"]
 CSV_MEDIA_TYPE = "text/csv"
-# A recipient CSV of MAX_IMPORT_ROWS addresses of up to 320 characters, with some slack.
-MAX_CSV_BYTES = 40 * 1024 * 1024
 Address = Annotated[
     str, Path(min_length=1, max_length=320, description="Local part or full address.")
 ]
@@ -397,8 +395,7 @@ async def import_recipients(
 
 
 def _csv_text(raw: bytes) -> str:
-    if len(raw) > MAX_CSV_BYTES:
-        raise ValidationError(f"the CSV is larger than {MAX_CSV_BYTES} bytes", field="body")
+    # Its size is limited before it is read (web/limits.py: MAILHOST_WEB_MAX_UPLOAD_BYTES).
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
