@@ -168,6 +168,9 @@ class RelayDesk:
         self._blocking = blocking
         self._infos = _TTLCache(_INFO_CACHE_MAX)
         self.callouts = _TTLCache(_CALLOUT_CACHE_MAX)
+        # Listed or not, per (domain id, local part), for smtp_resolution_cache_seconds (as
+        # the hosted resolutions are).
+        self._listed_cache = _TTLCache(_CALLOUT_CACHE_MAX)
         self._resolver = async_resolver(settings)
 
     # ------------------------------------------------------------------ RCPT
@@ -200,7 +203,11 @@ class RelayDesk:
         if info.recipient_mode == RELAY_MODE_ANY:
             return RELAY_RCPT_OK
         if info.recipient_mode == RELAY_MODE_LIST:
-            listed = await self._blocking(self._listed, info.domain_id, local)
+            key = (info.domain_id, local.lower())
+            listed = self._listed_cache.get(key)
+            if listed is None:
+                listed = await self._blocking(self._listed, info.domain_id, local)
+                self._listed_cache.put(key, listed, self._info_ttl)
             return RELAY_RCPT_OK if listed else RELAY_UNKNOWN_USER
         return await self.callout(info, address)
 
@@ -339,9 +346,9 @@ class RelayDesk:
                     now=utcnow(),
                     customer_id=customers.pop() if len(customers) == 1 else None,
                 )
-                held = {
-                    address.lower() for address, info in copy.recipients if info.held
-                } | self._held_now(session, copy)
+                # A domain held after RCPT (the info is cached briefly) is caught by the
+                # delivery agent, which holds rows it claims for a held domain.
+                held = {address.lower() for address, info in copy.recipients if info.held}
                 for row in message.recipients:
                     if row.address.lower() in held:
                         row.state = RCPT_HELD
@@ -350,15 +357,6 @@ class RelayDesk:
             self.spool.remove(spooled.spool_id)
             raise
         return spooled.spool_id, message_id
-
-    def _held_now(self, session: Session, copy: RelayCopy) -> set[str]:
-        """Recipients whose domain was held after RCPT (the cached info may be stale)."""
-        held: set[str] = set()
-        for address, info in copy.recipients:
-            fresh = relay.relay_info(session, domain_name=info.name)
-            if fresh is not None and fresh.held:
-                held.add(address.lower())
-        return held
 
     def unstore(self, spool_id: str, message_id: int) -> None:
         """Take a stored relay copy back (the hosted copies of the same transaction failed,

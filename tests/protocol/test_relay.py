@@ -389,3 +389,30 @@ def test_tls_required_and_max_age_bounce(
         ).one()
         dsn = SpoolStore(out.spool_root).read(bounce.spool_id)
     assert b"Status: 4.4.7" in dsn and b"x@strict.example" in dsn
+
+
+def test_mail_for_a_held_domain_waits_until_released(
+    out: Settings,
+    port: int,
+    mx: Callable[[], IngressThread],
+    session_factory: sessionmaker[Session],
+    store: MaildirStore,
+    sinks: list[Sink],
+) -> None:
+    domain_id = add_relay(
+        session_factory, "held.example", f"{SINK_HOST}:{port}", recipient_mode="any"
+    )
+    with transaction(session_factory) as s:
+        relay.hold(s, actor=CLI_ACTOR, domain_id=domain_id, reason="customer moving office")
+    sink = start_sink(sinks, port)
+    ingress = mx()
+    with client(ingress) as smtp:
+        smtp.sendmail("a@sender.example", ["x@held.example"], message("while held"))
+    assert [r.state for _, r in rows(session_factory)] == ["held"]
+    clock = Clock(dt.datetime.now(dt.UTC))
+    agent = make_agent(out, session_factory, store, clock)
+    assert run_once(agent) == 0 and sink.received == []
+    with transaction(session_factory) as s:
+        assert relay.release(s, actor=CLI_ACTOR, domain_id=domain_id, now=clock.now) == 1
+    assert run_once(agent) == 1
+    assert [r.recipients for r in sink.received] == [["x@held.example"]]
