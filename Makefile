@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # STLS as GnuTLS does it), and docker-compose to validate docker-compose.yml (it needs no
 # Docker engine for `config`).
 # swaks needs Net::SSLeay / IO::Socket::SSL for --tls (checked separately: not commands).
-SYSTEM_PACKAGES := chromium curl swaks docker-compose mpop msmtp
+SYSTEM_PACKAGES := chromium curl swaks docker-compose mpop msmtp fetchmail
 PYTEST_ARGS ?=
 
 .PHONY: run test lint pytest bench clean distclean system-packages

@@ -77,6 +77,10 @@ class Customer(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(16), default=STATUS_ACTIVE)
     price_per_mailbox: Mapped[Decimal] = mapped_column(Numeric(12, 4), default=Decimal("0"))
+    # Per relay domain per period, prorated by day (app/services/billing_relay.py).
+    price_per_relay_domain: Mapped[Decimal] = mapped_column(
+        Numeric(12, 4), default=Decimal("0"), server_default="0"
+    )
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Sending limits over all the customer's mailboxes; None = the platform default

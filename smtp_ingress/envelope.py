@@ -31,8 +31,10 @@ class Transaction:
 
     queue_id: str = field(default_factory=lambda: secrets.token_hex(6).upper())
     sender: str = ""  # "" is the null reverse-path <>
-    # mailbox id -> (target, the RCPT address that led to it, for the Received "for" clause)
-    targets: dict[int, tuple[Target, str]] = field(default_factory=dict)
+    # copy key -> (target, the RCPT address that led to it, for the Received "for" clause).
+    # The key is the mailbox id (copies to one mailbox are merged), or for a catch-all
+    # (multidrop) target the mailbox id and the lower-cased RCPT: one copy per recipient.
+    targets: dict[int | tuple[int, str], tuple[Target, str]] = field(default_factory=dict)
     accepted: list[str] = field(default_factory=list)
     # Accepted recipients at relay domains (address, the domain's settings): queued, not
     # stored in a Maildir (smtp_ingress/relay.py).

@@ -428,7 +428,8 @@ class IngressHandler:
             self._log_reject(session, txn, address, reply)
             return reply if resolution.verdict is not Verdict.OK else replies.TEMPFAIL
         for target in resolution.targets:
-            txn.targets.setdefault(target.mailbox_id, (target, address))
+            copy_key = (target.mailbox_id, key) if target.via_catchall else target.mailbox_id
+            txn.targets.setdefault(copy_key, (target, address))
         txn.accepted.append(address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
@@ -643,7 +644,12 @@ class IngressHandler:
     def _trace_headers(
         self, server: ServerLike, session: SmtpSession, txn: Transaction, target: Target, rcpt: str
     ) -> bytes:
-        """Return-Path, Delivered-To and an RFC 5321 section 4.4 Received header."""
+        """Return-Path, Delivered-To and an RFC 5321 section 4.4 Received header.
+
+        Delivered-To names the mailbox; for a copy that came through the domain's catch-all
+        (a multidrop mailbox) it names the envelope recipient instead, and X-Original-To
+        repeats it (Postfix's name for it), so fetchmail's ``envelope Delivered-To`` (or
+        ``envelope X-Original-To``) sorts the copies without guessing from To:/Cc:."""
         helo = session.host_name or "unknown"
         tls = session.ssl is not None
         protocol = ("ESMTPS" if tls else "ESMTP") if session.extended_smtp else "SMTP"
@@ -653,9 +659,12 @@ class IngressHandler:
             if cipher:
                 tls_comment = f"\n\t(using {cipher[1]} with cipher {cipher[0]})"
         date = self.received_date.now()
+        delivered_to = f"Delivered-To: {target.address}\n"
+        if target.via_catchall:
+            delivered_to = f"Delivered-To: {rcpt}\nX-Original-To: {rcpt}\n"
         return (
             f"Return-Path: <{txn.sender}>\n"
-            f"Delivered-To: {target.address}\n"
+            f"{delivered_to}"
             f"Received: from {helo} ([{_peer_ip(session)}])\n"
             f"\tby {server.hostname} (Mailhost) with {protocol} id {txn.queue_id}{tls_comment}\n"
             f"\tfor <{rcpt}>; {date}\n"

@@ -34,6 +34,10 @@ from web.api.problems import API_PREFIX, problem_for, problem_response
 # The portal's CSV import: the file itself (multipart) and its confirmation (the same text
 # re-posted in a form field); every other route, portal or API, gets the small limit.
 UPLOAD_PATHS = frozenset({"/import/preview", "/import/confirm"})
+# A relay domain's recipient CSV import, in the portal and the API (web/portal/relay.py,
+# web/api/routes/relay.py): ".../recipients/import" under these prefixes.
+UPLOAD_PREFIXES = ("/relay/", "/api/v1/relay-domains/")
+UPLOAD_SUFFIX = "/recipients/import"
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -73,7 +77,10 @@ class BodyGuard:
         self.portal_too_large = portal_too_large
 
     def limit_for(self, path: str) -> int:
-        return self.max_upload_bytes if path in UPLOAD_PATHS else self.max_body_bytes
+        upload = path in UPLOAD_PATHS or (
+            path.startswith(UPLOAD_PREFIXES) and path.endswith(UPLOAD_SUFFIX)
+        )
+        return self.max_upload_bytes if upload else self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in _BODYLESS_METHODS:

@@ -1,5 +1,8 @@
 """Per-mailbox billing: usage computed from lifecycle events, and the event feed.
 
+Relay domains are billed per domain by the same day rule; their line items come from
+``app.services.billing_relay`` and are added to the customer's amount.
+
 Theory of operation
 -------------------
 Billing never reads the live ``mailboxes`` table to decide what to charge: it replays the
@@ -34,10 +37,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -45,14 +47,20 @@ from sqlalchemy.orm import Session
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirError, MaildirStore
 from app.models import Customer, Domain, LifecycleEvent, Mailbox, utcnow
+from app.services.billing_days import ACTIVE as _ACTIVE
+from app.services.billing_days import DayRanges as _DayRanges
+from app.services.billing_days import LifecycleRow as _Event
+from app.services.billing_days import count_days as _count
+from app.services.billing_days import domain_suspensions as _domain_suspensions
+from app.services.billing_days import merge_days as _merge
+from app.services.billing_days import replay_segments as _mailbox_segments
+from app.services.billing_days import subtract as _subtract
+from app.services.billing_relay import RelayUsage, relay_usage
 
 CENT = Decimal("0.01")
 # A report over more than a year of days is almost certainly a typo; refuse it early.
 MAX_PERIOD_DAYS = 366
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
-
-_ACTIVE = "active"
-_SUSPENDED = "suspended"
 
 
 # ------------------------------------------------------------------------------ periods
@@ -80,10 +88,6 @@ def check_period(start: dt.date, end: dt.date) -> None:
 def prorate(price: Decimal, mailbox_days: int, days_in_period: int) -> Decimal:
     """``price * mailbox_days / days_in_period``, rounded half-up to cents."""
     return (price * mailbox_days / Decimal(days_in_period)).quantize(CENT, rounding=ROUND_HALF_UP)
-
-
-def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
 # ------------------------------------------------------------------------------ report types
@@ -117,6 +121,11 @@ class CustomerUsage:
     storage_messages: int = 0
     amount: Decimal | None = None
     lines: list[UsageLine] = field(default_factory=list)
+    # Relay domains (app/services/billing_relay.py): billed per domain, prorated by day.
+    price_per_relay_domain: Decimal | None = None
+    relay_domains_active_end: int = 0
+    relay_domain_days: int = 0
+    relay_lines: list[RelayUsage] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -126,133 +135,6 @@ class UsageReport:
     days: int
     generated_at: dt.datetime
     customers: list[CustomerUsage]
-
-
-# ------------------------------------------------------------------------------ intervals
-class _Event(Protocol):
-    """The columns of a lifecycle event the replay reads (a Row or a LifecycleEvent)."""
-
-    @property
-    def occurred_at(self) -> dt.datetime: ...
-    @property
-    def entity(self) -> str: ...
-    @property
-    def entity_id(self) -> int: ...
-    @property
-    def action(self) -> str: ...
-    @property
-    def customer_id(self) -> int: ...
-    @property
-    def domain_name(self) -> str: ...
-    @property
-    def address(self) -> str | None: ...
-
-
-@dataclass(slots=True)
-class _Segment:
-    start: dt.datetime
-    end: dt.datetime
-    state: str
-
-
-def _subtract(
-    start: dt.datetime, end: dt.datetime, holes: Sequence[tuple[dt.datetime, dt.datetime]]
-) -> tuple[list[tuple[dt.datetime, dt.datetime]], list[tuple[dt.datetime, dt.datetime]]]:
-    """Split ``[start, end)`` into (parts outside every hole, parts inside a hole)."""
-    outside: list[tuple[dt.datetime, dt.datetime]] = []
-    inside: list[tuple[dt.datetime, dt.datetime]] = []
-    cursor = start
-    for hole_start, hole_end in sorted(holes):
-        if hole_end <= cursor or hole_start >= end:
-            continue
-        if hole_start > cursor:
-            outside.append((cursor, hole_start))
-        inside.append((max(cursor, hole_start), min(end, hole_end)))
-        cursor = max(cursor, hole_end)
-        if cursor >= end:
-            break
-    if cursor < end:
-        outside.append((cursor, end))
-    return outside, inside
-
-
-class _DayRanges:
-    """Maps instants to day indices of the period and counts distinct days."""
-
-    def __init__(self, start: dt.date, days: int) -> None:
-        self.start = start
-        self.days = days
-        self.start_at = _midnight(start)
-        self.end_at = self.start_at + dt.timedelta(days=days)
-
-    def days_of(self, a: dt.datetime, b: dt.datetime) -> tuple[int, int] | None:
-        """Inclusive day-index range touched by ``[a, b)`` inside the period, or None."""
-        a, b = max(a, self.start_at), min(b, self.end_at)
-        if a >= b:
-            return None
-        first = (a.date() - self.start).days
-        # The last instant inside [a, b) is just before b: b at midnight touches the day before.
-        last = ((b - dt.timedelta(microseconds=1)).date() - self.start).days
-        return first, last
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
-
-
-def _count(ranges: Sequence[tuple[int, int]]) -> int:
-    return sum(last - first + 1 for first, last in ranges)
-
-
-def _mailbox_segments(events: Sequence[_Event], until: dt.datetime) -> list[tuple[str, _Segment]]:
-    """Replay one mailbox's events into (domain, segment) pairs, open ones closed at until.
-
-    A 'created' after a 'deleted' (the address deleted and created again) starts a new life.
-    """
-    segments: list[tuple[str, _Segment]] = []
-    state: str | None = None
-    since = until
-    domain = ""
-    for event in events:
-        at = event.occurred_at
-        if event.action == "deleted":
-            if state is not None:
-                segments.append((domain, _Segment(since, at, state)))
-            state = None
-            continue
-        new_state = _SUSPENDED if event.action == "suspended" else _ACTIVE
-        if state is None:
-            domain = event.domain_name
-        elif state != new_state:
-            segments.append((domain, _Segment(since, at, state)))
-        else:
-            continue  # no change (a repeated event): the segment goes on
-        state, since = new_state, at
-    if state is not None:
-        segments.append((domain, _Segment(since, until, state)))
-    return segments
-
-
-def _domain_suspensions(
-    events: Sequence[_Event], until: dt.datetime
-) -> list[tuple[dt.datetime, dt.datetime]]:
-    holes: list[tuple[dt.datetime, dt.datetime]] = []
-    since: dt.datetime | None = None
-    for event in events:
-        if event.action == "suspended" and since is None:
-            since = event.occurred_at
-        elif event.action in ("resumed", "deleted", "created") and since is not None:
-            holes.append((since, event.occurred_at))
-            since = None
-    if since is not None:
-        holes.append((since, until))
-    return holes
 
 
 # ------------------------------------------------------------------------------ the report
@@ -311,7 +193,7 @@ def usage_report(
             key = (event.entity_id, event.address or "")
             by_mailbox[key].append(event)
             owner_of_mailbox[key] = event.customer_id
-        else:
+        elif event.entity == "domain":
             by_domain[(event.customer_id, event.domain_name)].append(event)
     holes = {key: _domain_suspensions(evs, until) for key, evs in by_domain.items()}
 
@@ -356,9 +238,10 @@ def usage_report(
     storage = _storage(session, store, customer_id) if store is not None else {}
     for cid, domain in storage:
         line(cid, domain)
+    relay = relay_usage(events, holes=holes, ranges=ranges, until=until)
 
     report: dict[int, CustomerUsage] = {}
-    for cid in sorted(set(customers) | {cid for cid, _ in lines}):
+    for cid in sorted(set(customers) | {cid for cid, _ in lines} | set(relay)):
         row = customers.get(cid)
         report[cid] = CustomerUsage(
             customer_id=cid,
@@ -366,6 +249,7 @@ def usage_report(
             currency=row.currency if row else None,
             price_per_mailbox=row.price_per_mailbox if row else None,
             amount=Decimal("0.00") if row else None,
+            price_per_relay_domain=row.price_per_relay_domain if row else None,
         )
     customer_daily: dict[int, list[int]] = defaultdict(lambda: [0] * days)
     for (cid, domain), acc in sorted(lines.items()):
@@ -404,6 +288,18 @@ def usage_report(
             cust.amount += item.amount
     for cid, totals in customer_daily.items():
         report[cid].peak_mailboxes = max(totals, default=0)
+    for cid, relay_lines in relay.items():
+        cust = report[cid]
+        for relay_line in relay_lines:
+            if cust.price_per_relay_domain is not None:
+                relay_line.amount = prorate(
+                    cust.price_per_relay_domain, relay_line.relay_domain_days, days
+                )
+            cust.relay_lines.append(relay_line)
+            cust.relay_domain_days += relay_line.relay_domain_days
+            cust.relay_domains_active_end += int(relay_line.active_end)
+            if cust.amount is not None and relay_line.amount is not None:
+                cust.amount += relay_line.amount
     return UsageReport(
         start=start, end=end, days=days, generated_at=now, customers=list(report.values())
     )

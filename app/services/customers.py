@@ -29,18 +29,22 @@ def _clean_name(name: str) -> str:
     return cleaned
 
 
-def _clean_price(price: Decimal | str | int) -> Decimal:
+def _clean_price(
+    price: Decimal | str | int, *, field: str = "price_per_mailbox", what: str = "mailbox"
+) -> Decimal:
     try:
         value = Decimal(price)
     except (InvalidOperation, TypeError, ValueError) as exc:
-        raise ValidationError(f"invalid price {price!r}", field="price_per_mailbox") from exc
+        raise ValidationError(f"invalid price {price!r}", field=field) from exc
     if not value.is_finite() or value < 0 or value > _MAX_PRICE:
-        raise ValidationError(
-            f"price per mailbox must be between 0 and {_MAX_PRICE}", field="price_per_mailbox"
-        )
+        raise ValidationError(f"price per {what} must be between 0 and {_MAX_PRICE}", field=field)
     if value != value.quantize(Decimal("0.0001")):
-        raise ValidationError("price has more than 4 decimal places", field="price_per_mailbox")
+        raise ValidationError("price has more than 4 decimal places", field=field)
     return value
+
+
+def _clean_relay_price(price: Decimal | str | int) -> Decimal:
+    return _clean_price(price, field="price_per_relay_domain", what="relay domain")
 
 
 def _clean_currency(currency: str) -> str:
@@ -66,15 +70,23 @@ def create_customer(
     name: str,
     price_per_mailbox: Decimal = Decimal("0"),
     currency: str = "EUR",
+    price_per_relay_domain: Decimal = Decimal("0"),
 ) -> Customer:
-    """Validate (non-empty name <= 200 chars, unique case-insensitively; price >= 0; ISO 4217
+    """Validate (non-empty name <= 200 chars, unique case-insensitively; prices >= 0; ISO 4217
     three upper-case letters) and add. Raises ValidationError / ConflictError."""
     clean = _clean_name(name)
     price = _clean_price(price_per_mailbox)
+    relay_price = _clean_relay_price(price_per_relay_domain)
     cur = _clean_currency(currency)
     if _name_taken(session, clean):
         raise ConflictError(f"customer {clean!r} already exists", field="name")
-    customer = Customer(name=clean, price_per_mailbox=price, currency=cur, status="active")
+    customer = Customer(
+        name=clean,
+        price_per_mailbox=price,
+        price_per_relay_domain=relay_price,
+        currency=cur,
+        status="active",
+    )
     session.add(customer)
     flush_or_conflict(session, f"customer {clean!r} already exists", field="name")
     audit(
@@ -84,7 +96,7 @@ def create_customer(
         object_type="customer",
         object_id=customer.id,
         object_name=customer.name,
-        detail=f"price={price} {cur}",
+        detail=f"price={price} {cur}" + (f" relay_price={relay_price}" if relay_price else ""),
     )
     return customer
 
@@ -140,6 +152,7 @@ def update_customer(
     name: str | None = None,
     price_per_mailbox: Decimal | None = None,
     currency: str | None = None,
+    price_per_relay_domain: Decimal | None = None,
 ) -> Customer:
     customer = get_customer(session, customer_id=customer_id)
     changes: list[str] = []
@@ -155,6 +168,11 @@ def update_customer(
         if price != customer.price_per_mailbox:
             changes.append(f"price: {customer.price_per_mailbox} -> {price}")
             customer.price_per_mailbox = price
+    if price_per_relay_domain is not None:
+        relay_price = _clean_relay_price(price_per_relay_domain)
+        if relay_price != customer.price_per_relay_domain:
+            changes.append(f"relay price: {customer.price_per_relay_domain} -> {relay_price}")
+            customer.price_per_relay_domain = relay_price
     if currency is not None:
         cur = _clean_currency(currency)
         if cur != customer.currency:

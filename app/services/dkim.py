@@ -25,6 +25,7 @@ from app.models import (
     DKIM_PUBLISHED,
     DKIM_RETIRED,
     DKIM_RSA_SHA256,
+    DOMAIN_RELAY,
     DkimKey,
     Domain,
     utcnow,
@@ -275,6 +276,11 @@ def recommended_records(session: Session, *, domain_id: int, policy: DnsPolicy) 
     domain = get_domain(session, domain_id=domain_id)
     fqdn = f"{domain.name}."
     mx = f"10 {policy.mx_hostname.rstrip('.')}."
+    if domain.kind == DOMAIN_RELAY:
+        # The customer's own server sends the domain's mail (its SPF, DKIM and DMARC are its
+        # own business); we are its MX. The backup-MX variant: app/services/relay_dns.py.
+        note = "required: mail for the domain reaches us; we forward it to the customer's server"
+        return [DnsRecord("mx", "MX", fqdn, mx, mx, note)]
     records = [
         DnsRecord("mx", "MX", fqdn, mx, mx, "required: mail for the domain reaches us"),
         _txt(

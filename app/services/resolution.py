@@ -6,7 +6,9 @@ customer's status), then the address is expanded breadth-first: each level loads
 of all pending addresses in one query and the aliases of the rest in a second, so a plain
 mailbox costs two queries and a chain of N aliases about 2N+2. A visited set and a depth limit
 end cycles. The domain's catch-all and the postmaster fallback apply to the address as given
-only; an alias target that no longer exists is ignored, never redirected.
+only; an alias target that no longer exists is ignored, never redirected. Targets reached
+through the catch-all are marked ``via_catchall``: a catch-all mailbox is a multidrop
+(domain) mailbox, and the SMTP edge then keeps one copy per envelope recipient.
 
 Postmaster (RFC 5321 section 4.5.1): ``postmaster@`` of every hosted domain and the bare
 ``Postmaster`` of section 4.1.1.3 must be deliverable. A domain's own postmaster mailbox or
@@ -17,6 +19,7 @@ one, NO_POSTMASTER says so, so the edge can answer with a reason an operator can
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import re
@@ -64,6 +67,9 @@ class Target:
     address: str  # local@idna-domain, the Delivered-To value
     ref: MailboxRef
     quota_bytes: int
+    # Reached through the domain's catch-all: the mailbox is a multidrop (domain) mailbox,
+    # so the SMTP edge stores one copy per envelope recipient, each naming its recipient.
+    via_catchall: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +256,7 @@ def resolve_recipient(
         return Resolution(Verdict.SUSPENDED)
 
     found: dict[int, Target] = {}
+    via_catchall = False
     suspended_seen = False
     seen: set[tuple[int, str]] = set()
     frontier: list[tuple[str, str]] = [(local, domain_name)]
@@ -286,11 +293,15 @@ def resolve_recipient(
                 level.pop((dom_id, loc), None)
                 frontier.append(_split_stored(target))
         if depth == 0 and level:
-            # The address as given is neither a mailbox nor an alias.
+            # The address as given is neither a mailbox nor an alias. Depth 0 holds that one
+            # address only, so every target found from here on came through the fallback.
             frontier.extend(_fallback(resolver, top, local))
+            via_catchall = bool(top.catchall)
         depth += 1
 
     targets = list(found.values())
+    if via_catchall:
+        targets = [dataclasses.replace(t, via_catchall=True) for t in targets]
     if not targets and local == POSTMASTER:
         # Nothing of the domain's own took it (no mailbox at all, a dangling catch-all, or
         # only suspended ones): the platform postmaster is the last resort.

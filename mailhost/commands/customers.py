@@ -50,6 +50,7 @@ def _customer_row(session: Session, c: Customer) -> dict[str, Any]:
         "name": c.name,
         "status": c.status,
         "price_per_mailbox": _money(c.price_per_mailbox),
+        "price_per_relay_domain": _money(c.price_per_relay_domain),
         "currency": c.currency,
         "domains": len(c.domains),
         "created_at": iso(c.created_at),
@@ -64,6 +65,7 @@ def customer_add(ctx: Context, args: argparse.Namespace) -> int:
             name=args.name,
             price_per_mailbox=_price(args.price),
             currency=args.currency,
+            price_per_relay_domain=_price(args.relay_price),
         )
         row = _customer_row(s, c)
     ctx.print_record(row, as_json=args.json)
@@ -95,8 +97,8 @@ def customer_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def customer_change(ctx: Context, args: argparse.Namespace) -> int:
-    if args.new_name is None and args.price is None and args.currency is None:
-        raise UsageError("nothing to change: give --name, --price or --currency")
+    if all(v is None for v in (args.new_name, args.price, args.currency, args.relay_price)):
+        raise UsageError("nothing to change: give --name, --price, --relay-price or --currency")
     with ctx.transaction() as s:
         c = customers.get_customer_by_name(s, name=args.name)
         c = customers.update_customer(
@@ -106,6 +108,7 @@ def customer_change(ctx: Context, args: argparse.Namespace) -> int:
             name=args.new_name,
             price_per_mailbox=None if args.price is None else _price(args.price),
             currency=args.currency,
+            price_per_relay_domain=None if args.relay_price is None else _price(args.relay_price),
         )
         row = _customer_row(s, c)
     ctx.print_record(row, as_json=args.json)
@@ -142,6 +145,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("name")
     p.add_argument("--price", default="0", help="price per mailbox and month, e.g. 2.50")
     p.add_argument("--currency", default="EUR", help="ISO 4217 code (default EUR)")
+    p.add_argument("--relay-price", default="0", help="price per relay domain and month")
     add_json_option(p)
     add_list_options(add_command(g, "list", customer_list, "list customers"))
     p = add_command(g, "show", customer_show, "show one customer")
@@ -151,6 +155,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("name")
     p.add_argument("--name", dest="new_name", help="new name")
     p.add_argument("--price")
+    p.add_argument("--relay-price")
     p.add_argument("--currency")
     add_json_option(p)
     for action, status in (("suspend", STATUS_SUSPENDED), ("resume", STATUS_ACTIVE)):

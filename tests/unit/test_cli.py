@@ -550,3 +550,14 @@ def test_alias_and_catchall_refuse_another_customers_mailbox(run: Run, engine: E
     assert snapshot(engine) == before
     # The same address is fine for Beta's own alias.
     assert run("alias", "add", "team@beta.example", "bob@beta.example").status == 0
+
+
+def test_customer_relay_domain_price(run: Run) -> None:
+    r = run("customer", "add", "Relay Co", "--relay-price", "12.5", "--json")
+    assert r.status == 0, r
+    assert (r.json()["price_per_relay_domain"], r.json()["price_per_mailbox"]) == ("12.50", "0.00")
+    r = run("customer", "change", "Relay Co", "--relay-price", "7", "--json")
+    assert r.status == 0, r
+    assert r.json()["price_per_relay_domain"] == "7.00"
+    r = run("customer", "change", "Relay Co", "--relay-price", "-1")
+    assert r.status != 0 and "relay domain" in r.err, r

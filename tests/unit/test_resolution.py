@@ -373,3 +373,22 @@ def test_resume_makes_mail_deliverable_again(session: Session) -> None:
     assert resolve_recipient(session, address="u@flaky.example").verdict is SUSPENDED
     domains.set_domain_status(session, actor=CLI_ACTOR, domain_id=domain.id, status="active")
     assert resolve_recipient(session, address="u@flaky.example").ok
+
+
+def test_only_catch_all_deliveries_are_marked_multidrop(world: Session) -> None:
+    """The SMTP edge keeps one copy per envelope recipient for targets reached through the
+    catch-all (also through a catch-all that is an alias, and for postmaster@), and merges
+    the rest per mailbox."""
+    rows = [
+        ("anything@catchall.example", True),
+        ("x@catch-alias.example", True),
+        ("postmaster@catchall.example", True),
+        ("named@catchall.example", False),
+        ("team@hosted.example", False),
+        ("postmaster@pm.example", False),  # the first-mailbox fallback is no catch-all
+    ]
+    got = [
+        (address, {t.via_catchall for t in resolve_recipient(world, address=address).targets})
+        for address, _ in rows
+    ]
+    assert got == [(address, {flag}) for address, flag in rows]

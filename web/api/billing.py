@@ -19,6 +19,7 @@ from web.api.schemas import (
     CustomerUsagePublic,
     EventPage,
     EventPublic,
+    RelayUsageLinePublic,
     UsageLinePublic,
     UsageReportPublic,
     price,
@@ -47,8 +48,12 @@ price per mailbox and the resulting amount, with one line item per domain.
 * `peak_mailboxes`: the most mailboxes billable on one day. `mailboxes_active_end`: active just
   before the end of the period (or now, for a running period).
 * Storage is the current usage of the mailboxes that exist now.
-* CSV: `Accept: text/csv` or `format=csv`; one row per line item plus a `total` row per
-  customer.
+* Relay domains ("SMTP mail connection") are billed per domain by the same day rule:
+  `relay_line_items` (one per relay domain: `relay_domain_days`, `suspended_days`, `amount =
+  price_per_relay_domain * relay_domain_days / days_in_period`), included in `amount`.
+* CSV: `Accept: text/csv` or `format=csv`; one row per line item (`line` is `domain` or
+  `relay_domain`) plus a `total` row per customer; the total's `suspended_days` counts mailbox
+  days only.
 """
 
 
@@ -124,6 +129,8 @@ CSV_COLUMNS = (
     "storage_bytes",
     "storage_messages",
     "amount",
+    "price_per_relay_domain",
+    "relay_domain_days",
 )
 
 
@@ -139,17 +146,25 @@ def _csv(report: UsageReportPublic) -> str:
             c.customer_name or "",
         ]
         money = [c.currency or "", "" if c.price_per_mailbox is None else str(c.price_per_mailbox)]
+        relay_price = "" if c.price_per_relay_domain is None else str(c.price_per_relay_domain)
         for li in c.line_items:
             writer.writerow(safe_row(
                 [*common, "domain", li.domain, *money, li.mailboxes_active_end,
                  li.mailboxes_suspended_end, li.peak_mailboxes, li.mailbox_days,
                  li.suspended_days, li.storage_bytes, li.storage_messages,
-                 "" if li.amount is None else str(li.amount)]
+                 "" if li.amount is None else str(li.amount), relay_price, 0]
+            ))  # fmt: skip
+        for ri in c.relay_line_items:  # one row per relay domain: mailbox columns are 0
+            writer.writerow(safe_row(
+                [*common, "relay_domain", ri.domain, *money, 0, 0, 0, 0, ri.suspended_days, 0,
+                 0, "" if ri.amount is None else str(ri.amount), relay_price,
+                 ri.relay_domain_days]
             ))  # fmt: skip
         writer.writerow(safe_row(
             [*common, "total", "", *money, c.mailboxes_active_end, c.mailboxes_suspended_end,
              c.peak_mailboxes, c.mailbox_days, c.suspended_days, c.storage_bytes,
-             c.storage_messages, "" if c.amount is None else str(c.amount)]
+             c.storage_messages, "" if c.amount is None else str(c.amount), relay_price,
+             c.relay_domain_days]
         ))  # fmt: skip
     return out.getvalue()
 
@@ -207,6 +222,15 @@ def usage(
                 line_items=[
                     UsageLinePublic.model_validate(li, from_attributes=True) for li in c.lines
                 ],
+                price_per_relay_domain=(
+                    None if c.price_per_relay_domain is None else price(c.price_per_relay_domain)
+                ),
+                relay_domains_active_end=c.relay_domains_active_end,
+                relay_domain_days=c.relay_domain_days,
+                relay_line_items=[
+                    RelayUsageLinePublic.model_validate(r, from_attributes=True)
+                    for r in c.relay_lines
+                ],
             )
             for c in report.customers
         ],
@@ -226,10 +250,10 @@ def usage(
     response_model=EventPage,
     responses=problem_responses(401, 403, 422, 503),
     description=(
-        "The append-only feed of mailbox and domain lifecycle events (created, suspended, "
-        "resumed, deleted) in id order. Ids are handed out in commit order, so a client that "
-        "stores `next_cursor` and asks again with `after=<it>` never misses an event and "
-        "never sees one twice, also while several processes write."
+        "The append-only feed of mailbox, domain and relay-domain lifecycle events (created, "
+        "suspended, resumed, deleted) in id order. Ids are handed out in commit order, so a "
+        "client that stores `next_cursor` and asks again with `after=<it>` never misses an "
+        "event and never sees one twice, also while several processes write."
     ),
 )
 def events(

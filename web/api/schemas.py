@@ -44,12 +44,22 @@ class CustomerCreate(_Input):
         description="Price of one mailbox for a whole billing period, in `currency`.",
     )
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
+    price_per_relay_domain: Decimal = Field(
+        default=Decimal("0"),
+        ge=0,
+        max_digits=12,
+        decimal_places=4,
+        description="Price of one relay domain for a whole billing period, prorated by day.",
+    )
 
 
 class CustomerUpdate(_Input):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     price_per_mailbox: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=4)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    price_per_relay_domain: Decimal | None = Field(
+        default=None, ge=0, max_digits=12, decimal_places=4
+    )
 
 
 class CustomerPublic(BaseModel):
@@ -59,6 +69,7 @@ class CustomerPublic(BaseModel):
     price_per_mailbox: Money
     currency: str
     created_at: dt.datetime
+    price_per_relay_domain: Money
 
     @classmethod
     def of(cls, c: Customer) -> CustomerPublic:
@@ -69,6 +80,7 @@ class CustomerPublic(BaseModel):
             price_per_mailbox=price(c.price_per_mailbox),
             currency=c.currency,
             created_at=c.created_at,
+            price_per_relay_domain=price(c.price_per_relay_domain),
         )
 
 
@@ -253,6 +265,16 @@ class UsageLinePublic(BaseModel):
     amount: Money | None
 
 
+class RelayUsageLinePublic(BaseModel):
+    """One relay domain: billed per domain, prorated by day like a mailbox."""
+
+    domain: str
+    relay_domain_days: int = Field(description="Days on which it was active at any instant.")
+    suspended_days: int
+    active_end: bool
+    amount: Money | None
+
+
 class CustomerUsagePublic(BaseModel):
     customer_id: int
     customer_name: str | None = Field(description="null once the customer was deleted.")
@@ -265,8 +287,14 @@ class CustomerUsagePublic(BaseModel):
     suspended_days: int
     storage_bytes: int
     storage_messages: int
-    amount: Money | None = Field(description="Sum of the line items' amounts.")
+    amount: Money | None = Field(
+        description="Sum of the line items' amounts, relay-domain line items included."
+    )
     line_items: list[UsageLinePublic]
+    price_per_relay_domain: Money | None
+    relay_domains_active_end: int
+    relay_domain_days: int
+    relay_line_items: list[RelayUsageLinePublic]
 
 
 class UsageReportPublic(BaseModel):
@@ -282,7 +310,7 @@ class UsageReportPublic(BaseModel):
 class EventPublic(BaseModel):
     id: int = Field(description="Stable, increasing in commit order.")
     occurred_at: dt.datetime
-    entity: Literal["mailbox", "domain"]
+    entity: Literal["mailbox", "domain", "relay_domain"]
     entity_id: int
     action: Literal["created", "suspended", "resumed", "deleted"]
     customer_id: int

@@ -58,6 +58,7 @@ def build_router() -> APIRouter:
         mailboxes,
         operators,
         queue,
+        relay,
         sending,
     )
 
@@ -73,6 +74,7 @@ def build_router() -> APIRouter:
         sending,
         aliases,
         queue,
+        relay,
         bulk,
         operators,
         account,

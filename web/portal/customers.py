@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
@@ -19,12 +21,12 @@ from web.portal.common import (
     redirect,
     split_page,
 )
-from web.portal.forms import FormState, saving
+from web.portal.forms import FormState, PostForm, saving
 from web.portal.render import render
 
 router = APIRouter()
 
-FIELDS = ("name", "price_per_mailbox", "currency")
+FIELDS = ("name", "price_per_mailbox", "price_per_relay_domain", "currency")
 
 
 @router.get("/customers")
@@ -56,9 +58,20 @@ def customer_list(
     )
 
 
+def _relay_price(data: PostForm) -> Decimal | None:
+    """The relay-domain price field; empty (or a form without it) leaves the price alone."""
+    text = data.text("price_per_relay_domain")
+    if not text:
+        return None
+    return parse_decimal(text, field_name="price_per_relay_domain")
+
+
 @router.get("/customers/new")
 def customer_new(request: Request, auth: AdminDep) -> HTMLResponse:
-    form = FormState(values={"currency": "EUR", "price_per_mailbox": "0"}, fields=FIELDS)
+    form = FormState(
+        values={"currency": "EUR", "price_per_mailbox": "0", "price_per_relay_domain": "0"},
+        fields=FIELDS,
+    )
     return render(request, "customers/form.html", {"form": form, "customer": None})
 
 
@@ -76,6 +89,7 @@ def customer_create(
                 data.text("price_per_mailbox"), field_name="price_per_mailbox"
             ),
             currency=data.text("currency").upper() or "EUR",
+            price_per_relay_domain=_relay_price(data) or Decimal("0"),
         )
     if not form.ok:
         return render(request, "customers/form.html", {"form": form, "customer": None}, status=422)
@@ -117,6 +131,7 @@ def customer_edit_form(
         values={
             "name": customer.name,
             "price_per_mailbox": str(customer.price_per_mailbox),
+            "price_per_relay_domain": str(customer.price_per_relay_domain),
             "currency": customer.currency,
         },
         fields=FIELDS,
@@ -140,6 +155,7 @@ def customer_edit(
                 data.text("price_per_mailbox"), field_name="price_per_mailbox"
             ),
             currency=data.text("currency").upper(),
+            price_per_relay_domain=_relay_price(data),
         )
     if not form.ok:
         return render(

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.models import STATUS_ACTIVE, STATUS_SUSPENDED, AuditEntry, Customer, Domain, Mailbox
 from app.services import stats
 from web.deps import SessionDep
+from web.portal import relay as relay_portal
 from web.portal.auth import AuthDep, FormDep
 from web.portal.render import render
 from web.portal.usage import UsageCache
@@ -47,6 +48,7 @@ def dashboard(request: Request, session: SessionDep, auth: AuthDep) -> HTMLRespo
             "deliveries": stats.get(session, metric="deliveries"),
             "pop3_logins": stats.get(session, metric="pop3_logins"),
             "latest": latest,
+            "relay_queues": relay_portal.dashboard_rows(session),
         },
     )
 

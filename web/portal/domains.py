@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import MailhostError, NotFoundError, ValidationError
-from app.models import Domain, Mailbox
+from app.models import DOMAIN_RELAY, Domain, Mailbox
 from app.services import customers, domains, mailboxes, removal
 from app.services import dkim as dkim_service
 from app.services.addresses import domain_to_unicode
@@ -188,10 +188,11 @@ def _detail(
 
 
 @router.get("/domains/{domain_id}")
-def domain_detail(
-    request: Request, session: SessionDep, auth: AuthDep, domain_id: Id
-) -> HTMLResponse:
-    return _detail(request, session, domains.get_domain(session, domain_id=domain_id))
+def domain_detail(request: Request, session: SessionDep, auth: AuthDep, domain_id: Id) -> Response:
+    domain = domains.get_domain(session, domain_id=domain_id)
+    if domain.kind == DOMAIN_RELAY:  # its page is the relay page (web/portal/relay.py)
+        return redirect(f"/relay/{domain_id}")
+    return _detail(request, session, domain)
 
 
 @router.post("/domains/{domain_id}/limits", response_model=None)

@@ -93,6 +93,7 @@ def create_customer(
             name=body.name,
             price_per_mailbox=body.price_per_mailbox,
             currency=body.currency,
+            price_per_relay_domain=body.price_per_relay_domain,
         )
         s.flush()
         return created(CustomerPublic.of(c), f"/api/v1/customers/{c.id}")
@@ -127,6 +128,7 @@ def update_customer(
             name=body.name,
             price_per_mailbox=body.price_per_mailbox,
             currency=body.currency,
+            price_per_relay_domain=body.price_per_relay_domain,
         )
         return CustomerPublic.of(c)
 
