@@ -45,6 +45,8 @@ from app.db import transaction
 from app.errors import TemporaryError
 from app.maildir import MailboxRef, MaildirStore
 from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
+from app.scanning.clients import ScanEnvelope
+from app.scanning.decision import Decision, ScanPolicy
 from app.services import stats
 from app.services.resolution import (
     POSTMASTER,
@@ -56,6 +58,7 @@ from app.services.resolution import (
 )
 from smtp_ingress import replies
 from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
+from smtp_ingress.scanning import ScanStep, StoredHeaders, reply_for
 
 log = logging.getLogger("smtp_ingress")
 T = TypeVar("T")
@@ -102,10 +105,11 @@ class TransactionLogLine:
     copies: int
     size: int
     result: str
+    scan: str = ""  # the scan decision (Decision.log_fields), when scanning is on
 
     def write(self) -> None:
         log.info(
-            "qid=%s client=%s helo=%s from=<%s> to=%s copies=%d size=%d result=%s",
+            "qid=%s client=%s helo=%s from=<%s> to=%s copies=%d size=%d result=%s%s",
             self.queue_id,
             self.client,
             self.helo,
@@ -114,6 +118,7 @@ class TransactionLogLine:
             self.copies,
             self.size,
             self.result,
+            " " + self.scan if self.scan else "",
         )
 
 
@@ -287,8 +292,16 @@ class IngressHandler:
         store: MaildirStore,
         executor: Executor,
         stats_batcher: StatsBatcher,
+        scan_step: ScanStep | None = None,
     ) -> None:
         self.settings = settings
+        self.scan_step = scan_step
+        self.scan_policy = ScanPolicy(
+            reject_score=settings.scan_reject_score,
+            tag_score=settings.scan_tag_score,
+            subject_tag=settings.scan_subject_tag,
+            greylisting=settings.scan_greylisting,
+        )
         self.session_factory = session_factory
         self.store = store
         self.executor = executor
@@ -444,14 +457,21 @@ class IngressHandler:
         body = envelope.body
         assert txn is not None and body is not None  # set by IngressSMTP.smtp_DATA
         targets = [target for target, _ in txn.targets.values()]
+        scanned: StoredHeaders | None = None
+        decision: Decision | None = None
+        if self.scan_step is not None:
+            outcome = await self._scan(session, txn, body)
+            if isinstance(outcome, str):
+                return outcome
+            decision, scanned = outcome
         copies = [
-            (target.ref, self._trace_headers(server, session, txn, target, rcpt))
+            (target.ref, self._trace_headers(server, session, txn, target, rcpt, scanned))
             for target, rcpt in txn.targets.values()
         ]
         reply = replies.delivered(txn.queue_id)
         # The transaction's log line is written by the delivery job after the copies are
         # stored, so the event loop never waits on log I/O; its fields are taken here.
-        line = self._transaction_line(session, txn, body.size, reply[:9])
+        line = self._transaction_line(session, txn, body.size, reply[:9], decision)
         try:
             kept = await self._blocking(self._deliver, targets, copies, body, line)
         except Exception as exc:
@@ -467,6 +487,38 @@ class IngressHandler:
         self.stats.add(kept)
         server.transaction_done()
         return reply
+
+    async def _scan(
+        self, session: SmtpSession, txn: Transaction, body: SpooledBody
+    ) -> str | tuple[Decision, StoredHeaders]:
+        """Scan the body (smtp_ingress/scanning.py): a refusal, or what to add when storing."""
+        step = self.scan_step
+        assert step is not None
+        content = await self._blocking(body.read_all) if body.spilled else body.read_all()
+        policy = self.scan_policy
+        envelope = ScanEnvelope(
+            client_ip=_peer_ip(session),
+            helo=session.host_name,
+            sender=txn.sender,
+            recipients=tuple(txn.accepted),
+            queue_id=txn.queue_id,
+        )
+        decision = await step.scan(content, envelope, policy, spam_check=True)
+        refusal = reply_for(decision, txn.queue_id)
+        if refusal is not None:
+            line = self._transaction_line(session, txn, body.size, refusal[:9], decision)
+            if line is not None:
+                line.write()
+            return refusal
+        stored, old_head = step.stored_headers(
+            content, decision, policy, sender=txn.sender, helo=session.host_name
+        )
+        if old_head:
+            if body.spilled:
+                await self._blocking(body.cut_head, old_head)
+            else:
+                body.cut_head(old_head)
+        return decision, stored
 
     def _deliver(
         self,
@@ -530,9 +582,16 @@ class IngressHandler:
         return self.session_factory()
 
     def _trace_headers(
-        self, server: ServerLike, session: SmtpSession, txn: Transaction, target: Target, rcpt: str
+        self,
+        server: ServerLike,
+        session: SmtpSession,
+        txn: Transaction,
+        target: Target,
+        rcpt: str,
+        scanned: StoredHeaders | None = None,
     ) -> bytes:
-        """Return-Path, Delivered-To and an RFC 5321 section 4.4 Received header."""
+        """Return-Path, Delivered-To and an RFC 5321 section 4.4 Received header; after a
+        scan, its result fields (and the rewritten header section, if any)."""
         helo = session.host_name or "unknown"
         tls = session.ssl is not None
         protocol = ("ESMTPS" if tls else "ESMTP") if session.extended_smtp else "SMTP"
@@ -542,13 +601,16 @@ class IngressHandler:
             if cipher:
                 tls_comment = f"\n\t(using {cipher[1]} with cipher {cipher[0]})"
         date = self.received_date.now()
-        return (
+        trace = (
             f"Return-Path: <{txn.sender}>\n"
             f"Delivered-To: {target.address}\n"
             f"Received: from {helo} ([{_peer_ip(session)}])\n"
             f"\tby {server.hostname} (Mailhost) with {protocol} id {txn.queue_id}{tls_comment}\n"
             f"\tfor <{rcpt}>; {date}\n"
         ).encode("utf-8", "surrogateescape")
+        if scanned is not None:
+            trace += scanned.added + (scanned.head or b"")
+        return trace
 
     # ------------------------------------------------------------------ errors and logs
     async def handle_exception(self, error: Exception) -> str:
@@ -567,7 +629,12 @@ class IngressHandler:
         )
 
     def _transaction_line(
-        self, session: SmtpSession, txn: Transaction, size: int, result: str
+        self,
+        session: SmtpSession,
+        txn: Transaction,
+        size: int,
+        result: str,
+        decision: Decision | None = None,
     ) -> TransactionLogLine | None:
         """The one log line per transaction, or None when INFO is off (then nothing is
         formatted at all)."""
@@ -582,4 +649,5 @@ class IngressHandler:
             copies=len(txn.targets),
             size=size,
             result=result,
+            scan=decision.log_fields() if decision is not None else "",
         )
