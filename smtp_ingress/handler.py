@@ -56,9 +56,10 @@ from app.services.resolution import (
     existing_mailbox_ids,
     resolve_recipient,
 )
+from app.services.scan_policy import DomainScanRules, most_lenient, rules_for_domain
 from smtp_ingress import replies
 from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
-from smtp_ingress.scanning import ScanStep, StoredHeaders, reply_for
+from smtp_ingress.scanning import BLOCKED, CopyRules, ScanStep, StoredHeaders, reply_for
 
 log = logging.getLogger("smtp_ingress")
 T = TypeVar("T")
@@ -302,6 +303,8 @@ class IngressHandler:
             subject_tag=settings.scan_subject_tag,
             greylisting=settings.scan_greylisting,
         )
+        # Scan rules per hosted domain, reused as briefly as recipient resolutions.
+        self._rules_cache: dict[str, tuple[float, DomainScanRules]] = {}
         self.session_factory = session_factory
         self.store = store
         self.executor = executor
@@ -413,12 +416,49 @@ class IngressHandler:
         if resolution.verdict is not Verdict.OK or not resolution.targets:
             self._log_reject(session, txn, address, reply)
             return reply if resolution.verdict is not Verdict.OK else replies.TEMPFAIL
+        if self.scan_step is not None:
+            refusal = await self._list_check(session, txn, resolution.targets)
+            if refusal is not None:
+                self._log_reject(session, txn, address, refusal)
+                return refusal
         for target in resolution.targets:
             txn.targets.setdefault(target.mailbox_id, (target, address))
         txn.accepted.append(address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return reply
+
+    async def _list_check(
+        self, session: SmtpSession, txn: Transaction, targets: tuple[Target, ...]
+    ) -> str | None:
+        """The recipient domains' block and allow lists, before any scan: a block refuses
+        this recipient (550 5.7.1); an allow marks its copies as not to be spam-checked."""
+        for target in targets:
+            rules = await self._domain_rules(target.ref.domain)
+            verdict = rules.verdict(sender=txn.sender, client_ip=_peer_ip(session))
+            if verdict == "block":
+                return BLOCKED
+            txn.scan_rules[target.mailbox_id] = CopyRules(rules.policy, verdict == "allow")
+        return None
+
+    async def _domain_rules(self, domain: str) -> DomainScanRules:
+        now = time.monotonic()
+        cached = self._rules_cache.get(domain)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            rules = await self._blocking(self._load_rules, domain)
+        except (SQLAlchemyError, OSError):
+            log.warning("scan policy lookup failed for %s; using the defaults", domain)
+            return DomainScanRules(self.scan_policy)
+        if len(self._rules_cache) >= _RESOLUTION_CACHE_MAX:
+            self._rules_cache.clear()
+        self._rules_cache[domain] = (now + self.settings.smtp_resolution_cache_seconds, rules)
+        return rules
+
+    def _load_rules(self, domain: str) -> DomainScanRules:
+        with transaction(self.session_factory) as session:
+            return rules_for_domain(session, domain_name=domain, defaults=self.scan_policy)
 
     def _resolve(self, address: str) -> Resolution:
         with transaction(self.session_factory) as session:
@@ -457,16 +497,17 @@ class IngressHandler:
         body = envelope.body
         assert txn is not None and body is not None  # set by IngressSMTP.smtp_DATA
         targets = [target for target, _ in txn.targets.values()]
-        scanned: StoredHeaders | None = None
+        scanned: list[StoredHeaders | None] = [None] * len(targets)
         decision: Decision | None = None
         if self.scan_step is not None:
             outcome = await self._scan(session, txn, body)
             if isinstance(outcome, str):
                 return outcome
-            decision, scanned = outcome
+            decision, stored = outcome
+            scanned = list(stored)
         copies = [
-            (target.ref, self._trace_headers(server, session, txn, target, rcpt, scanned))
-            for target, rcpt in txn.targets.values()
+            (target.ref, self._trace_headers(server, session, txn, target, rcpt, extra))
+            for (target, rcpt), extra in zip(txn.targets.values(), scanned, strict=True)
         ]
         reply = replies.delivered(txn.queue_id)
         # The transaction's log line is written by the delivery job after the copies are
@@ -490,12 +531,21 @@ class IngressHandler:
 
     async def _scan(
         self, session: SmtpSession, txn: Transaction, body: SpooledBody
-    ) -> str | tuple[Decision, StoredHeaders]:
+    ) -> str | tuple[Decision, list[StoredHeaders]]:
         """Scan the body (smtp_ingress/scanning.py): a refusal, or what to add when storing."""
         step = self.scan_step
         assert step is not None
         content = await self._blocking(body.read_all) if body.spilled else body.read_all()
-        policy = self.scan_policy
+        copies = [
+            txn.scan_rules.get(mailbox_id, CopyRules(self.scan_policy))
+            for mailbox_id in txn.targets
+        ]
+        checked = [copy.policy for copy in copies if not copy.allowed]
+        # An allow-listed recipient counts as "never reject"; only when every copy is
+        # allow-listed is rspamd not asked at all (clamd still is).
+        policy = most_lenient(checked) if checked else copies[0].policy
+        if len(checked) < len(copies):
+            policy = dataclasses.replace(policy, reject_score=float("inf"))
         envelope = ScanEnvelope(
             client_ip=_peer_ip(session),
             helo=session.host_name,
@@ -503,7 +553,7 @@ class IngressHandler:
             recipients=tuple(txn.accepted),
             queue_id=txn.queue_id,
         )
-        decision = await step.scan(content, envelope, policy, spam_check=True)
+        decision = await step.scan(content, envelope, policy, spam_check=bool(checked))
         refusal = reply_for(decision, txn.queue_id)
         if refusal is not None:
             line = self._transaction_line(session, txn, body.size, refusal[:9], decision)
@@ -511,7 +561,7 @@ class IngressHandler:
                 line.write()
             return refusal
         stored, old_head = step.stored_headers(
-            content, decision, policy, sender=txn.sender, helo=session.host_name
+            content, decision, copies, sender=txn.sender, helo=session.host_name
         )
         if old_head:
             if body.spilled:

@@ -19,18 +19,27 @@ from app.scanning.clients import ScanEnvelope
 from app.scanning.decision import Action, Decision, ScanPolicy
 from app.scanning.scanner import Scanner
 
+# At RCPT: the sender or client is on the recipient domain's block list (per recipient).
+BLOCKED = "550 5.7.1 Recipient address rejected: sender blocked by the recipient's policy"
+
 
 def reply_for(decision: Decision, queue_id: str) -> str | None:
     """The refusal for ``decision``, or None when the message is to be stored."""
     if decision.action is Action.REJECT:
         return f"550 5.7.1 Message rejected as spam ({decision.reason}), queue id {queue_id}"
-    if decision.action is Action.BLOCKED:
-        return f"550 5.7.1 Message rejected by the recipient's policy, queue id {queue_id}"
     if decision.action is Action.VIRUS:
         return f"554 5.7.1 Message rejected: {decision.reason}, queue id {queue_id}"
     if decision.action is Action.TEMPFAIL:
         return f"451 4.7.1 Message not accepted now ({decision.reason}), try again later"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRules:
+    """The policy of one stored copy's domain, and whether the sender is on its allow list."""
+
+    policy: ScanPolicy
+    allowed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,37 +65,46 @@ class ScanStep:
         self,
         content: bytes,
         decision: Decision,
-        policy: ScanPolicy,
+        copies: list[CopyRules],
         *,
         sender: str,
         helo: str | None,
-    ) -> tuple[StoredHeaders, bytes]:
-        """The headers for the stored copies and the old header section to cut (b"" when the
-        section stays as it is)."""
+    ) -> tuple[list[StoredHeaders], bytes]:
+        """What each copy gets (in the order of ``copies``), and the old header section to
+        cut from the body (b"" when every copy keeps it as it is). Tagging is per copy: the
+        copy's own domain's tag threshold and subject tag; an allow-listed copy is never
+        tagged."""
         old = headers.split_head(content)
-        head, removed = headers.strip_forged(old, self.authserv_id)
-        added = headers.authentication_results(
+        stripped, removed = headers.strip_forged(old, self.authserv_id)
+        results = headers.authentication_results(
             self.authserv_id,
             decision.result,
             sender=sender,
             helo=helo,
             from_domain=headers.from_domain(old),
         )
-        if decision.action is Action.UNSCANNED:
-            added += f"X-Mailhost-Scan: unscanned ({decision.reason})\n".encode()
-        elif decision.score is not None:
-            added += headers.spam_headers(
-                score=decision.score,
-                threshold=policy.tag_score,
-                spam=decision.action is Action.TAG,
-                symbols=list(decision.symbols),
-            )
-        tagged = decision.action is Action.TAG and bool(policy.subject_tag)
-        if tagged:
-            head = headers.tag_subject(head, policy.subject_tag)
-        if not removed and not tagged:
-            return StoredHeaders(added, None), b""
-        return StoredHeaders(added, head), old
+        planned: list[tuple[bytes, bytes | None]] = []
+        for copy in copies:
+            added = results
+            head: bytes | None = None
+            if decision.action is Action.UNSCANNED:
+                added += f"X-Mailhost-Scan: unscanned ({decision.reason})\n".encode()
+            elif decision.score is not None:
+                spam = not copy.allowed and decision.score >= copy.policy.tag_score
+                added += headers.spam_headers(
+                    score=decision.score,
+                    threshold=copy.policy.tag_score,
+                    spam=spam,
+                    symbols=list(decision.symbols),
+                )
+                if spam and copy.policy.subject_tag:
+                    head = headers.tag_subject(stripped, copy.policy.subject_tag)
+            planned.append((added, head))
+        if not removed and all(head is None for _, head in planned):
+            return [StoredHeaders(added, None) for added, _ in planned], b""
+        return [
+            StoredHeaders(added, stripped if head is None else head) for added, head in planned
+        ], old
 
 
 def cut(body: SpooledBody, old_head: bytes) -> None:

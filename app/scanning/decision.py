@@ -18,7 +18,6 @@ class Action(enum.Enum):
     TEMPFAIL = "tempfail"  # scanner down/slow, or rspamd said soft reject / greylist: 451 4.7.1
     UNSCANNED = "unscanned"  # scanner down, accepted by the operator's setting (tagged)
     ALLOWED = "allowed"  # allow list: not scanned for spam (still for viruses)
-    BLOCKED = "blocked"  # block list: 550 5.7.1 before any scan
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,9 +91,7 @@ class Scanner:
             envelope = _without_greylisting(envelope)
         try:
             async with asyncio.timeout(self.timeout):
-                result, virus = await asyncio.gather(
-                    self._rspamd(content, envelope, spam_check), self._clamd(content)
-                )
+                result, virus = await self._both(content, envelope, spam_check)
         except (ScannerError, TimeoutError) as exc:
             reason = "scanner timed out" if isinstance(exc, TimeoutError) else "scanner unavailable"
             log.warning("qid=%s scan failed: %s", envelope.queue_id, exc or reason)
@@ -104,6 +102,19 @@ class Scanner:
         if not spam_check and decision.action is Action.ACCEPT:
             return Decision(Action.ALLOWED, reason="allow list")
         return decision
+
+    async def _both(
+        self, content: bytes, envelope: ScanEnvelope, spam_check: bool
+    ) -> tuple[RspamdResult | None, str | None]:
+        """Both scanners at once; the first failure cancels the other (a TaskGroup, not
+        gather, which would leave it running)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                spam = group.create_task(self._rspamd(content, envelope, spam_check))
+                virus = group.create_task(self._clamd(content))
+        except* ScannerError as failed:
+            raise failed.exceptions[0] from None
+        return spam.result(), virus.result()
 
     async def _rspamd(
         self, content: bytes, envelope: ScanEnvelope, spam_check: bool
