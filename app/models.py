@@ -581,3 +581,26 @@ class ScanListEntry(Base):
     kind: Mapped[str] = mapped_column(String(8))
     value: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ScanRejection(Base):
+    """A message refused by the scan or a block list, kept so support can answer "why was
+    this refused?" (the latest ``scan_log.KEEP_PER_DOMAIN`` per domain; older rows pruned)."""
+
+    __tablename__ = "scan_rejections"
+    __table_args__ = (
+        Index("ix_scan_rejections_domain_time", "domain_id", "occurred_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    queue_id: Mapped[str] = mapped_column(String(32))
+    client_ip: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(String(320))
+    recipient: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float, default=None)
+    symbols: Mapped[str] = mapped_column(String(300), default="")
+    reason: Mapped[str] = mapped_column(String(200), default="")

@@ -46,8 +46,8 @@ from app.errors import TemporaryError
 from app.maildir import MailboxRef, MaildirStore
 from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
 from app.scanning.clients import ScanEnvelope
-from app.scanning.decision import Decision, ScanPolicy
-from app.services import stats
+from app.scanning.decision import Action, Decision, ScanPolicy
+from app.services import scan_log, stats
 from app.services.resolution import (
     POSTMASTER,
     Resolution,
@@ -56,6 +56,7 @@ from app.services.resolution import (
     existing_mailbox_ids,
     resolve_recipient,
 )
+from app.services.scan_log import RejectionRecord
 from app.services.scan_policy import DomainScanRules, most_lenient, rules_for_domain
 from smtp_ingress import replies
 from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
@@ -92,6 +93,8 @@ def _relay_trick(address: str) -> bool:
 # suspension, new alias or a mailbox filling up takes effect up to that long later (quota is
 # racy between concurrent deliveries anyway). Past this many entries the cache starts afresh.
 _RESOLUTION_CACHE_MAX = 10_000
+# Rejections kept for the next batch write at most (a flood beyond this is only counted).
+_MAX_PENDING_REJECTIONS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +198,21 @@ class StatsBatcher:
         self._executor = executor
         self._interval = interval
         self._pending = 0
+        # Scan outcomes (app/services/scan_log.py): counts per metric and rejections, written
+        # with the same batch for the same reason.
+        self._scan_counts: dict[str, int] = {}
+        self._rejections: list[RejectionRecord] = []
         self._task: asyncio.Task[None] | None = None
 
     def add(self, count: int) -> None:
         self._pending += count
+
+    def add_scan(self, outcome: str, rejection: RejectionRecord | None = None) -> None:
+        """Count a scan outcome (a key of ``scan_log.METRICS``), and keep a rejection."""
+        metric = scan_log.METRICS[outcome]
+        self._scan_counts[metric] = self._scan_counts.get(metric, 0) + 1
+        if rejection is not None and len(self._rejections) < _MAX_PENDING_REJECTIONS:
+            self._rejections.append(rejection)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -210,18 +224,25 @@ class StatsBatcher:
 
     async def flush(self) -> None:
         count, self._pending = self._pending, 0
-        if not count:
+        scans, self._scan_counts = self._scan_counts, {}
+        rejections, self._rejections = self._rejections, []
+        if not count and not scans and not rejections:
             return
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._bump, count)
+            await loop.run_in_executor(self._executor, self._bump, count, scans, rejections)
         except Exception:
             self._pending += count
+            for metric, n in scans.items():
+                self._scan_counts[metric] = self._scan_counts.get(metric, 0) + n
             log.warning("could not update the deliveries counter (+%d); will retry", count)
 
-    def _bump(self, count: int) -> None:
+    def _bump(self, count: int, scans: dict[str, int], rejections: list[RejectionRecord]) -> None:
         with transaction(self._session_factory) as session:
-            stats.bump(session, metric="deliveries", by=count)
+            if count:
+                stats.bump(session, metric="deliveries", by=count)
+            if scans or rejections:
+                scan_log.write(session, counts=scans, rejections=rejections)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -420,6 +441,7 @@ class IngressHandler:
             refusal = await self._list_check(session, txn, resolution.targets)
             if refusal is not None:
                 self._log_reject(session, txn, address, refusal)
+                self._record_rejection(session, txn, resolution.targets[0], address, None)
                 return refusal
         for target in resolution.targets:
             txn.targets.setdefault(target.mailbox_id, (target, address))
@@ -555,6 +577,7 @@ class IngressHandler:
         )
         decision = await step.scan(content, envelope, policy, spam_check=bool(checked))
         refusal = reply_for(decision, txn.queue_id)
+        self._count_scan(session, txn, decision)
         if refusal is not None:
             line = self._transaction_line(session, txn, body.size, refusal[:9], decision)
             if line is not None:
@@ -569,6 +592,54 @@ class IngressHandler:
             else:
                 body.cut_head(old_head)
         return decision, stored
+
+    def _count_scan(self, session: SmtpSession, txn: Transaction, decision: Decision) -> None:
+        outcome = {
+            Action.REJECT: "rejected",
+            Action.VIRUS: "rejected",
+            Action.TAG: "tagged",
+            Action.UNSCANNED: "unscanned",
+            Action.TEMPFAIL: "deferred",
+        }.get(decision.action, "clean")
+        score = decision.score
+        # Tagged if any copy's own domain tags at this score.
+        if (
+            outcome == "clean"
+            and score is not None
+            and any(
+                not rules.allowed and score >= rules.policy.tag_score
+                for rules in txn.scan_rules.values()
+            )
+        ):
+            outcome = "tagged"
+        if outcome != "rejected":
+            self.stats.add_scan(outcome)
+            return
+        for target, rcpt in txn.targets.values():
+            self._record_rejection(session, txn, target, rcpt, decision)
+
+    def _record_rejection(
+        self,
+        session: SmtpSession,
+        txn: Transaction,
+        target: Target,
+        rcpt: str,
+        decision: Decision | None,
+    ) -> None:
+        """One rejection row per recipient domain's view (the dashboard counts messages)."""
+        record = RejectionRecord(
+            domain=target.ref.domain,
+            queue_id=txn.queue_id,
+            client_ip=_peer_ip(session),
+            sender=txn.sender,
+            recipient=rcpt,
+            action=decision.action.value if decision is not None else "blocked",
+            score=decision.score if decision is not None else None,
+            symbols=",".join(decision.symbols) if decision is not None else "",
+            reason=decision.reason if decision is not None else "block list",
+            occurred_at=dt.datetime.now(dt.UTC),
+        )
+        self.stats.add_scan("rejected", record)
 
     def _deliver(
         self,

@@ -1,5 +1,6 @@
 """Content scanning policy: per-customer and per-domain overrides of the platform's scanning
-defaults, and the per-domain allow and block lists (app/services/scan_policy.py).
+defaults, the per-domain allow and block lists (app/services/scan_policy.py), and the latest
+rejections per domain (app/services/scan_log.py).
 
 Revision ID: 0009
 Revises: 0006
@@ -80,9 +81,39 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_scan_list_entries_domain_id"), "scan_list_entries", ["domain_id"], unique=False
     )
+    op.create_table(
+        "scan_rejections",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("domain_id", sa.Integer(), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("queue_id", sa.String(length=32), nullable=False),
+        sa.Column("client_ip", sa.String(length=64), nullable=False),
+        sa.Column("sender", sa.String(length=320), nullable=False),
+        sa.Column("recipient", sa.String(length=320), nullable=False),
+        sa.Column("action", sa.String(length=16), nullable=False),
+        sa.Column("score", sa.Float(), nullable=True),
+        sa.Column("symbols", sa.String(length=300), nullable=False),
+        sa.Column("reason", sa.String(length=200), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_scan_rejections_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_scan_rejections")),
+        sqlite_autoincrement=True,
+    )
+    op.create_index(
+        "ix_scan_rejections_domain_time",
+        "scan_rejections",
+        ["domain_id", "occurred_at"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_scan_rejections_domain_time", table_name="scan_rejections")
+    op.drop_table("scan_rejections")
     op.drop_index(op.f("ix_scan_list_entries_domain_id"), table_name="scan_list_entries")
     op.drop_table("scan_list_entries")
     op.drop_table("scan_policies")

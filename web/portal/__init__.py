@@ -58,6 +58,7 @@ def build_router() -> APIRouter:
         mailboxes,
         operators,
         queue,
+        scanning,
         sending,
     )
 
@@ -71,6 +72,7 @@ def build_router() -> APIRouter:
         domains,
         mailboxes,
         sending,
+        scanning,
         aliases,
         queue,
         bulk,

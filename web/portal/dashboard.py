@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import STATUS_ACTIVE, STATUS_SUSPENDED, AuditEntry, Customer, Domain, Mailbox
-from app.services import stats
+from app.services import scan_log, stats
 from web.deps import SessionDep
 from web.portal.auth import AuthDep, FormDep
 from web.portal.render import render
@@ -47,6 +47,7 @@ def dashboard(request: Request, session: SessionDep, auth: AuthDep) -> HTMLRespo
             "deliveries": stats.get(session, metric="deliveries"),
             "pop3_logins": stats.get(session, metric="pop3_logins"),
             "latest": latest,
+            "scan_days": scan_log.daily_counts(session),
         },
     )
 
