@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.models import DailyStat, Domain, ScanRejection
+from app.models import DailyStat, Domain, Mailbox, ScanRejection
 from app.services import stats
+from app.services.audit import SYSTEM_ACTOR, audit
 
 KEEP_PER_DOMAIN = 100
 # DailyStat metrics the ingress bumps, one per outcome the dashboard shows.
@@ -112,3 +113,31 @@ def daily_counts(session: Session, *, days: int = 7) -> list[dict[str, object]]:
         values = by_day.get(day, {})
         out.append({"day": day, **{name: values.get(m, 0) for name, m in METRICS.items()}})
     return out
+
+
+# How long a mailbox caught sending spam stays flagged ("sending limited") unless an operator
+# clears it first (`mailhost mailbox sending ADDRESS --clear-flag`, the portal, the API).
+OUTBOUND_SPAM_FLAG = dt.timedelta(hours=24)
+
+
+def flag_outbound_spam(session: Session, *, mailbox_id: int, reason: str, now: dt.datetime) -> None:
+    """A submitted message was refused as spam or a virus: raise the mailbox's visible
+    "sending limited" flag with the reason (the portal and `mailhost mailbox sending` show
+    it) and audit it, so a compromised account is visible, not relayed. The flag itself does
+    not refuse later submissions: every one is scanned and refused on its own."""
+    mailbox = session.get(Mailbox, mailbox_id, with_for_update=True)
+    if mailbox is None:
+        return
+    mailbox.sending_limited_since = now
+    mailbox.sending_limited_until = now + OUTBOUND_SPAM_FLAG
+    mailbox.sending_limited_reason = f"outbound spam: {reason}"[:300]
+    audit(
+        session,
+        actor=SYSTEM_ACTOR,
+        action="mailbox.outbound_spam",
+        object_type="mailbox",
+        object_id=mailbox.id,
+        object_name=mailbox.address,
+        detail=reason[:300],
+    )
+    session.flush()
