@@ -11,7 +11,7 @@ import math
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 from sqlalchemy.orm import Session
 
 from app.db import transaction
@@ -25,7 +25,9 @@ from web.api.problems import ProblemRoute, problem_responses
 from web.deps import FactoryDep, SettingsDep
 from web.params import Id
 
-Score = Annotated[StrictFloat | StrictInt, Field(ge=-MAX_SCORE, le=MAX_SCORE)]
+Score = Annotated[
+    StrictFloat, Field(ge=-MAX_SCORE, le=MAX_SCORE)
+]  # strict: a JSON integer is accepted, true and "1" are not
 READ_ERRORS = problem_responses(401, 403, 404, 422, 503)
 WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 422, 503)
 
