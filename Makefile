@@ -8,9 +8,10 @@ RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 # Debian packages the test suite drives: a real browser, real mail/HTTP clients (mpop: POP3
 # STLS as GnuTLS does it), and docker-compose to validate docker-compose.yml (it needs no
-# Docker engine for `config`).
+# Docker engine for `config`). rspamd and clamav-daemon: the real scanners the scanning tests
+# start privately (tests/scanners.py; clamd is /usr/sbin/clamd, checked by path below).
 # swaks needs Net::SSLeay / IO::Socket::SSL for --tls (checked separately: not commands).
-SYSTEM_PACKAGES := chromium curl swaks docker-compose mpop msmtp fetchmail
+SYSTEM_PACKAGES := chromium curl swaks docker-compose mpop msmtp fetchmail rspamd
 PYTEST_ARGS ?=
 
 .PHONY: run test lint pytest bench clean distclean system-packages
@@ -35,11 +36,15 @@ run: $(RUN_STAMP)
 system-packages:
 	@missing=""; \
 	for pkg in $(SYSTEM_PACKAGES); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	[ -x /usr/sbin/clamd ] || missing="$$missing clamav-daemon"; \
 	perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || missing="$$missing libnet-ssleay-perl libio-socket-ssl-perl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    if command -v systemctl >/dev/null 2>&1; then \
+	      systemctl disable --now rspamd clamav-daemon clamav-freshclam >/dev/null 2>&1 || true; \
+	    fi; \
 	  else \
 	    echo "warning: missing$$missing; install with: sudo apt-get install$$missing" >&2; \
 	  fi; \

@@ -78,6 +78,27 @@ class Settings(BaseSettings):
     # (RFC 5321 section 4.5.1). Set it in production; unset, those get 550 5.1.1.
     postmaster_address: str | None = None
 
+    # --- content scanning (app/scanning; README "Scanning") ---------------------------------
+    # rspamd's normal worker ("127.0.0.1:11333") and clamd's TCP socket ("127.0.0.1:3310");
+    # with neither set, scanning is off and the ingress warns at start.
+    scan_rspamd_address: str | None = None
+    scan_clamd_address: str | None = None
+    # Both scanners must answer within this many seconds, else 451 4.7.1 (or, with
+    # scan_accept_unscanned, the message is stored tagged "unscanned").
+    scan_timeout: float = Field(default=30.0, gt=0)
+    scan_accept_unscanned: bool = False
+    # Larger messages are stored unscanned (tagged), as rspamd's and clamd's own limits would
+    # refuse them; keep it at or below clamd's StreamMaxLength.
+    scan_max_size: int = Field(default=25 * 1024 * 1024, ge=1)
+    # Platform defaults of the per-domain policy (overridable per customer and per domain).
+    scan_reject_score: float = 15.0
+    scan_tag_score: float = 6.0
+    scan_subject_tag: str = "[SPAM]"
+    scan_greylisting: bool = False
+    # The authserv-id of our Authentication-Results fields (RFC 8601 section 2.5); default: the
+    # host name.
+    authserv_id: str | None = None
+
     # --- SMTP submission (RFC 6409 / RFC 8314; 587 and 465 in production) --------------------
     # STARTTLS port (AUTH only after STARTTLS) and implicit-TLS port (None: off). Both need a
     # certificate (tls_cert_file/tls_key_file); `mailhost serve` makes a development one.

@@ -55,6 +55,7 @@ class SpooledBody:
         self._fd: int | None = None
         self._path: Path | None = None
         self._written = 0
+        self._head_cut = 0  # octets at the start of the spill file not delivered (cut_head)
         self._discarded = False
         self._delivering = False  # deliver_spooled owns the body (and its cleanup) now
         self._lock = threading.Lock()
@@ -92,10 +93,42 @@ class SpooledBody:
             write_all(self._fd, chunks)
             self._written += sum(len(c) for c in chunks)
 
+    def read_all(self) -> bytes:
+        """The whole body as one string (for the content scanners). Blocking once spilled
+        (it flushes and reads the spill file): call it on a worker thread then."""
+        if self._fd is None:
+            return b"".join(self._chunks)
+        self.flush()
+        with self._lock:
+            if self._fd is None:
+                raise MaildirError("the message body was discarded")
+            return os.pread(self._fd, self._written - self._head_cut, self._head_cut)
+
+    def cut_head(self, head: bytes) -> None:
+        """Leave out the first ``len(head)`` octets, which must be ``head``, from every copy:
+        the caller puts a rewritten header section into each copy's own header instead
+        (the scanner's subject tag, forged Authentication-Results removed). Blocking once
+        spilled, like ``read_all``."""
+        if not head:
+            return
+        if self._fd is None:
+            joined = b"".join(self._chunks)
+            if not joined.startswith(head):
+                raise ValueError("cut_head: the body does not start with that header")
+            rest = joined[len(head) :]
+            self._chunks, self._buffered = ([rest] if rest else []), len(rest)
+        else:
+            self.flush()
+            if os.pread(self._fd, len(head), self._head_cut) != head:
+                raise ValueError("cut_head: the body does not start with that header")
+            self._head_cut += len(head)
+        self.size -= len(head)
+        self.lines -= head.count(b"\n")
+
     def _copy_into(self, fd: int) -> None:
         """Append the whole spilled body to ``fd`` (in the kernel where it can)."""
         assert self._fd is not None and not self._chunks
-        offset = 0
+        offset = self._head_cut
         while offset < self._written:
             count = min(_COPY_CHUNK, self._written - offset)
             try:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -605,3 +606,75 @@ class DkimKey(Base):
     retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
     domain: Mapped[Domain] = relationship()
+
+
+# --- content scanning policy (issue 13; app/services/scan_policy.py) ----------------------------
+SCAN_LIST_ALLOW = "allow"
+SCAN_LIST_BLOCK = "block"
+SCAN_ENTRY_KINDS = ("sender", "domain", "network")
+
+
+class ScanPolicyOverride(Base):
+    """A customer's or a domain's own scanning policy; a NULL field inherits (domain from its
+    customer, customer from the platform defaults in Settings)."""
+
+    __tablename__ = "scan_policies"
+    __table_args__ = (
+        CheckConstraint("(customer_id IS NULL) <> (domain_id IS NULL)", name="one_scope"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), unique=True, default=None
+    )
+    domain_id: Mapped[int | None] = mapped_column(
+        ForeignKey("domains.id", ondelete="CASCADE"), unique=True, default=None
+    )
+    reject_score: Mapped[float | None] = mapped_column(Float, default=None)
+    tag_score: Mapped[float | None] = mapped_column(Float, default=None)
+    subject_tag: Mapped[str | None] = mapped_column(String(40), default=None)
+    greylisting: Mapped[bool | None] = mapped_column(Boolean, default=None)
+
+
+class ScanListEntry(Base):
+    """An allow or block list entry of a domain: a sender address, a sender domain or a client
+    network (CIDR), applied before scanning."""
+
+    __tablename__ = "scan_list_entries"
+    __table_args__ = (
+        UniqueConstraint("domain_id", "list_name", "value"),
+        CheckConstraint("list_name IN ('allow', 'block')", name="list_name"),
+        CheckConstraint("kind IN ('sender', 'domain', 'network')", name="kind"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    list_name: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(8))
+    value: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ScanRejection(Base):
+    """A message refused by the scan or a block list, kept so support can answer "why was
+    this refused?" (the latest ``scan_log.KEEP_PER_DOMAIN`` per domain; older rows pruned)."""
+
+    __tablename__ = "scan_rejections"
+    __table_args__ = (
+        Index("ix_scan_rejections_domain_time", "domain_id", "occurred_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    queue_id: Mapped[str] = mapped_column(String(32))
+    client_ip: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(String(320))
+    recipient: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float, default=None)
+    symbols: Mapped[str] = mapped_column(String(300), default="")
+    reason: Mapped[str] = mapped_column(String(200), default="")

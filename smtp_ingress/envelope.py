@@ -11,6 +11,7 @@ from aiosmtpd.smtp import Envelope
 from app.maildir_stream import SpooledBody
 from app.services.relay import RelayInfo
 from app.services.resolution import Resolution, Target
+from smtp_ingress.scanning import CopyRules
 
 
 class ServerLike(Protocol):
@@ -41,6 +42,9 @@ class Transaction:
     relay: list[tuple[str, RelayInfo]] = field(default_factory=list)
     # Resolutions are cached per transaction: the same RCPT twice asks the database once.
     cache: dict[str, Resolution] = field(default_factory=dict)
+    # With scanning on: mailbox id -> its domain's scan rules and whether the sender is on
+    # that domain's allow list (smtp_ingress/scanning.py).
+    scan_rules: dict[int, CopyRules] = field(default_factory=dict)
 
 
 class IngressEnvelope(Envelope):

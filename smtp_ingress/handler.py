@@ -45,7 +45,9 @@ from app.db import transaction
 from app.errors import TemporaryError, ValidationError
 from app.maildir import MailboxRef, MaildirStore
 from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
-from app.services import stats
+from app.scanning.clients import ScanEnvelope
+from app.scanning.decision import Action, Decision, ScanPolicy
+from app.services import scan_log, stats
 from app.services.resolution import (
     POSTMASTER,
     Resolution,
@@ -54,12 +56,15 @@ from app.services.resolution import (
     existing_mailbox_ids,
     resolve_recipient,
 )
+from app.services.scan_log import RejectionRecord
+from app.services.scan_policy import DomainScanRules, most_lenient, rules_for_domain
 from app.spool import SpoolStore
 from app.spool_body import SpoolSpilledBody
 from smtp_ingress import relay as relay_edge
 from smtp_ingress import replies
 from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
 from smtp_ingress.relay import RelayDesk
+from smtp_ingress.scanning import BLOCKED, CopyRules, ScanStep, StoredHeaders, reply_for
 
 log = logging.getLogger("smtp_ingress")
 T = TypeVar("T")
@@ -92,6 +97,8 @@ def _relay_trick(address: str) -> bool:
 # suspension, new alias or a mailbox filling up takes effect up to that long later (quota is
 # racy between concurrent deliveries anyway). Past this many entries the cache starts afresh.
 _RESOLUTION_CACHE_MAX = 10_000
+# Rejections kept for the next batch write at most (a flood beyond this is only counted).
+_MAX_PENDING_REJECTIONS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +113,11 @@ class TransactionLogLine:
     copies: int
     size: int
     result: str
+    scan: str = ""  # the scan decision (Decision.log_fields), when scanning is on
 
     def write(self) -> None:
         log.info(
-            "qid=%s client=%s helo=%s from=<%s> to=%s copies=%d size=%d result=%s",
+            "qid=%s client=%s helo=%s from=<%s> to=%s copies=%d size=%d result=%s%s",
             self.queue_id,
             self.client,
             self.helo,
@@ -118,6 +126,7 @@ class TransactionLogLine:
             self.copies,
             self.size,
             self.result,
+            " " + self.scan if self.scan else "",
         )
 
 
@@ -193,10 +202,21 @@ class StatsBatcher:
         self._executor = executor
         self._interval = interval
         self._pending = 0
+        # Scan outcomes (app/services/scan_log.py): counts per metric and rejections, written
+        # with the same batch for the same reason.
+        self._scan_counts: dict[str, int] = {}
+        self._rejections: list[RejectionRecord] = []
         self._task: asyncio.Task[None] | None = None
 
     def add(self, count: int) -> None:
         self._pending += count
+
+    def add_scan(self, outcome: str, rejection: RejectionRecord | None = None) -> None:
+        """Count a scan outcome (a key of ``scan_log.METRICS``), and keep a rejection."""
+        metric = scan_log.METRICS[outcome]
+        self._scan_counts[metric] = self._scan_counts.get(metric, 0) + 1
+        if rejection is not None and len(self._rejections) < _MAX_PENDING_REJECTIONS:
+            self._rejections.append(rejection)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -208,18 +228,25 @@ class StatsBatcher:
 
     async def flush(self) -> None:
         count, self._pending = self._pending, 0
-        if not count:
+        scans, self._scan_counts = self._scan_counts, {}
+        rejections, self._rejections = self._rejections, []
+        if not count and not scans and not rejections:
             return
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._bump, count)
+            await loop.run_in_executor(self._executor, self._bump, count, scans, rejections)
         except Exception:
             self._pending += count
+            for metric, n in scans.items():
+                self._scan_counts[metric] = self._scan_counts.get(metric, 0) + n
             log.warning("could not update the deliveries counter (+%d); will retry", count)
 
-    def _bump(self, count: int) -> None:
+    def _bump(self, count: int, scans: dict[str, int], rejections: list[RejectionRecord]) -> None:
         with transaction(self._session_factory) as session:
-            stats.bump(session, metric="deliveries", by=count)
+            if count:
+                stats.bump(session, metric="deliveries", by=count)
+            if scans or rejections:
+                scan_log.write(session, counts=scans, rejections=rejections)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -292,8 +319,18 @@ class IngressHandler:
         executor: Executor,
         stats_batcher: StatsBatcher,
         spool: SpoolStore | None = None,
+        scan_step: ScanStep | None = None,
     ) -> None:
         self.settings = settings
+        self.scan_step = scan_step
+        self.scan_policy = ScanPolicy(
+            reject_score=settings.scan_reject_score,
+            tag_score=settings.scan_tag_score,
+            subject_tag=settings.scan_subject_tag,
+            greylisting=settings.scan_greylisting,
+        )
+        # Scan rules per hosted domain, reused as briefly as recipient resolutions.
+        self._rules_cache: dict[str, tuple[float, DomainScanRules]] = {}
         self.session_factory = session_factory
         self.store = store
         self.executor = executor
@@ -427,6 +464,12 @@ class IngressHandler:
         if resolution.verdict is not Verdict.OK or not resolution.targets:
             self._log_reject(session, txn, address, reply)
             return reply if resolution.verdict is not Verdict.OK else replies.TEMPFAIL
+        if self.scan_step is not None:
+            refusal = await self._list_check(session, txn, resolution.targets)
+            if refusal is not None:
+                self._log_reject(session, txn, address, refusal)
+                self._record_rejection(session, txn, resolution.targets[0], address, None)
+                return refusal
         for target in resolution.targets:
             copy_key = (target.mailbox_id, key) if target.via_catchall else target.mailbox_id
             txn.targets.setdefault(copy_key, (target, address))
@@ -450,6 +493,38 @@ class IngressHandler:
             txn.relay.append((address, info))
             txn.accepted.append(address)
         return reply
+
+    async def _list_check(
+        self, session: SmtpSession, txn: Transaction, targets: tuple[Target, ...]
+    ) -> str | None:
+        """The recipient domains' block and allow lists, before any scan: a block refuses
+        this recipient (550 5.7.1); an allow marks its copies as not to be spam-checked."""
+        for target in targets:
+            rules = await self._domain_rules(target.ref.domain)
+            verdict = rules.verdict(sender=txn.sender, client_ip=_peer_ip(session))
+            if verdict == "block":
+                return BLOCKED
+            txn.scan_rules[target.mailbox_id] = CopyRules(rules.policy, verdict == "allow")
+        return None
+
+    async def _domain_rules(self, domain: str) -> DomainScanRules:
+        now = time.monotonic()
+        cached = self._rules_cache.get(domain)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            rules = await self._blocking(self._load_rules, domain)
+        except (SQLAlchemyError, OSError):
+            log.warning("scan policy lookup failed for %s; using the defaults", domain)
+            return DomainScanRules(self.scan_policy)
+        if len(self._rules_cache) >= _RESOLUTION_CACHE_MAX:
+            self._rules_cache.clear()
+        self._rules_cache[domain] = (now + self.settings.smtp_resolution_cache_seconds, rules)
+        return rules
+
+    def _load_rules(self, domain: str) -> DomainScanRules:
+        with transaction(self.session_factory) as session:
+            return rules_for_domain(session, domain_name=domain, defaults=self.scan_policy)
 
     def _resolve(self, address: str) -> Resolution:
         with transaction(self.session_factory) as session:
@@ -495,14 +570,22 @@ class IngressHandler:
         if txn.relay:
             return await self._data_with_relay(server, session, txn, body)
         targets = [target for target, _ in txn.targets.values()]
+        scanned: list[StoredHeaders | None] = [None] * len(targets)
+        decision: Decision | None = None
+        if self.scan_step is not None:
+            outcome = await self._scan(session, txn, body)
+            if isinstance(outcome, str):
+                return outcome
+            decision, stored = outcome
+            scanned = list(stored)
         copies = [
-            (target.ref, self._trace_headers(server, session, txn, target, rcpt))
-            for target, rcpt in txn.targets.values()
+            (target.ref, self._trace_headers(server, session, txn, target, rcpt, extra))
+            for (target, rcpt), extra in zip(txn.targets.values(), scanned, strict=True)
         ]
         reply = replies.delivered(txn.queue_id)
         # The transaction's log line is written by the delivery job after the copies are
         # stored, so the event loop never waits on log I/O; its fields are taken here.
-        line = self._transaction_line(session, txn, body.size, reply[:9])
+        line = self._transaction_line(session, txn, body.size, reply[:9], decision)
         try:
             kept = await self._blocking(self._deliver, targets, copies, body, line)
         except Exception as exc:
@@ -580,6 +663,96 @@ class IngressHandler:
         server.transaction_done()
         return reply
 
+    async def _scan(
+        self, session: SmtpSession, txn: Transaction, body: SpooledBody
+    ) -> str | tuple[Decision, list[StoredHeaders]]:
+        """Scan the body (smtp_ingress/scanning.py): a refusal, or what to add when storing."""
+        step = self.scan_step
+        assert step is not None
+        content = await self._blocking(body.read_all) if body.spilled else body.read_all()
+        copies = [
+            txn.scan_rules.get(target.mailbox_id, CopyRules(self.scan_policy))
+            for target, _ in txn.targets.values()
+        ]
+        checked = [copy.policy for copy in copies if not copy.allowed]
+        # An allow-listed recipient counts as "never reject"; only when every copy is
+        # allow-listed is rspamd not asked at all (clamd still is).
+        policy = most_lenient(checked) if checked else copies[0].policy
+        if len(checked) < len(copies):
+            policy = dataclasses.replace(policy, reject_score=float("inf"))
+        envelope = ScanEnvelope(
+            client_ip=_peer_ip(session),
+            helo=session.host_name,
+            sender=txn.sender,
+            recipients=tuple(txn.accepted),
+            queue_id=txn.queue_id,
+        )
+        decision = await step.scan(content, envelope, policy, spam_check=bool(checked))
+        refusal = reply_for(decision, txn.queue_id)
+        self._count_scan(session, txn, decision)
+        if refusal is not None:
+            line = self._transaction_line(session, txn, body.size, refusal[:9], decision)
+            if line is not None:
+                line.write()
+            return refusal
+        stored, old_head = step.stored_headers(
+            content, decision, copies, sender=txn.sender, helo=session.host_name
+        )
+        if old_head:
+            if body.spilled:
+                await self._blocking(body.cut_head, old_head)
+            else:
+                body.cut_head(old_head)
+        return decision, stored
+
+    def _count_scan(self, session: SmtpSession, txn: Transaction, decision: Decision) -> None:
+        outcome = {
+            Action.REJECT: "rejected",
+            Action.VIRUS: "rejected",
+            Action.TAG: "tagged",
+            Action.UNSCANNED: "unscanned",
+            Action.TEMPFAIL: "deferred",
+        }.get(decision.action, "clean")
+        score = decision.score
+        # Tagged if any copy's own domain tags at this score.
+        if (
+            outcome == "clean"
+            and score is not None
+            and any(
+                not rules.allowed and score >= rules.policy.tag_score
+                for rules in txn.scan_rules.values()
+            )
+        ):
+            outcome = "tagged"
+        if outcome != "rejected":
+            self.stats.add_scan(outcome)
+            return
+        for target, rcpt in txn.targets.values():
+            self._record_rejection(session, txn, target, rcpt, decision)
+
+    def _record_rejection(
+        self,
+        session: SmtpSession,
+        txn: Transaction,
+        target: Target,
+        rcpt: str,
+        decision: Decision | None,
+    ) -> None:
+        """One rejection row per recipient domain's view (the dashboard counts messages)."""
+        record = RejectionRecord(
+            domain=target.ref.domain,
+            queue_id=txn.queue_id,
+            client_ip=_peer_ip(session),
+            sender=txn.sender,
+            recipient=rcpt,
+            action=decision.action.value if decision is not None else "blocked",
+            score=decision.score if decision is not None else None,
+            symbols=",".join(decision.symbols) if decision is not None else "",
+            reason=decision.reason if decision is not None else "block list",
+            occurred_at=dt.datetime.now(dt.UTC),
+        )
+        self.stats.add_scan("rejected", record)
+
     def _deliver(
         self,
         targets: list[Target],
@@ -642,9 +815,16 @@ class IngressHandler:
         return self.session_factory()
 
     def _trace_headers(
-        self, server: ServerLike, session: SmtpSession, txn: Transaction, target: Target, rcpt: str
+        self,
+        server: ServerLike,
+        session: SmtpSession,
+        txn: Transaction,
+        target: Target,
+        rcpt: str,
+        scanned: StoredHeaders | None = None,
     ) -> bytes:
-        """Return-Path, Delivered-To and an RFC 5321 section 4.4 Received header.
+        """Return-Path, Delivered-To and an RFC 5321 section 4.4 Received header; after a
+        scan, its result fields (and the rewritten header section, if any).
 
         Delivered-To names the mailbox; for a copy that came through the domain's catch-all
         (a multidrop mailbox) it names the envelope recipient instead, and X-Original-To
@@ -662,13 +842,16 @@ class IngressHandler:
         delivered_to = f"Delivered-To: {target.address}\n"
         if target.via_catchall:
             delivered_to = f"Delivered-To: {rcpt}\nX-Original-To: {rcpt}\n"
-        return (
+        trace = (
             f"Return-Path: <{txn.sender}>\n"
             f"{delivered_to}"
             f"Received: from {helo} ([{_peer_ip(session)}])\n"
             f"\tby {server.hostname} (Mailhost) with {protocol} id {txn.queue_id}{tls_comment}\n"
             f"\tfor <{rcpt}>; {date}\n"
         ).encode("utf-8", "surrogateescape")
+        if scanned is not None:
+            trace += scanned.added + (scanned.head or b"")
+        return trace
 
     # ------------------------------------------------------------------ errors and logs
     async def handle_exception(self, error: Exception) -> str:
@@ -687,7 +870,12 @@ class IngressHandler:
         )
 
     def _transaction_line(
-        self, session: SmtpSession, txn: Transaction, size: int, result: str
+        self,
+        session: SmtpSession,
+        txn: Transaction,
+        size: int,
+        result: str,
+        decision: Decision | None = None,
     ) -> TransactionLogLine | None:
         """The one log line per transaction, or None when INFO is off (then nothing is
         formatted at all)."""
@@ -702,4 +890,5 @@ class IngressHandler:
             copies=len(txn.targets),
             size=size,
             result=result,
+            scan=decision.log_fields() if decision is not None else "",
         )

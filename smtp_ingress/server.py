@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.maildir import MaildirStore
 from app.spool import SpoolStore
+from app.scanning.scanner import Scanner
 from app.tls import server_context
 from smtp_ingress.handler import IngressHandler, StatsBatcher
 from smtp_ingress.protocol import ConnectionTracker, IngressSMTP
+from smtp_ingress.scanning import ScanStep
 
 log = logging.getLogger("smtp_ingress")
 
@@ -47,6 +49,12 @@ class SmtpIngress:
         self._stop_grace = stop_grace
         self._executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="smtp-io")
         self._stats = StatsBatcher(session_factory, self._executor)
+        self.scanner = Scanner.from_settings(settings)
+        scan_step = None
+        if self.scanner is not None:
+            scan_step = ScanStep(
+                self.scanner, authserv_id=settings.authserv_id or settings.hostname
+            )
         self._handler = IngressHandler(
             settings,
             session_factory=session_factory,
@@ -54,6 +62,7 @@ class SmtpIngress:
             executor=self._executor,
             stats_batcher=self._stats,
             spool=spool,
+            scan_step=scan_step,
         )
         self._tracker = ConnectionTracker(
             max_total=settings.smtp_max_connections,
@@ -92,6 +101,11 @@ class SmtpIngress:
             reuse_port=True,
         )
         self._stats.start()
+        if self.scanner is None:
+            log.warning(
+                "content scanning is off: set MAILHOST_SCAN_RSPAMD_ADDRESS and "
+                "MAILHOST_SCAN_CLAMD_ADDRESS to scan inbound mail for spam and viruses"
+            )
         log.info("SMTP ingress listening on %s:%d", self.settings.smtp_host, self.port)
 
     @property

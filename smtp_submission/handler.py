@@ -44,14 +44,17 @@ from app.errors import (
 )
 from app.maildir import MailboxRef, MaildirStore, MessageInfo
 from app.models import utcnow
-from app.services import accounts, sending, throttle
+from app.scanning.scanner import Scanner
+from app.services import accounts, scan_log, sending, throttle
 from app.services import dkim as dkim_service
 from app.services import queue as queue_service
 from app.services.resolution import POSTMASTER, Target, Verdict, resolve_recipient
+from app.services.scan_policy import defaults_from
 from app.services.sending import may_send_as
 from app.spool import SpoolStore
 from smtp_submission import message as msg
 from smtp_submission import replies
+from smtp_submission.scanning import outbound_scan
 from smtp_submission.sender_policy import routing_trick
 
 log = logging.getLogger("smtp_submission")
@@ -121,6 +124,13 @@ class SubmissionHandler:
         self.executor = executor
         self.throttle_policy = throttle.ThrottlePolicy.from_settings(settings)
         self.limits = sending.SendingLimits.from_settings(settings)
+        # Outbound scanning (issue 13): the same scanners and platform thresholds as inbound.
+        self.scanner = Scanner.from_settings(settings)
+        self.scan_policy = defaults_from(settings)
+
+    def _flag(self, mailbox_id: int, reason: str) -> None:
+        with transaction(self.factory) as s:
+            scan_log.flag_outbound_spam(s, mailbox_id=mailbox_id, reason=reason, now=utcnow())
 
     async def _blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -327,6 +337,21 @@ class SubmissionHandler:
         facts = msg.inspect_header(message)
         if not facts.from_addresses:
             return replies.FROM_MISSING
+        if self.scanner is not None:
+            refusal = await outbound_scan(
+                self.scanner,
+                content,
+                identity_address=identity.address,
+                client_ip=_peer_ip(session),
+                helo=session.host_name,
+                sender=envelope.mail_from,
+                recipients=tuple(envelope.rcpt_tos),
+                queue_id=envelope.queue_id,
+                policy=self.scan_policy,
+                flag=lambda reason: self._blocking(self._flag, identity.mailbox_id, reason),
+            )
+            if refusal is not None:
+                return refusal
         date = email.utils.format_datetime(dt.datetime.now(dt.UTC))
         ssl_info = session.ssl if isinstance(session.ssl, dict) else {}
         cipher = ssl_info.get("cipher")

@@ -10,9 +10,11 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.maildir import MaildirStore
+from app.scanning.scanner import Scanner
 from app.secret_key import load_secret_key
 from web.api import install_api
 from web.limits import BodyGuard
@@ -38,16 +40,32 @@ def create_app(
     # Keys the Idempotency-Key fingerprints; loaded (or generated) once, at start.
     app.state.secret_key = load_secret_key(settings)
 
+    scanner = Scanner.from_settings(settings)
+
     @app.get("/healthz", include_in_schema=False)
-    def healthz(request: Request) -> JSONResponse:
-        """Liveness plus database reachability (503 when the database does not answer)."""
+    async def healthz(request: Request) -> JSONResponse:
+        """Liveness plus database reachability (503 when the database does not answer) and
+        the content scanners' state ("off", "up" or "down"; a scanner down is "degraded",
+        not 503: inbound mail then gets 451 4.7.1 and is retried, nothing is lost)."""
         factory: sessionmaker[Session] = request.app.state.session_factory
-        try:
+
+        def ping_database() -> None:
             with factory() as session:
                 session.execute(text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(ping_database)
         except SQLAlchemyError:
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+        body: dict[str, object] = {"status": "ok", "database": "ok"}
+        if scanner is not None:
+            state = await scanner.state()
+            body["scanners"] = {"rspamd": state.rspamd, "clamd": state.clamd}
+            if not state.ok:
+                body["status"] = "degraded"
+        else:
+            body["scanners"] = {"rspamd": "off", "clamd": "off"}
+        return JSONResponse(body)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

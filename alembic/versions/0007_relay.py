@@ -1,7 +1,7 @@
 """Relay domains (issue 12): Domain.kind, the relay settings of a relay domain, its listed
 recipients, and 'relay_domain' lifecycle events.
 
-Revision ID: 0007_relay
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-03 14:30:00
 """
@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_relay"
-# The last landed revision is "0006" (file 0006_sending.py); the lead re-chains on merge.
+revision: str = "0007"
 down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -1,8 +1,8 @@
 """Relay-domain billing: the customer's price per relay domain (prorated by day like
 mailboxes; app/services/billing_relay.py).
 
-Revision ID: 0008_relay_billing
-Revises: 0007_relay
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-03 14:30:00
 """
 
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = "0008_relay_billing"
-down_revision: str | Sequence[str] | None = "0007_relay"
+revision: str = "0008"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -21,6 +21,7 @@ from mailhost.commands import (
     operators,
     queue,
     relay,
+    scanning,
     sending,
     system,
     tokens,
@@ -40,3 +41,4 @@ def register(subparsers: Any) -> None:
     queue.register(subparsers)
     relay.register(subparsers)
     sending.register(subparsers)  # under "mailbox" and "customer"
+    scanning.register(subparsers)  # under "domain" and "customer"

@@ -23,7 +23,11 @@ from tests.web.portal_helpers import (  # noqa: F401  (fixtures)
 def test_healthz_reports_database(anon: PortalClient) -> None:
     response = anon.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "scanners": {"rspamd": "off", "clamd": "off"},
+    }
 
 
 def test_pages_redirect_to_login_with_next(anon: PortalClient) -> None:

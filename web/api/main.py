@@ -5,9 +5,19 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from web.api import billing
-from web.api.routes import aliases, customers, dkim, domains, mailboxes, queue, relay, sending
+from web.api.routes import (
+    aliases,
+    customers,
+    dkim,
+    domains,
+    mailboxes,
+    queue,
+    relay,
+    scanning,
+    sending,
+)
 
 api_router = APIRouter()
-for module in (customers, domains, mailboxes, aliases, dkim, sending, queue, relay):
+for module in (customers, domains, mailboxes, aliases, dkim, sending, queue, relay, scanning):
     api_router.include_router(module.router)
 api_router.include_router(billing.router)

@@ -59,6 +59,7 @@ def build_router() -> APIRouter:
         operators,
         queue,
         relay,
+        scanning,
         sending,
     )
 
@@ -72,6 +73,7 @@ def build_router() -> APIRouter:
         domains,
         mailboxes,
         sending,
+        scanning,
         aliases,
         queue,
         relay,

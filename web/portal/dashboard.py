@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import STATUS_ACTIVE, STATUS_SUSPENDED, AuditEntry, Customer, Domain, Mailbox
-from app.services import stats
+from app.services import scan_log, stats
 from web.deps import SessionDep
 from web.portal import relay as relay_portal
 from web.portal.auth import AuthDep, FormDep
@@ -49,6 +49,7 @@ def dashboard(request: Request, session: SessionDep, auth: AuthDep) -> HTMLRespo
             "pop3_logins": stats.get(session, metric="pop3_logins"),
             "latest": latest,
             "relay_queues": relay_portal.dashboard_rows(session),
+            "scan_days": scan_log.daily_counts(session),
         },
     )
 
