@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.maildir import MaildirStore
-from app.spool import SpoolStore
 from app.scanning.scanner import Scanner
+from app.spool import SpoolStore
 from app.tls import server_context
 from smtp_ingress.handler import IngressHandler, StatsBatcher
 from smtp_ingress.protocol import ConnectionTracker, IngressSMTP
