@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.maildir import MaildirStore
 from app.tls import server_context
+from app.tracking import EventWriter
 from smtp_ingress.handler import IngressHandler, StatsBatcher
 from smtp_ingress.protocol import ConnectionTracker, IngressSMTP
 
@@ -45,12 +46,14 @@ class SmtpIngress:
         self._stop_grace = stop_grace
         self._executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="smtp-io")
         self._stats = StatsBatcher(session_factory, self._executor)
+        self.tracking = EventWriter.from_settings(settings, session_factory)
         self._handler = IngressHandler(
             settings,
             session_factory=session_factory,
             store=store,
             executor=self._executor,
             stats_batcher=self._stats,
+            tracking=self.tracking,
         )
         self._tracker = ConnectionTracker(
             max_total=settings.smtp_max_connections,
@@ -89,6 +92,7 @@ class SmtpIngress:
             reuse_port=True,
         )
         self._stats.start()
+        self.tracking.start()
         log.info("SMTP ingress listening on %s:%d", self.settings.smtp_host, self.port)
 
     @property
@@ -121,3 +125,4 @@ class SmtpIngress:
         # Waiting for the executor's last jobs must not block the loop (other servers of
         # `mailhost serve` share it).
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self.tracking.stop)

@@ -38,7 +38,9 @@ from app.models import ORIGIN_BOUNCE, utcnow
 from app.services import queue
 from app.services.queue import Claimed, Notice, Reply, RetrySchedule
 from app.spool import SpoolError, SpoolStore
+from app.tracking import EventWriter
 from smtp_outbound import client
+from smtp_outbound import tracking as tracked
 from smtp_outbound.local import deliver_local, is_hosted
 from smtp_outbound.routing import Host, Router
 
@@ -109,12 +111,14 @@ class DeliveryAgent:
         self._dest_limits: dict[str, asyncio.Semaphore] = {}
         self._limit: asyncio.Semaphore | None = None
         self._last_housekeeping: dt.datetime | None = None
+        self.tracking = EventWriter.from_settings(settings, factory)
 
     # ------------------------------------------------------------------ rounds
     async def run_once(self) -> int:
         """One round: claim due rows, deliver them all, record. Returns how many were claimed."""
         if self._limit is None:
             self._limit = asyncio.Semaphore(self.settings.delivery_concurrency)
+            self.tracking.start()
         now = self.clock()
         claimed = await asyncio.to_thread(self._claim, now)
         if not claimed:
@@ -149,6 +153,7 @@ class DeliveryAgent:
             if not handled:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.delivery_poll_interval)
+        await asyncio.to_thread(self.tracking.stop)
         log.info("delivery agent %s stopped", self.worker)
 
     async def _housekeeping(self) -> None:
@@ -318,6 +323,7 @@ class DeliveryAgent:
                 r.reply.tls or "-",
             )
         finished: list[str] = []
+        bounces: dict[str, str] = {}
         with transaction(self.factory) as s:
             notices: list[Notice] = []
             for (kind, reply), ids in groups.items():
@@ -330,11 +336,14 @@ class DeliveryAgent:
                     outcome = queue.record_deferred(s, **common, schedule=self.schedule)  # type: ignore[arg-type]
                 notices.extend(outcome.notices)
                 finished.extend(outcome.finished_spool_ids)
-            self._queue_dsns(s, notices, now)
+            self._queue_dsns(s, notices, now, bounces)
+        self.tracking.record_all(tracked.round_events(results, notices, bounces))
         for spool_id in finished:
             self.spool.remove(spool_id)
 
-    def _queue_dsns(self, session: Session, notices: list[Notice], now: dt.datetime) -> None:
+    def _queue_dsns(
+        self, session: Session, notices: list[Notice], now: dt.datetime, bounces: dict[str, str]
+    ) -> None:
         """One DSN per message and kind (failed / delayed) listing its recipients."""
         grouped: dict[tuple[int, bool], list[Notice]] = defaultdict(list)
         for n in notices:
@@ -375,6 +384,7 @@ class DeliveryAgent:
                 origin=ORIGIN_BOUNCE,
                 now=now,
             )
+            bounces[first.queue_id] = bounce.queue_id
             log.info(
                 "qid=%s: %s notification queued as %s",
                 first.queue_id,

@@ -51,8 +51,10 @@ from app.services import queue as queue_service
 from app.services.resolution import POSTMASTER, Target, Verdict, resolve_recipient
 from app.services.sending import may_send_as
 from app.spool import SpoolStore
+from app.tracking import EventWriter
 from smtp_submission import message as msg
 from smtp_submission import replies
+from smtp_submission import tracking as tracked
 from smtp_submission.sender_policy import routing_trick
 
 log = logging.getLogger("smtp_submission")
@@ -78,6 +80,7 @@ class SubmissionEnvelope(Envelope):
     queue_id: str = ""
     local: dict[int, tuple[Target, str]] = field(default_factory=dict)
     remote: list[str] = field(default_factory=list)
+    stored_keys: list[str] = field(default_factory=list)  # Maildir names, for tracking
 
     def __post_init__(self) -> None:
         Envelope.__init__(self)
@@ -112,8 +115,10 @@ class SubmissionHandler:
         store: MaildirStore,
         spool: SpoolStore,
         executor: Executor,
+        tracking: EventWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.tracking = tracking or EventWriter.disabled()
         self.factory = session_factory
         self.store = store
         self.spool = spool
@@ -204,6 +209,15 @@ class SubmissionHandler:
         address: str,
         options: list[str],
     ) -> str:
+        reply = await self._mail(session, envelope, address, options)
+        self.tracking.record_all(
+            tracked.refusal(session, envelope, stage="MAIL", reply=reply, sender=address)
+        )
+        return reply
+
+    async def _mail(
+        self, session: SmtpSession, envelope: SubmissionEnvelope, address: str, options: list[str]
+    ) -> str:
         identity = identity_of(session)
         if identity is None:  # aiosmtpd checks auth_required first; defence in depth
             return replies.AUTH_REQUIRED
@@ -224,6 +238,7 @@ class SubmissionHandler:
         envelope.queue_id = queue_service.new_queue_id()
         envelope.local.clear()
         envelope.remote.clear()
+        envelope.stored_keys.clear()
         return replies.SENDER_OK
 
     def _check_sender(self, identity: Identity, address: str) -> str | None:
@@ -267,6 +282,15 @@ class SubmissionHandler:
         envelope: SubmissionEnvelope,
         address: str,
         options: list[str],
+    ) -> str:
+        reply = await self._rcpt(session, envelope, address, options)
+        self.tracking.record_all(
+            tracked.refusal(session, envelope, stage="RCPT", reply=reply, recipient=address)
+        )
+        return reply
+
+    async def _rcpt(
+        self, session: SmtpSession, envelope: SubmissionEnvelope, address: str, options: list[str]
     ) -> str:
         if address == "<>":
             return replies.BAD_RCPT
@@ -322,6 +346,13 @@ class SubmissionHandler:
     async def handle_DATA(
         self, server: Any, session: SmtpSession, envelope: SubmissionEnvelope
     ) -> str:
+        reply = await self._data(session, envelope)
+        self.tracking.record_all(
+            tracked.accepted(session, envelope, reply=reply, stored_keys=envelope.stored_keys)
+        )
+        return reply
+
+    async def _data(self, session: SmtpSession, envelope: SubmissionEnvelope) -> str:
         identity = identity_of(session)
         content = envelope.content
         if identity is None or not isinstance(content, bytes):
@@ -409,6 +440,7 @@ class SubmissionHandler:
                     for target, _ in envelope.local.values()
                 ]
                 infos = self.store.deliver(copies)
+                envelope.stored_keys = [info.uid for info in infos]
                 stored = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
             if envelope.remote:
                 spooled = self.spool.write([final])
