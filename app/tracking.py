@@ -17,7 +17,9 @@ loses nothing.
 
 POP3 events know the Maildir unique name of the message (``message_key``), not its queue id;
 the writer fills the queue id in from the ``stored`` event of that name, one indexed query
-per batch that has such events, so a search by queue id shows the retrieval too.
+per batch that has such events, so a search by queue id shows the retrieval too. The stored
+event may still be in the MX process's buffer: such an event waits (``QUEUE_ID_WAIT``) and is
+tried again at the next flushes.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ _WIDTHS = {
     "message_key": 128,
 }
 _LOWERED = ("sender", "recipient", "mailbox")
+# How long a POP3 event waits in the buffer for the "stored" event of its message to be
+# written (by another process's writer, up to one flush interval late) before it is written
+# without a queue id (mail delivered before tracking, or by another MTA).
+QUEUE_ID_WAIT = dt.timedelta(seconds=3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +170,10 @@ class EventWriter:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread and write what is buffered (blocking: call it off the loop)."""
         thread, self._thread = self._thread, None
+        with self._cond:
+            self._stopping = True  # from here on nothing waits for a queue id
+            self._cond.notify()
         if thread is not None:
-            with self._cond:
-                self._stopping = True
-                self._cond.notify()
             thread.join(timeout)
         if self.enabled:
             while self.flush():
@@ -200,11 +206,22 @@ class EventWriter:
             self._dropped_logged = dropped
         if not batch:
             return 0
+        waiting: list[Event] = []
         try:
             with transaction(self._factory) as session:
                 rows = [event.row() for event in batch]
                 _fill_queue_ids(session, rows)
-                session.execute(insert(MessageEvent), rows)
+                if not self._stopping:
+                    # The "stored" event may still sit in another process's buffer.
+                    young = utcnow() - QUEUE_ID_WAIT
+                    keep = [
+                        r["queue_id"] is not None or not r["message_key"] or e.occurred_at < young
+                        for e, r in zip(batch, rows, strict=True)
+                    ]
+                    waiting = [e for e, k in zip(batch, keep, strict=True) if not k]
+                    rows = [r for r, k in zip(rows, keep, strict=True) if k]
+                if rows:
+                    session.execute(insert(MessageEvent), rows)
         except Exception:
             log.exception("writing %d message event(s) failed; will retry", len(batch))
             with self._cond:
@@ -213,8 +230,11 @@ class EventWriter:
                 self.dropped += len(batch) - len(kept)
                 self._buffer.extendleft(reversed(kept))
             return 0
-        self.written += len(batch)
-        return len(batch)
+        if waiting:
+            with self._cond:
+                self._buffer.extend(waiting)
+        self.written += len(rows)
+        return len(rows)
 
 
 def _fill_queue_ids(session: Session, rows: list[dict[str, object]]) -> None:

@@ -557,10 +557,15 @@ class IngressHandler:
         kept = sum(1 for target in targets if target.mailbox_id in alive)
         if tracked is not None:
             event, rcpts = tracked
+            stored_at = dt.datetime.now(dt.UTC)
             self.tracking.record_all(
                 [
                     dataclasses.replace(
-                        event, recipient=rcpt, mailbox=target.address, message_key=info.uid
+                        event,
+                        recipient=rcpt,
+                        mailbox=target.address,
+                        message_key=info.uid,
+                        occurred_at=stored_at,
                     )
                     for target, info, rcpt in zip(targets, stored, rcpts, strict=True)
                     if target.mailbox_id in alive

@@ -11,6 +11,8 @@ with a few index scans whatever the table's size.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import ipaddress
 from collections.abc import Sequence
@@ -27,7 +29,7 @@ FOLLOW_LIMIT = 2000
 # A message's events span up to the outbound queue's default maximum age: a search from
 # ``since`` also follows messages whose matching event (a reception) came this much earlier.
 FOLLOW_LOOKBACK = dt.timedelta(days=5)
-MAX_LIMIT = 500
+MAX_LIMIT = 501  # the API and portal ask for one more than a page (at most 500)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +70,11 @@ def normalise_query(
             raise ValidationError(
                 f"client address {client_ip!r} is not an IP address", field="client_ip"
             ) from exc
-    for name, moment in (("since", since), ("until", until)):
-        if moment is not None and moment.tzinfo is None:
-            raise ValidationError(f"{name}: give a time zone (e.g. Z)", field=name)
+    # A time without a zone is UTC (as every time the portal shows).
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=dt.UTC)
     if since is not None and until is not None and until < since:
         raise ValidationError("until is before since", field="until")
     return EventQuery(address, queue_id, client_ip, since, until)
@@ -132,6 +136,39 @@ def search(
         .limit(limit)
     )
     return session.scalars(statement).all()
+
+
+def encode_cursor(event: MessageEvent) -> str:
+    """Where the next page starts: the last event's time (microseconds) and id."""
+    micros = round(event.occurred_at.timestamp() * 1_000_000)
+    raw = f"ev:{micros}:{event.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[dt.datetime, int] | None:
+    """The (time, id) after which a page starts; a cursor carries no criteria (the request's
+    apply), so it cannot widen a search."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, micros, event_id = raw.split(":")
+        if kind != "ev" or not micros.isdigit() or not event_id.isdigit() or len(event_id) > 18:
+            raise ValueError(raw)
+        moment = dt.datetime.fromtimestamp(int(micros) / 1_000_000, dt.UTC)
+        return moment, int(event_id)
+    except (ValueError, OverflowError, OSError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValidationError("invalid pagination cursor", field="cursor") from exc
+
+
+def search_page(
+    session: Session, *, query: EventQuery, cursor: str | None, limit: int
+) -> tuple[list[MessageEvent], str | None]:
+    """One page and the cursor of the next (None on the last page)."""
+    rows = list(search(session, query=query, after=decode_cursor(cursor), limit=limit + 1))
+    if len(rows) > limit:
+        return rows[:limit], encode_cursor(rows[limit - 1])
+    return rows, None
 
 
 def prune_batch(session: Session, *, older_than: dt.datetime, batch_size: int) -> int:

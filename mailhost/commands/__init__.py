@@ -23,6 +23,7 @@ from mailhost.commands import (
     sending,
     system,
     tokens,
+    tracking,
 )
 
 
@@ -38,3 +39,4 @@ def register(subparsers: Any) -> None:
     dkim.register(subparsers)  # under "domain": after the domain group exists
     queue.register(subparsers)
     sending.register(subparsers)  # under "mailbox" and "customer"
+    tracking.register(subparsers)

@@ -60,12 +60,17 @@ def test_writer_batches_fills_pop3_queue_ids_and_flushes_at_stop(
 ) -> None:
     writer = EventWriter(session_factory, batch_size=4, flush_seconds=30)
     writer.start()
-    _story(writer)
-    # 4 events make a batch: the thread writes it without waiting for the interval.
+    story = EventWriter(None)
+    story.enabled = True  # only collects: never started, never flushed
+    _story(story)
+    events = list(story._buffer)
+    writer.record_all(events[:4])
+    # 4 events make a batch: the thread writes it without waiting for the 30 s interval.
     deadline = time.monotonic() + 10
     while _count(session_factory) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _count(session_factory) == 4
+    writer.record_all(events[4:])
     writer.stop()
     assert _count(session_factory) == 6 and writer.pending == 0
     with session_factory() as s:
@@ -175,7 +180,7 @@ def test_search_pages_in_time_order(seeded: sessionmaker[Session]) -> None:
         ({"address": "a" * 321}, "address"),
         ({"queue_id": "not-hex!"}, "queue_id"),
         ({"client_ip": "999.1.1.1"}, "client_ip"),
-        ({"since": dt.datetime(2026, 1, 1)}, "since"),
+        ({"queue_id": "A" * 33}, "queue_id"),
         ({"since": _at(5), "until": _at(1)}, "until"),
     ],
 )
@@ -183,6 +188,24 @@ def test_bad_criteria_name_the_field(criteria: dict[str, object], field: str) ->
     with pytest.raises(ValidationError) as caught:
         service.normalise_query(**criteria)  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+def test_cursor_round_trip_and_bad_cursors(seeded: sessionmaker[Session]) -> None:
+    query = service.normalise_query(address="bob@remote.example")
+    with seeded() as s:
+        first, cursor = service.search_page(s, query=query, cursor=None, limit=2)
+        rest, end = service.search_page(s, query=query, cursor=cursor, limit=10)
+    assert [e.kind for e in first + rest] == ["refused", "received", "stored", "stored",
+                                              "retrieved"]  # fmt: skip
+    assert cursor is not None and end is None
+    for bad in ("x", "aWQ6MTI", "ZXY6MTI6YQ"):
+        with pytest.raises(ValidationError):
+            service.decode_cursor(bad)
+
+
+def test_naive_times_are_utc() -> None:
+    query = service.normalise_query(since=dt.datetime(2026, 12, 1, 10, 0))
+    assert query.since == T0
 
 
 def test_prune_removes_only_old_events_in_batches(seeded: sessionmaker[Session]) -> None:

@@ -59,6 +59,7 @@ def build_router() -> APIRouter:
         operators,
         queue,
         sending,
+        tracking,
     )
 
     router = APIRouter(
@@ -73,6 +74,7 @@ def build_router() -> APIRouter:
         sending,
         aliases,
         queue,
+        tracking,
         bulk,
         operators,
         account,
