@@ -29,9 +29,10 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -56,6 +57,8 @@ _WIDTHS = {
     "message_key": 128,
 }
 _LOWERED = ("sender", "recipient", "mailbox")
+_TABLE = cast(Table, MessageEvent.__table__)
+_CONTROLS = {c: " " for c in [*range(0x20), 0x7F]}
 # How long a POP3 event waits in the buffer for the "stored" event of its message to be
 # written (by another process's writer, up to one flush interval late) before it is written
 # without a queue id (mail delivered before tracking, or by another MTA).
@@ -83,15 +86,21 @@ class Event:
 
     def row(self) -> dict[str, object]:
         """The row to insert: addresses lower-cased (searches are case-insensitive), every
-        text cut to its column and stripped of control characters."""
-        values: dict[str, object] = asdict(self)
+        text cut to its column and control characters made spaces (one C-level pass each)."""
+        values: dict[str, object] = {
+            "occurred_at": self.occurred_at,
+            "kind": self.kind,
+            "service": self.service,
+        }
         for name, width in _WIDTHS.items():
-            text = values[name]
-            if isinstance(text, str):
-                text = "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
+            text = getattr(self, name)
+            if text is not None:
+                if not text.isprintable():  # rare: C-speed check first
+                    text = text.translate(_CONTROLS)
                 if name in _LOWERED:
                     text = text.lower()
-                values[name] = text[:width]
+                text = text[:width]
+            values[name] = text
         return values
 
 
@@ -221,7 +230,9 @@ class EventWriter:
                     waiting = [e for e, k in zip(batch, keep, strict=True) if not k]
                     rows = [r for r, k in zip(rows, keep, strict=True) if k]
                 if rows:
-                    session.execute(insert(MessageEvent), rows)
+                    # Core executemany (the ORM's bulk path costs ~5x per row); on
+                    # PostgreSQL a multi-row INSERT (insertmanyvalues).
+                    session.connection().execute(_TABLE.insert(), rows)
         except Exception:
             log.exception("writing %d message event(s) failed; will retry", len(batch))
             with self._cond:
