@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -213,3 +214,29 @@ def test_prune_removes_only_old_events_in_batches(seeded: sessionmaker[Session])
     assert removed == 4  # two full batches of 2, then an empty one ends it
     assert [k for k, _ in _kinds(seeded)] == ["retrieved", "stored"]
     assert prune(seeded, older_than=_at(3), batch_size=2) == 0
+
+
+def test_cli_prune_and_trace_errors(
+    seeded: sessionmaker[Session], settings: Any, tmp_path: Any, monkeypatch: Any
+) -> None:
+    import io
+
+    from mailhost.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    url = ["--database-url", settings.database_url]
+    out, err = io.StringIO(), io.StringIO()
+    # The seeded events are from 2026-12-01; the default retention (30 days) keeps them.
+    assert main([*url, "tracking", "prune", "--older-than-days", "3650"], stdout=out) == 0
+    assert out.getvalue().startswith("removed 0 message event(s)")
+    assert _count(seeded) == 6
+    out = io.StringIO()
+    assert main([*url, "tracking", "prune", "--older-than-days", "0", "--batch-size", "4"],
+                stdout=out) == 0  # fmt: skip
+    assert out.getvalue().startswith("removed 6 message event(s)")
+    assert _count(seeded) == 0
+    assert main([*url, "tracking", "prune", "--older-than-days", "-1"], stderr=err) == 2
+    assert "--older-than-days" in err.getvalue()
+    err = io.StringIO()
+    assert main([*url, "trace", "--client-ip", "nope"], stderr=err, stdout=out) == 1
+    assert "not an IP address" in err.getvalue()
