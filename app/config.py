@@ -206,6 +206,18 @@ class Settings(BaseSettings):
     send_customer_messages_per_hour: int = Field(default=2000, ge=1)
     send_customer_recipients_per_day: int = Field(default=10000, ge=1)
 
+    # --- message tracking (app/tracking.py) ----------------------------------------------
+    # Every edge records its message events (no bodies, no passwords) through a bounded
+    # buffer written in batches by a background thread; full, events are dropped and counted
+    # (the mail is never held up for them).
+    tracking_enabled: bool = True
+    tracking_retention_days: int = Field(default=30, ge=1)
+    tracking_buffer_events: int = Field(default=50_000, ge=1)
+    tracking_batch_size: int = Field(default=500, ge=1)
+    tracking_flush_seconds: float = Field(default=0.5, gt=0)
+    # How often `serve` and the web process prune events past the retention (seconds).
+    tracking_prune_interval_seconds: float = Field(default=3600.0, gt=0)
+
     log_level: str = "INFO"
 
     @property

@@ -678,3 +678,57 @@ class ScanRejection(Base):
     score: Mapped[float | None] = mapped_column(Float, default=None)
     symbols: Mapped[str] = mapped_column(String(300), default="")
     reason: Mapped[str] = mapped_column(String(200), default="")
+
+
+# Message tracking (app/tracking.py): what happened to each message, by queue id.
+EVENT_KINDS = (
+    "received",  # the MX accepted a recipient (RCPT): what it resolved to
+    "refused",  # any door refused (reply and stage)
+    "stored",  # a copy was stored into a mailbox (message_key: its Maildir unique name)
+    "submitted",  # submission accepted the message from an authenticated mailbox
+    "queued",  # a recipient was put on the outbound queue
+    "attempt",  # one delivery attempt (remote host and its reply)
+    "delivered",
+    "deferred",
+    "bounced",
+    "retrieved",  # POP3 RETR
+    "deleted",  # POP3 DELE, carried out at QUIT
+)
+EVENT_SERVICES = ("mx", "submission", "outbound", "pop3")
+
+
+class MessageEvent(Base):
+    """One thing that happened to a message: no bodies, no passwords, addresses lower-cased.
+
+    The indexes serve the searches of the tracking page (address as sender, recipient or
+    mailbox; queue id; client address), each with the time so PostgreSQL can read a page in
+    time order from the index, and the time alone for time-range searches and pruning.
+    """
+
+    __tablename__ = "message_events"
+    __table_args__ = (
+        Index("ix_message_events_occurred_at", "occurred_at"),
+        Index("ix_message_events_queue_id", "queue_id", "occurred_at"),
+        Index("ix_message_events_sender", "sender", "occurred_at"),
+        Index("ix_message_events_recipient", "recipient", "occurred_at"),
+        Index("ix_message_events_mailbox", "mailbox", "occurred_at"),
+        Index("ix_message_events_client_ip", "client_ip", "occurred_at"),
+        Index("ix_message_events_message_key", "message_key"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16))
+    service: Mapped[str] = mapped_column(String(16))
+    queue_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    client_ip: Mapped[str | None] = mapped_column(String(45), default=None)
+    helo: Mapped[str | None] = mapped_column(String(255), default=None)
+    sender: Mapped[str | None] = mapped_column(String(320), default=None)
+    recipient: Mapped[str | None] = mapped_column(String(320), default=None)
+    mailbox: Mapped[str | None] = mapped_column(String(320), default=None)
+    remote_host: Mapped[str | None] = mapped_column(String(255), default=None)
+    stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    reply: Mapped[str | None] = mapped_column(String(512), default=None)
+    detail: Mapped[str | None] = mapped_column(String(512), default=None)
+    message_key: Mapped[str | None] = mapped_column(String(128), default=None)

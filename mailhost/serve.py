@@ -206,6 +206,7 @@ async def run_services(
 
             stoppers.append(stop_web)
             named["web"] = {"web": web_port}
+            stoppers.append(_start_tracking_pruner(settings, factory))
 
         listening = {kind: list(ports.values()) for kind, ports in named.items()}
         _announce(settings, kinds, named)
@@ -233,6 +234,34 @@ async def run_services(
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return status
+
+
+def _start_tracking_pruner(settings: Settings, factory: Any) -> Callable[[], Awaitable[None]]:
+    """Prune message events past the retention every interval, off the loop (the web
+    process does it: `serve` and `mailhost web`); returns the stopper."""
+    from app.tracking import pruner
+
+    job = pruner(settings, factory)
+
+    async def loop_forever() -> None:
+        while True:
+            await asyncio.sleep(settings.tracking_prune_interval_seconds)
+            try:
+                removed = await asyncio.to_thread(job)
+            except Exception:
+                log.exception("pruning message events failed")
+            else:
+                if removed:
+                    log.info("pruned %d message event(s) past the retention", removed)
+
+    task = asyncio.create_task(loop_forever(), name="tracking-pruner")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
 
 
 def _announce(settings: Settings, kinds: Sequence[str], named: dict[str, dict[str, int]]) -> None:

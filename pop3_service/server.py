@@ -21,6 +21,8 @@ from app.errors import TemporaryError
 from app.maildir import MaildirError, MaildirStore
 from app.services import throttle
 from app.tls import server_context
+from app.tracking import Event as TrackedEvent
+from app.tracking import EventWriter
 from pop3_service.connection import (
     FLUSH_THRESHOLD,
     TLS_HANDSHAKE_TIMEOUT,
@@ -89,6 +91,7 @@ class Pop3Server:
         self._tasks: dict[asyncio.Task[None], Pop3Connection] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
+        self.tracking = EventWriter.from_settings(settings, session_factory)
 
     # ------------------------------------------------------------------ lifecycle
     def _connection(self, *, implicit_tls: bool) -> Pop3Connection:
@@ -124,6 +127,7 @@ class Pop3Server:
             self._servers.append(secure)
             self._ports["pop3s"] = secure.sockets[0].getsockname()[1]
         self._heartbeat = asyncio.create_task(self._renew_leases())
+        self.tracking.start()
         log.info("POP3 listening on %s", self._ports)
 
     @property
@@ -156,6 +160,7 @@ class Pop3Server:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
+        await asyncio.to_thread(self.tracking.stop)
 
     async def _renew_leases(self) -> None:
         while True:
@@ -234,6 +239,8 @@ class Pop3Server:
             elif isinstance(event, SendMessage):
                 assert ctx.maildrop is not None
                 await send_message(conn, ctx.maildrop, event, timeout=timeout)
+                if event.body_lines is None:  # RETR, not TOP
+                    self._track(ctx, "retrieved", (event.uid,))
             elif isinstance(event, Authenticate):
                 await conn.flush(timeout)
                 await self._dispatch(ctx, await self._login(ctx, event))
@@ -306,4 +313,22 @@ class Pop3Server:
         except (LeaseLost, OSError, MaildirError, SQLAlchemyError, TemporaryError):
             log.exception("POP3 expunge failed for mailbox %s", maildrop.mailbox_id)
             return ctx.session.expunge_failed()
+        self._track(ctx, "deleted", event.uids)
         return ctx.session.expunge_succeeded(removed)
+
+    def _track(self, ctx: _Context, kind: str, uids: tuple[str, ...]) -> None:
+        assert ctx.maildrop is not None
+        ref = ctx.maildrop.ref
+        mailbox = f"{ref.local_part}@{ref.domain}"
+        for uid in uids:
+            self.tracking.record(
+                TrackedEvent(
+                    kind=kind,
+                    service="pop3",
+                    client_ip=ctx.conn.peer_ip,
+                    mailbox=mailbox,
+                    message_key=uid,
+                    stage="RETR" if kind == "retrieved" else "QUIT",
+                    reply="+OK",
+                )
+            )

@@ -60,6 +60,7 @@ from app.services.scan_log import RejectionRecord
 from app.services.scan_policy import DomainScanRules, most_lenient, rules_for_domain
 from app.spool import SpoolStore
 from app.spool_body import SpoolSpilledBody
+from app.tracking import Event, EventWriter
 from smtp_ingress import relay as relay_edge
 from smtp_ingress import replies
 from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
@@ -320,8 +321,10 @@ class IngressHandler:
         stats_batcher: StatsBatcher,
         spool: SpoolStore | None = None,
         scan_step: ScanStep | None = None,
+        tracking: EventWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.tracking = tracking or EventWriter.disabled()
         self.scan_step = scan_step
         self.scan_policy = ScanPolicy(
             reject_score=settings.scan_reject_score,
@@ -417,6 +420,7 @@ class IngressHandler:
     ) -> str:
         sender = "" if address == "<>" else address
         if _has_control(sender) or (sender and "@" not in sender):
+            self._track_refusal(session, None, "MAIL", replies.BAD_SENDER, sender=sender)
             return replies.BAD_SENDER
         envelope.mail_from = sender if sender else "<>"
         envelope.mail_options.extend(options)
@@ -434,8 +438,10 @@ class IngressHandler:
         txn = envelope.txn
         assert txn is not None  # aiosmtpd answers 503 to RCPT before MAIL
         if address == "<>":
+            self._track_refusal(session, txn, "RCPT", replies.BAD_RCPT, rcpt=address)
             return replies.BAD_RCPT
         if len(txn.accepted) >= self.settings.smtp_max_recipients:
+            self._track_refusal(session, txn, "RCPT", replies.TOO_MANY_RECIPIENTS, rcpt=address)
             return replies.TOO_MANY_RECIPIENTS
         if address.lower() != POSTMASTER and _relay_trick(address):
             self._log_reject(session, txn, address, replies.RELAY_DENIED)
@@ -448,6 +454,7 @@ class IngressHandler:
             except (SQLAlchemyError, TemporaryError, OSError):
                 # Database unreachable or similar: always temporary, never a 5xx.
                 log.warning("recipient lookup failed for %s", address, exc_info=True)
+                self._track_refusal(session, txn, "RCPT", replies.TEMPFAIL, rcpt=address)
                 return replies.TEMPFAIL
             self.resolutions.put(key, resolution)
         txn.cache[key] = resolution
@@ -476,6 +483,20 @@ class IngressHandler:
         txn.accepted.append(address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
+        self.tracking.record(
+            Event(
+                kind="received",
+                service="mx",
+                queue_id=txn.queue_id,
+                client_ip=_peer_ip(session),
+                helo=session.host_name,
+                sender=txn.sender,
+                recipient=address,
+                stage="RCPT",
+                reply=reply,
+                detail="resolved to " + ", ".join(t.address for t in resolution.targets),
+            )
+        )
         return reply
 
     async def _relay_rcpt(self, txn: Transaction, address: str) -> str | None:
@@ -578,16 +599,36 @@ class IngressHandler:
                 return outcome
             decision, stored = outcome
             scanned = list(stored)
+        reply = replies.delivered(txn.queue_id)
+        # What each stored copy's event says, taken here on the loop (the session is ours).
+        stored_event = Event(
+            kind="stored",
+            service="mx",
+            queue_id=txn.queue_id,
+            client_ip=_peer_ip(session),
+            helo=session.host_name,
+            sender=txn.sender,
+            stage="DATA",
+            reply=reply,
+            detail=f"size={body.size}",
+        )
+        tracked = (stored_event, [rcpt for _, rcpt in txn.targets.values()])
         copies = [
             (target.ref, self._trace_headers(server, session, txn, target, rcpt, extra))
             for (target, rcpt), extra in zip(txn.targets.values(), scanned, strict=True)
         ]
-        reply = replies.delivered(txn.queue_id)
         # The transaction's log line is written by the delivery job after the copies are
         # stored, so the event loop never waits on log I/O; its fields are taken here.
         line = self._transaction_line(session, txn, body.size, reply[:9], decision)
         try:
-            kept = await self._blocking(self._deliver, targets, copies, body, line)
+            kept = await self._blocking(
+                self._deliver,
+                targets,
+                copies,
+                body,
+                line,
+                tracked if self.tracking.enabled else None,
+            )
         except Exception as exc:
             cid = secrets.token_hex(4)
             log.exception("delivery failed id=%s qid=%s", cid, txn.queue_id)
@@ -595,8 +636,10 @@ class IngressHandler:
             failed = self._transaction_line(session, txn, body.size, f"{refusal[:9]} ref={cid}")
             if failed is not None:
                 failed.write()
+            self._track_refusal(session, txn, "DATA", refusal)
             return refusal
         if not kept:
+            self._track_refusal(session, txn, "DATA", replies.RECIPIENTS_GONE)
             return replies.RECIPIENTS_GONE
         self.stats.add(kept)
         server.transaction_done()
@@ -759,6 +802,7 @@ class IngressHandler:
         copies: list[tuple[MailboxRef, bytes]],
         body: SpooledBody,
         line: TransactionLogLine | None,
+        tracked: tuple[Event, list[str]] | None = None,
     ) -> int:
         """One executor job per transaction: store every copy (its trace header, then the
         body), drop the copies of mailboxes deleted meanwhile, log the transaction; returns
@@ -796,6 +840,22 @@ class IngressHandler:
                     self.store.expunge(target.ref, [info])
             raise
         kept = sum(1 for target in targets if target.mailbox_id in alive)
+        if tracked is not None:
+            event, rcpts = tracked
+            stored_at = dt.datetime.now(dt.UTC)
+            self.tracking.record_all(
+                [
+                    dataclasses.replace(
+                        event,
+                        recipient=rcpt,
+                        mailbox=target.address,
+                        message_key=info.uid,
+                        occurred_at=stored_at,
+                    )
+                    for target, info, rcpt in zip(targets, stored, rcpts, strict=True)
+                    if target.mailbox_id in alive
+                ]
+            )
         if line is not None:
             if kept != len(targets):
                 result = line.result if kept else replies.RECIPIENTS_GONE[:9]
@@ -859,7 +919,32 @@ class IngressHandler:
         log.error("handler error id=%s", cid, exc_info=error)
         return replies.internal_error(cid)
 
+    def _track_refusal(
+        self,
+        session: SmtpSession,
+        txn: Transaction | None,
+        stage: str,
+        reply: str,
+        *,
+        sender: str | None = None,
+        rcpt: str | None = None,
+    ) -> None:
+        self.tracking.record(
+            Event(
+                kind="refused",
+                service="mx",
+                queue_id=txn.queue_id if txn else None,
+                client_ip=_peer_ip(session),
+                helo=session.host_name,
+                sender=txn.sender if txn else sender,
+                recipient=rcpt,
+                stage=stage,
+                reply=reply,
+            )
+        )
+
     def _log_reject(self, session: SmtpSession, txn: Transaction, rcpt: str, reply: str) -> None:
+        self._track_refusal(session, txn, "RCPT", reply, rcpt=rcpt)
         log.info(
             "reject qid=%s client=%s from=<%s> to=<%s> result=%s",
             txn.queue_id,

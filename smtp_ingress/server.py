@@ -15,6 +15,7 @@ from app.maildir import MaildirStore
 from app.scanning.scanner import Scanner
 from app.spool import SpoolStore
 from app.tls import server_context
+from app.tracking import EventWriter
 from smtp_ingress.handler import IngressHandler, StatsBatcher
 from smtp_ingress.protocol import ConnectionTracker, IngressSMTP
 from smtp_ingress.scanning import ScanStep
@@ -55,6 +56,7 @@ class SmtpIngress:
             scan_step = ScanStep(
                 self.scanner, authserv_id=settings.authserv_id or settings.hostname
             )
+        self.tracking = EventWriter.from_settings(settings, session_factory)
         self._handler = IngressHandler(
             settings,
             session_factory=session_factory,
@@ -63,6 +65,7 @@ class SmtpIngress:
             stats_batcher=self._stats,
             spool=spool,
             scan_step=scan_step,
+            tracking=self.tracking,
         )
         self._tracker = ConnectionTracker(
             max_total=settings.smtp_max_connections,
@@ -106,6 +109,7 @@ class SmtpIngress:
                 "content scanning is off: set MAILHOST_SCAN_RSPAMD_ADDRESS and "
                 "MAILHOST_SCAN_CLAMD_ADDRESS to scan inbound mail for spam and viruses"
             )
+        self.tracking.start()
         log.info("SMTP ingress listening on %s:%d", self.settings.smtp_host, self.port)
 
     @property
@@ -138,3 +142,4 @@ class SmtpIngress:
         # Waiting for the executor's last jobs must not block the loop (other servers of
         # `mailhost serve` share it).
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self.tracking.stop)

@@ -40,7 +40,9 @@ from app.models import ORIGIN_BOUNCE, utcnow
 from app.services import queue
 from app.services.queue import Claimed, Notice, Reply, RetrySchedule
 from app.spool import SpoolError, SpoolStore
+from app.tracking import EventWriter
 from smtp_outbound import client
+from smtp_outbound import tracking as tracked
 from smtp_outbound.local import deliver_local, is_hosted
 from smtp_outbound.routing import Router
 from smtp_outbound.scheduler import (
@@ -96,6 +98,7 @@ class DeliveryAgent:
             delay_warning=settings.delivery_delay_warning,
         )
         self.router = Router(settings)
+        self.tracking = EventWriter.from_settings(settings, factory)
         self.tls_memory = client.TLSMemory()
         self.backoff: dict[str, dt.datetime] = {}
         self._dispatcher: Dispatcher | None = None
@@ -110,6 +113,7 @@ class DeliveryAgent:
 
     def _dispatch(self) -> Dispatcher:
         # Built per event loop (run_once may be called under several asyncio.run calls).
+        self.tracking.start()  # once; the tracking writer is a thread of its own
         loop = asyncio.get_running_loop()
         if self._dispatcher is None or self._loop is not loop:
             self._loop = loop
@@ -189,6 +193,7 @@ class DeliveryAgent:
             assert self._have_results is not None
             self._have_results.set()
             await recorder
+            await asyncio.to_thread(self.tracking.stop)
             log.info("delivery agent %s stopped", self.worker)
 
     async def _recorder(self) -> None:
@@ -342,11 +347,16 @@ class DeliveryAgent:
                     outcome = queue.record_deferred(s, **common, schedule=self.schedule)  # type: ignore[arg-type]
                 notices.extend(outcome.notices)
                 finished.extend(outcome.finished_spool_ids)
-            self._queue_dsns(s, notices, now)
+            bounces: dict[str, str] = {}
+            self._queue_dsns(s, notices, now, bounces)
+        attempts = [r for r in results if r.kind != HANDED_BACK]
+        self.tracking.record_all(tracked.round_events(attempts, notices, bounces))
         for spool_id in finished:
             self.spool.remove(spool_id)
 
-    def _queue_dsns(self, session: Session, notices: list[Notice], now: dt.datetime) -> None:
+    def _queue_dsns(
+        self, session: Session, notices: list[Notice], now: dt.datetime, bounces: dict[str, str]
+    ) -> None:
         """One DSN per message and kind (failed / delayed) listing its recipients."""
         grouped: dict[tuple[int, bool], list[Notice]] = defaultdict(list)
         for n in notices:
@@ -387,6 +397,7 @@ class DeliveryAgent:
                 origin=ORIGIN_BOUNCE,
                 now=now,
             )
+            bounces[first.queue_id] = bounce.queue_id
             log.info(
                 "qid=%s: %s notification queued as %s",
                 first.queue_id,

@@ -52,8 +52,10 @@ from app.services.resolution import POSTMASTER, Target, Verdict, resolve_recipie
 from app.services.scan_policy import defaults_from
 from app.services.sending import may_send_as
 from app.spool import SpoolStore
+from app.tracking import EventWriter
 from smtp_submission import message as msg
 from smtp_submission import replies
+from smtp_submission import tracking as tracked
 from smtp_submission.scanning import outbound_scan
 from smtp_submission.sender_policy import routing_trick
 
@@ -82,6 +84,7 @@ class SubmissionEnvelope(Envelope):
     remote: list[str] = field(default_factory=list)
     # The limits and counters read at MAIL FROM: each RCPT is checked against them.
     limits: sending.SendingSnapshot | None = None
+    stored_keys: list[str] = field(default_factory=list)  # Maildir names, for tracking
 
     def __post_init__(self) -> None:
         Envelope.__init__(self)
@@ -116,8 +119,10 @@ class SubmissionHandler:
         store: MaildirStore,
         spool: SpoolStore,
         executor: Executor,
+        tracking: EventWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.tracking = tracking or EventWriter.disabled()
         self.factory = session_factory
         self.store = store
         self.spool = spool
@@ -217,6 +222,15 @@ class SubmissionHandler:
         address: str,
         options: list[str],
     ) -> str:
+        reply = await self._mail(session, envelope, address, options)
+        self.tracking.record_all(
+            tracked.refusal(session, envelope, stage="MAIL", reply=reply, sender=address)
+        )
+        return reply
+
+    async def _mail(
+        self, session: SmtpSession, envelope: SubmissionEnvelope, address: str, options: list[str]
+    ) -> str:
         identity = identity_of(session)
         if identity is None:  # aiosmtpd checks auth_required first; defence in depth
             return replies.AUTH_REQUIRED
@@ -240,6 +254,7 @@ class SubmissionHandler:
         envelope.queue_id = queue_service.new_queue_id()
         envelope.local.clear()
         envelope.remote.clear()
+        envelope.stored_keys.clear()
         return replies.SENDER_OK
 
     def _check_sender(self, identity: Identity, address: str) -> str | sending.SendingSnapshot:
@@ -275,6 +290,15 @@ class SubmissionHandler:
         envelope: SubmissionEnvelope,
         address: str,
         options: list[str],
+    ) -> str:
+        reply = await self._rcpt(session, envelope, address, options)
+        self.tracking.record_all(
+            tracked.refusal(session, envelope, stage="RCPT", reply=reply, recipient=address)
+        )
+        return reply
+
+    async def _rcpt(
+        self, session: SmtpSession, envelope: SubmissionEnvelope, address: str, options: list[str]
     ) -> str:
         if address == "<>":
             return replies.BAD_RCPT
@@ -329,6 +353,13 @@ class SubmissionHandler:
     async def handle_DATA(
         self, server: Any, session: SmtpSession, envelope: SubmissionEnvelope
     ) -> str:
+        reply = await self._data(session, envelope)
+        self.tracking.record_all(
+            tracked.accepted(session, envelope, reply=reply, stored_keys=envelope.stored_keys)
+        )
+        return reply
+
+    async def _data(self, session: SmtpSession, envelope: SubmissionEnvelope) -> str:
         identity = identity_of(session)
         content = envelope.content
         if identity is None or not isinstance(content, bytes):
@@ -459,6 +490,7 @@ class SubmissionHandler:
             ]
             infos = self.store.deliver(copies)
             kept.local = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
+            envelope.stored_keys = [info.uid for info in infos]
         now = utcnow()
         if envelope.remote:
             kept.spool_id = self.spool.write([final]).spool_id

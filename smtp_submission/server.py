@@ -14,6 +14,7 @@ from app.connlimit import ConnectionCounter
 from app.maildir import MaildirStore
 from app.spool import SpoolStore
 from app.tls import server_context
+from app.tracking import EventWriter
 from smtp_submission.handler import SubmissionHandler
 from smtp_submission.protocol import SubmissionSMTP
 
@@ -53,6 +54,7 @@ class SmtpSubmission:
             store=store,
             spool=spool or SpoolStore(settings.spool_root),
             executor=self._executor,
+            tracking=EventWriter.from_settings(settings, session_factory),
         )
         self._servers: dict[str, asyncio.Server] = {}
         self._protocols: set[SubmissionSMTP] = set()
@@ -95,6 +97,7 @@ class SmtpSubmission:
                 ssl=self._tls,
                 reuse_port=True,
             )
+        self._handler.tracking.start()
         log.info("SMTP submission listening on %s %s", host, self.ports)
 
     @property
@@ -129,3 +132,4 @@ class SmtpSubmission:
         self._protocols.clear()
         await asyncio.sleep(0.05)  # let the closed sessions' tasks end
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self._handler.tracking.stop)

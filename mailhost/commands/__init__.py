@@ -25,6 +25,7 @@ from mailhost.commands import (
     sending,
     system,
     tokens,
+    tracking,
 )
 
 
@@ -42,3 +43,4 @@ def register(subparsers: Any) -> None:
     relay.register(subparsers)
     sending.register(subparsers)  # under "mailbox" and "customer"
     scanning.register(subparsers)  # under "domain" and "customer"
+    tracking.register(subparsers)

@@ -122,6 +122,7 @@ def deliver(ctx: Context, args: argparse.Namespace) -> int:
         store=ctx.store,
     )
     handled = asyncio.run(agent.run_once())
+    agent.tracking.stop()  # write the round's message events before the process ends
     ctx.note(f"{handled} queue row(s) handled")
     return 0
 

@@ -11,6 +11,7 @@ from web.api.routes import (
     dkim,
     domains,
     mailboxes,
+    messages,
     queue,
     relay,
     scanning,
@@ -18,6 +19,17 @@ from web.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (customers, domains, mailboxes, aliases, dkim, sending, queue, relay, scanning):
+for module in (
+    customers,
+    domains,
+    mailboxes,
+    aliases,
+    dkim,
+    sending,
+    queue,
+    relay,
+    scanning,
+    messages,
+):
     api_router.include_router(module.router)
 api_router.include_router(billing.router)

@@ -61,6 +61,7 @@ def build_router() -> APIRouter:
         relay,
         scanning,
         sending,
+        tracking,
     )
 
     router = APIRouter(
@@ -77,6 +78,7 @@ def build_router() -> APIRouter:
         aliases,
         queue,
         relay,
+        tracking,
         bulk,
         operators,
         account,

@@ -1,0 +1,139 @@
+"""SMTP ingest with message tracking on and off, in one run, alternating rounds.
+
+Two sets of real ingress worker processes (``python -m smtp_ingress``), identical but for
+``MAILHOST_TRACKING_ENABLED``, each with its own database and Maildir root, take the same load
+from bench/smtp_ingest.py's pipelining client (N messages, C connections, one recipient
+each). Rounds alternate on / off so the shared machine's load hits both; the medians and the
+median of the per-round ratios on/off are printed, with server CPU per message. Tracking
+writes two events per message here (received at RCPT, stored; nothing refused). On a noisy
+machine the msg/s of single rounds swing widely; server CPU per message is the steadier cost.
+
+Usage: .venv/bin/python bench/tracking_ingest.py [--messages 2000] [--concurrency 8]
+       [--size 4096] [--rounds 5] [--workers 1] [--database-url postgresql://...]
+       (with --database-url, PostgreSQL databases <name>_on and <name>_off are created)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from app.config import Settings  # noqa: E402
+from app.db import make_engine  # noqa: E402
+from app.models import MessageEvent  # noqa: E402
+from bench.smtp_ingest import free_port, make_message, measure, seed, spawn  # noqa: E402
+
+
+def _pg_database(url: str, name: str) -> str:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    admin = base.set(drivername="postgresql", database="postgres").render_as_string(False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return base.set(database=name).render_as_string(False)
+
+
+def start(settings: Settings, *, tracking: bool, workers: int, cwd: Path) -> tuple[list, int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MAILHOST_DATABASE_URL": settings.database_url,
+        "MAILHOST_MAILDIR_ROOT": str(settings.maildir_root),
+        "MAILHOST_HOSTNAME": "mx.bench.example",
+        "MAILHOST_SMTP_PORT": str(port),
+        "MAILHOST_SMTP_GREET_DELAY": "0",
+        "MAILHOST_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
+        "MAILHOST_LOG_LEVEL": "INFO",
+        "MAILHOST_TRACKING_ENABLED": "true" if tracking else "false",
+    }
+    argv = [sys.executable, "-m", "smtp_ingress"]
+    return spawn(argv, env, workers, cwd, cwd / "ingress.log"), port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--mailboxes", type=int, default=50)
+    parser.add_argument("--database-url", help="PostgreSQL server URL (default: SQLite files)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tracking-ingest-") as tmp:
+        sides = {}
+        for name, tracking in (("on", True), ("off", False)):
+            root = Path(tmp) / name
+            root.mkdir()
+            if args.database_url:
+                url = _pg_database(args.database_url, f"mh_bench_tracking_{name}")
+            else:
+                url = f"sqlite:///{root / 'mailhost.db'}"
+            settings = Settings(
+                database_url=url,
+                maildir_root=root / "mail",
+                _env_file=None,  # type: ignore[call-arg]
+            )
+            rcpts = seed(settings, args.mailboxes)
+            procs, port = start(settings, tracking=tracking, workers=args.workers, cwd=root)
+            sides[name] = (settings, procs, port, rcpts)
+        message = make_message(args.size)
+        results: dict[str, list] = {"on": [], "off": []}
+        ratios = []
+        try:
+            for n in range(args.rounds):
+                order = ("on", "off") if n % 2 == 0 else ("off", "on")
+                for name in order:
+                    _, procs, port, rcpts = sides[name]
+                    pids = [p.pid for p in procs]
+                    sample = measure(pids, port, rcpts, args.messages, args.concurrency, message)
+                    results[name].append(sample)
+                    print(
+                        f"round {n + 1} tracking {name:3}: {sample.rate:8.1f} msg/s "
+                        f"{sample.server_ms:6.2f} ms CPU/msg failed={sample.failed}",
+                        flush=True,
+                    )
+                ratios.append(results["on"][-1].rate / results["off"][-1].rate)
+        finally:
+            for _, procs, _, _ in sides.values():
+                for p in procs:
+                    p.terminate()
+                for p in procs:
+                    p.wait(30)
+        engine = make_engine(sides["on"][0])
+        with engine.connect() as conn:
+            events = conn.scalar(select(func.count()).select_from(MessageEvent))
+        engine.dispose()
+    on = statistics.median(s.rate for s in results["on"])
+    off = statistics.median(s.rate for s in results["off"])
+    cpu_on = statistics.median(s.server_ms for s in results["on"])
+    cpu_off = statistics.median(s.server_ms for s in results["off"])
+    print()
+    database = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"messages {args.messages} x {args.rounds} rounds, {args.size} B, "
+          f"C={args.concurrency}, {args.workers} worker(s), {database}")  # fmt: skip
+    print(f"tracking on : median {on:8.1f} msg/s, {cpu_on:.2f} ms server CPU/msg")
+    print(f"tracking off: median {off:8.1f} msg/s, {cpu_off:.2f} ms server CPU/msg")
+    print(f"on/off: median of per-round ratios {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")  # fmt: skip
+    print(f"events written by the tracking side: {events}")
+
+
+if __name__ == "__main__":
+    main()
