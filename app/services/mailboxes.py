@@ -21,6 +21,7 @@ from app.services.domains import (
     get_domain_by_name,
     usage_of,
 )
+from app.services.tenancy import check_visible
 
 MIN_PASSWORD_LENGTH = 8
 # Long enough for any passphrase, short enough that hashing it is not a denial of service.
@@ -118,7 +119,7 @@ def create_mailbox(
         raise ValidationError("give exactly one of password or password hash", field="password")
     if password is not None:
         check_password(password)
-    domain = get_domain_by_name(session, name=domain_name)
+    domain = get_domain_by_name(session, name=domain_name, actor=actor)
     if session.scalar(
         select(Mailbox.id).where(Mailbox.domain_id == domain.id, Mailbox.local_part == local)
     ):
@@ -165,10 +166,13 @@ def create_mailbox(
     return mailbox
 
 
-def get_mailbox(session: Session, *, mailbox_id: int) -> Mailbox:
+def get_mailbox(session: Session, *, mailbox_id: int, actor: Actor | None = None) -> Mailbox:
+    """Raises NotFoundError, also for another customer's mailbox (``tenancy``)."""
     mailbox = session.get(Mailbox, mailbox_id)
+    message = f"no mailbox with id {mailbox_id}"
     if mailbox is None:
-        raise NotFoundError(f"no mailbox with id {mailbox_id}", field="mailbox_id")
+        raise NotFoundError(message, field="mailbox_id")
+    check_visible(actor, mailbox.domain.customer_id, message=message, field="mailbox_id")
     return mailbox
 
 
@@ -246,7 +250,7 @@ def set_password(
     password: str | None = None,
     password_hash: str | None = None,
 ) -> Mailbox:
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     mailbox.password_hash = _new_hash(password, password_hash)
     session.flush()
     audit(
@@ -269,7 +273,7 @@ def update_mailbox(
     quota_bytes: int | None = None,
     pop3_enabled: bool | None = None,
 ) -> Mailbox:
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     changes: list[str] = []
     if quota_bytes is not None:
         _check_quota(quota_bytes)
@@ -305,7 +309,7 @@ def update_mailbox(
 def set_mailbox_status(session: Session, *, actor: Actor, mailbox_id: int, status: str) -> Mailbox:
     """Records 'suspended' / 'resumed' lifecycle events (no event if unchanged)."""
     check_status(status)
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     if mailbox.status == status:
         return mailbox
     mailbox.status = status
@@ -329,7 +333,7 @@ def delete_mailbox(session: Session, *, actor: Actor, mailbox_id: int) -> None:
     mailbox created at that address later does not inherit its mail (see
     ``domains.forget_addresses``). Records a 'deleted' lifecycle event. Message files are
     removed by the edge after commit with ``removal.remove_maildirs``."""
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     _lifecycle(session, mailbox, "deleted")
     audit(
         session,
