@@ -14,6 +14,7 @@ from typing import Any
 
 from mailhost.commands import (
     aliases,
+    customer_admins,
     customers,
     dkim,
     domains,
@@ -38,3 +39,4 @@ def register(subparsers: Any) -> None:
     dkim.register(subparsers)  # under "domain": after the domain group exists
     queue.register(subparsers)
     sending.register(subparsers)  # under "mailbox" and "customer"
+    customer_admins.register(subparsers)  # issue 15; "operator totp" under "operator"
