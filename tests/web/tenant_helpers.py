@@ -76,3 +76,11 @@ def tenants(portal_app: Any) -> tuple[Tenant, Tenant]:
 def acme(portal_app: Any, tenants: tuple[Tenant, Tenant]) -> Iterator[PortalClient]:
     with TestClient(portal_app) as client:
         yield login_customer_admin(client, tenants[0].admin)
+
+
+@pytest.fixture
+def customer_admin(portal_app: Any) -> Iterator[PortalClient]:
+    """A customer administrator (of "Initech") logged in: the client for ``/my`` pages."""
+    tenant = make_tenant(portal_app.state.session_factory, "initech", "initech.example")
+    with TestClient(portal_app) as client:
+        yield login_customer_admin(client, tenant.admin)

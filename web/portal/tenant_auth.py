@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 
-from app.models import CustomerAdmin, TenantSession
+from app.models import CustomerAdmin, TenantSession, WebSession, utcnow
 from app.services import customer_admins
 from app.services.audit import Actor
+from app.services.sessions import hash_session_id
 from web.deps import SessionDep, client_ip
 from web.portal.auth import CSRF_REFUSED, SESSION_COOKIE, enrolment_gate
-from web.portal.errors import LoginRequired
+from web.portal.errors import LoginRequired, PortalError
 from web.portal.forms import PostForm
 
 ROLE_LABEL = "customer admin"
@@ -48,12 +50,21 @@ class TenantAuth:
         return self.admin.customer_id
 
 
+def _operator_session(session: Session, raw: str) -> bool:
+    row = session.get(WebSession, hash_session_id(raw))
+    return row is not None and row.expires_at > utcnow()
+
+
 def current_tenant(request: Request, session: SessionDep) -> TenantAuth:
-    """The customer administrator behind the session cookie; anyone else (an operator too)
-    gets the login page: /my pages belong to customer administrators only."""
+    """The customer administrator behind the session cookie. /my pages belong to customer
+    administrators only: an operator gets 404, nobody logged in the login page."""
     raw = request.cookies.get(SESSION_COOKIE)
     row = customer_admins.find_tenant_session(session, raw=raw) if raw else None
     if row is None:
+        if raw and _operator_session(session, raw):
+            # An operator: the customer pages do not exist for them (as the ISP's pages do
+            # not for a customer administrator).
+            raise PortalError(404, "Not found", "There is no page at this address.")
         raise LoginRequired(request.url.path if request.method == "GET" else "/my")
     admin = session.get(CustomerAdmin, row.customer_admin_id)
     assert admin is not None  # find_tenant_session checked it
