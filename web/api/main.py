@@ -5,9 +5,19 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from web.api import billing
-from web.api.routes import aliases, customers, dkim, domains, mailboxes, queue, sending
+from web.api.routes import (
+    aliases,
+    customer_admins,  # issue 15
+    customers,
+    dkim,
+    domains,
+    mailboxes,
+    queue,
+    sending,
+)
 
 api_router = APIRouter()
 for module in (customers, domains, mailboxes, aliases, dkim, sending, queue):
     api_router.include_router(module.router)
 api_router.include_router(billing.router)
+api_router.include_router(customer_admins.router)

@@ -52,6 +52,7 @@ def build_router() -> APIRouter:
         audit_log,
         auth,
         bulk,
+        customer_admin_pages,
         customers,
         dashboard,
         domains,
@@ -83,6 +84,7 @@ def build_router() -> APIRouter:
         login_totp,  # issue 15: the second login step (TOTP)
         tenant,  # issue 15: customer administrators' pages under /my
         totp_pages,  # issue 15: two-factor enrolment
+        customer_admin_pages,  # issue 15: /customers/{id}/admins
     ):
         router.include_router(module.router)
     return router
