@@ -37,3 +37,13 @@ def test_operator_totp_reset(run: Run, session_factory) -> None:  # noqa: F811, 
     reset = run("operator", "totp", "reset", "olga")
     assert reset.status == 0 and "turned off" in reset.out
     assert run("operator", "totp", "reset", "nobody").status != 0
+
+
+def test_removing_the_customer_removes_its_administrators(run: Run) -> None:  # noqa: F811
+    assert run("customer", "add", "Acme").status == 0
+    assert run("customer-admin", "add", "Acme", "carol", "--generate-password").status == 0
+    removed = run("customer", "remove", "Acme")
+    assert removed.status == 0, removed.err
+    assert run("customer-admin", "list", "--json").json() == []
+    # The name is free again.
+    assert run("operator", "add", "carol", "--generate-password").status == 0
