@@ -85,6 +85,15 @@ def _check_quota(quota_bytes: int) -> int:
     return quota_bytes
 
 
+def _check_customer_quota(actor: Actor, quota_bytes: int) -> None:
+    # 0 means unlimited: that is for the ISP to grant, not for a customer's administrator
+    # (it would also slip past the domain's total quota, which sums the quotas).
+    if actor.customer_id is not None and quota_bytes == 0:
+        raise LimitExceededError(
+            "an unlimited quota can only be set by your provider", field="quota_bytes"
+        )
+
+
 def _lifecycle(session: Session, mailbox: Mailbox, action: str) -> None:
     record_lifecycle(
         session,
@@ -129,6 +138,8 @@ def create_mailbox(
     ):
         raise ConflictError(f"{normalised} is already an alias", field="address")
     quota = domain.default_quota_bytes if quota_bytes is None else quota_bytes
+    if quota_bytes is not None:
+        _check_customer_quota(actor, quota)
     count, quota_sum = usage_of(session, domain.id)
     if domain.max_mailboxes is not None and count + 1 > domain.max_mailboxes:
         raise LimitExceededError(
@@ -277,6 +288,8 @@ def update_mailbox(
     changes: list[str] = []
     if quota_bytes is not None:
         _check_quota(quota_bytes)
+        if quota_bytes != mailbox.quota_bytes:
+            _check_customer_quota(actor, quota_bytes)
         domain = mailbox.domain
         if domain.total_quota_bytes is not None and quota_bytes > mailbox.quota_bytes:
             _, quota_sum = usage_of(session, domain.id)

@@ -72,6 +72,8 @@ def test_customer_admin_manages_mailboxes_within_the_limits(
         f"/my/mailboxes/{mailbox_id}/settings", {"quota_bytes": "2G", "password": "another pw!"}
     )
     assert saved.status_code == 303
+    unlimited = acme.post(f"/my/mailboxes/{mailbox_id}/settings", {"quota_bytes": "0"})
+    assert unlimited.status_code == 422 and "only be set by your provider" in unlimited.text
     # The domain allows 5 mailboxes (tenant_helpers): staff@, new@, then three more, then no.
     for n in range(3):
         ok = acme.post(
