@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     session_max_age: int = 8 * 3600
     # Set true behind HTTPS so the session cookie gets the Secure flag.
     cookie_secure: bool = False
+    # Two-factor login (TOTP) required for admin operators and customer administrators: one
+    # without it is sent to enrolment after the password and can open no other page.
+    totp_required_for_admins: bool = False
     # Request bodies larger than this are refused with 413 before they are read. JSON and
     # portal forms need kilobytes; the largest valid API body (an alias with 1000 targets of
     # 320 characters) is about 330 KB.

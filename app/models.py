@@ -365,6 +365,9 @@ class AuditEntry(Base):
     object_name: Mapped[str | None] = mapped_column(String(320), default=None)
     detail: Mapped[str | None] = mapped_column(Text, default=None)
     remote_addr: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The customer whose administrator acted (None for the ISP's staff, tokens, cli, system):
+    # what a customer administrator's own audit view shows (app/services/tenancy.py).
+    customer_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
 
 
 class MaildropLease(Base):
@@ -732,3 +735,97 @@ class MessageEvent(Base):
     reply: Mapped[str | None] = mapped_column(String(512), default=None)
     detail: Mapped[str | None] = mapped_column(String(512), default=None)
     message_key: Mapped[str | None] = mapped_column(String(128), default=None)
+
+
+# ------------------------------------------------------------------------------ issue 15
+class CustomerAdmin(Base):
+    """A customer's own administrator: logs in to the portal and sees only that customer.
+
+    ``username`` shares one namespace with operators (the same /login form serves both; see
+    app/services/customer_admins.py)."""
+
+    __tablename__ = "customer_admins"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    customer: Mapped[Customer] = relationship()
+
+
+class TenantSession(Base):
+    """A customer administrator's portal login session (hash of the cookie, as WebSession)."""
+
+    __tablename__ = "tenant_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_admin_id: Mapped[int] = mapped_column(
+        ForeignKey("customer_admins.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+_ONE_OWNER = "(operator_id IS NULL) <> (customer_admin_id IS NULL)"
+
+
+class TotpCredential(Base):
+    """An RFC 6238 secret of an operator or a customer administrator (exactly one of them).
+
+    ``confirmed_at`` is None until the first code was entered (enrolment); ``last_step`` is
+    the time step of the last accepted code, so a code cannot be replayed (RFC 6238 5.2)."""
+
+    __tablename__ = "totp_credentials"
+    __table_args__ = (CheckConstraint(_ONE_OWNER, name="one_owner"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operator_id: Mapped[int | None] = mapped_column(
+        ForeignKey("operators.id", ondelete="CASCADE"), unique=True, default=None
+    )
+    customer_admin_id: Mapped[int | None] = mapped_column(
+        ForeignKey("customer_admins.id", ondelete="CASCADE"), unique=True, default=None
+    )
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class RecoveryCode(Base):
+    """A one-time recovery code of a TOTP credential; only its SHA-256 is stored."""
+
+    __tablename__ = "totp_recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    credential_id: Mapped[int] = mapped_column(
+        ForeignKey("totp_credentials.id", ondelete="CASCADE"), index=True
+    )
+    code_hash: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class LoginChallenge(Base):
+    """A password that verified, waiting for its second factor (hash of a short-lived cookie)."""
+
+    __tablename__ = "login_challenges"
+    __table_args__ = (CheckConstraint(_ONE_OWNER, name="one_owner"),)
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operator_id: Mapped[int | None] = mapped_column(
+        ForeignKey("operators.id", ondelete="CASCADE"), default=None
+    )
+    customer_admin_id: Mapped[int | None] = mapped_column(
+        ForeignKey("customer_admins.id", ondelete="CASCADE"), default=None
+    )
+    next_url: Mapped[str] = mapped_column(String(2000), default="/")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)

@@ -31,12 +31,13 @@ from app.models import (
     utcnow,
 )
 from app.passwords import dummy_verify, hash_password, verify_password
+from app.services import customer_admins
 from app.services.audit import SYSTEM_ACTOR, Actor, audit
 from app.services.common import flush_or_conflict
+from app.services.customer_admins import clean_username
 from app.services.mailboxes import check_password, find_mailbox, generate_password
 from app.services.sessions import end_sessions
 
-_USERNAME = re.compile(r"^[a-z0-9._-]{1,64}$")
 ROLES = (ROLE_ADMIN, ROLE_SUPPORT)
 TOKEN_PREFIX = "mh_"  # noqa: S105 - a label, not a secret
 # last_used_at is a hint for operators, not an access log: write it at most once a minute so a
@@ -46,25 +47,20 @@ _TOKEN = re.compile(r"^mh_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,128})$")
 
 
 # ------------------------------------------------------------------------------ operators
-def _clean_username(username: str) -> str:
-    clean = username.strip().lower()
-    if not _USERNAME.match(clean):
-        raise ValidationError(
-            "username must be 1-64 characters of a-z, 0-9, '.', '_' and '-'", field="username"
-        )
-    return clean
-
-
 def create_operator(
     session: Session, *, actor: Actor, username: str, password: str, role: str = "admin"
 ) -> Operator:
     """username: 1-64 of [a-z0-9._-] (lower-cased); role admin|support; password >= 8."""
-    clean = _clean_username(username)
+    clean = clean_username(username)
     if role not in ROLES:
         raise ValidationError(f"role must be admin or support, not {role!r}", field="role")
     check_password(password)
     if session.scalar(select(Operator.id).where(Operator.username == clean)) is not None:
         raise ConflictError(f"operator {clean!r} already exists", field="username")
+    if customer_admins.username_taken(session, clean):
+        raise ConflictError(
+            f"user name {clean!r} is taken by a customer administrator", field="username"
+        )
     operator = Operator(
         username=clean, password_hash=hash_password(password), role=role, active=True
     )

@@ -19,6 +19,7 @@ from app.services.domains import (
     get_domain_by_name,
     require_hosted,
 )
+from app.services.tenancy import check_visible
 
 # An alias is a small distribution list, not a mailing-list manager.
 MAX_TARGETS = 1000
@@ -57,7 +58,7 @@ def create_alias(session: Session, *, actor: Actor, address: str, targets: Seque
     message for another customer's address as for an unknown one); duplicates removed."""
     local, domain_name = split_address(address)
     normalised = f"{local}@{domain_name}"
-    domain = get_domain_by_name(session, name=domain_name)
+    domain = get_domain_by_name(session, name=domain_name, actor=actor)
     require_hosted(domain, what="aliases")
     if session.scalar(
         select(Mailbox.id).where(Mailbox.domain_id == domain.id, Mailbox.local_part == local)
@@ -88,10 +89,13 @@ def create_alias(session: Session, *, actor: Actor, address: str, targets: Seque
     return alias
 
 
-def get_alias(session: Session, *, alias_id: int) -> Alias:
+def get_alias(session: Session, *, alias_id: int, actor: Actor | None = None) -> Alias:
+    """Raises NotFoundError, also for another customer's alias (``tenancy``)."""
     alias = session.get(Alias, alias_id)
+    message = f"no alias with id {alias_id}"
     if alias is None:
-        raise NotFoundError(f"no alias with id {alias_id}", field="alias_id")
+        raise NotFoundError(message, field="alias_id")
+    check_visible(actor, alias.domain.customer_id, message=message, field="alias_id")
     return alias
 
 
@@ -142,7 +146,7 @@ def set_alias_targets(
     session: Session, *, actor: Actor, alias_id: int, targets: Sequence[str]
 ) -> Alias:
     """Replace the targets; the same rules as ``create_alias``."""
-    alias = get_alias(session, alias_id=alias_id)
+    alias = get_alias(session, alias_id=alias_id, actor=actor)
     cleaned = _clean_targets(
         session, targets, own=alias.address, customer_id=alias.domain.customer_id
     )
@@ -174,7 +178,7 @@ def set_alias_targets(
 def delete_alias(session: Session, *, actor: Actor, alias_id: int) -> None:
     """Delete the alias and every reference to its addresses (targets of other aliases,
     catch-alls; see ``forget_addresses``)."""
-    alias = get_alias(session, alias_id=alias_id)
+    alias = get_alias(session, alias_id=alias_id, actor=actor)
     audit(
         session,
         actor=actor,

@@ -15,11 +15,15 @@ _EVENT_LOCK_KEY = 0x6D61696C  # "mail"
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who is acting: kind is 'operator', 'token', 'cli' or 'system'."""
+    """Who is acting: kind is 'operator', 'token', 'cli', 'system' or 'customer_admin'.
+
+    ``customer_id`` is set for a customer's own administrator: every lookup by id then sees
+    only that customer's objects (app/services/tenancy.py)."""
 
     kind: str
     name: str
     remote_addr: str | None = None
+    customer_id: int | None = None
 
 
 CLI_ACTOR = Actor("cli", "cli")
@@ -36,7 +40,8 @@ def audit(
     object_name: str | None = None,
     detail: str | None = None,
 ) -> None:
-    """Append one audit entry (never contains passwords or tokens)."""
+    """Append one audit entry (never contains passwords or tokens). A customer
+    administrator's entries carry their customer: their own audit view shows those only."""
     session.add(
         AuditEntry(
             actor_type=actor.kind,
@@ -47,6 +52,7 @@ def audit(
             object_name=object_name,
             detail=detail,
             remote_addr=actor.remote_addr,
+            customer_id=actor.customer_id,
         )
     )
 

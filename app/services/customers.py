@@ -13,6 +13,7 @@ from app.models import Customer, Domain
 from app.services.audit import Actor, audit
 from app.services.common import check_status, flush_or_conflict
 from app.services.domains import delete_domain
+from app.services.tenancy import check_visible, staff_only
 
 MAX_NAME = 200
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -74,6 +75,7 @@ def create_customer(
 ) -> Customer:
     """Validate (non-empty name <= 200 chars, unique case-insensitively; prices >= 0; ISO 4217
     three upper-case letters) and add. Raises ValidationError / ConflictError."""
+    staff_only(actor, "create customers")
     clean = _clean_name(name)
     price = _clean_price(price_per_mailbox)
     relay_price = _clean_relay_price(price_per_relay_domain)
@@ -101,11 +103,13 @@ def create_customer(
     return customer
 
 
-def get_customer(session: Session, *, customer_id: int) -> Customer:
-    """Raises NotFoundError."""
+def get_customer(session: Session, *, customer_id: int, actor: Actor | None = None) -> Customer:
+    """Raises NotFoundError, also for a customer other than the actor's own (``tenancy``)."""
     customer = session.get(Customer, customer_id)
+    message = f"no customer with id {customer_id}"
     if customer is None:
-        raise NotFoundError(f"no customer with id {customer_id}", field="customer_id")
+        raise NotFoundError(message, field="customer_id")
+    check_visible(actor, customer.id, message=message, field="customer_id")
     return customer
 
 
@@ -154,7 +158,8 @@ def update_customer(
     currency: str | None = None,
     price_per_relay_domain: Decimal | None = None,
 ) -> Customer:
-    customer = get_customer(session, customer_id=customer_id)
+    staff_only(actor, "change customers")
+    customer = get_customer(session, customer_id=customer_id, actor=actor)
     changes: list[str] = []
     if name is not None:
         clean = _clean_name(name)
@@ -197,7 +202,8 @@ def set_customer_status(
 ) -> Customer:
     """'active' or 'suspended'. A suspended customer's domains receive no mail."""
     check_status(status)
-    customer = get_customer(session, customer_id=customer_id)
+    staff_only(actor, "change customers")
+    customer = get_customer(session, customer_id=customer_id, actor=actor)
     if customer.status != status:
         customer.status = status
         session.flush()
@@ -218,7 +224,8 @@ def delete_customer(
     """Refused with ConflictError while it has domains, unless ``cascade`` (which deletes its
     domains, mailboxes and aliases, recording lifecycle events for each, and removes alias
     targets and catch-alls anywhere that named their addresses; see ``delete_domain``)."""
-    customer = get_customer(session, customer_id=customer_id)
+    staff_only(actor, "change customers")
+    customer = get_customer(session, customer_id=customer_id, actor=actor)
     domain_ids = list(
         session.scalars(
             select(Domain.id).where(Domain.customer_id == customer.id).order_by(Domain.id)

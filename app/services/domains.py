@@ -14,6 +14,7 @@ from app.services import relay_queue
 from app.services.addresses import normalise_domain, split_address
 from app.services.audit import Actor, audit, record_lifecycle
 from app.services.common import check_status, flush_or_conflict
+from app.services.tenancy import check_visible, staff_only
 
 # BigInteger columns: refuse anything a signed 64-bit integer cannot hold.
 MAX_BYTES = 2**63 - 1
@@ -73,6 +74,7 @@ def create_domain(
     _check_limit(max_mailboxes, "max_mailboxes")
     _check_limit(default_quota_bytes, "default_quota_bytes")
     _check_limit(total_quota_bytes, "total_quota_bytes")
+    staff_only(actor, "create domains")
     customer = _customer(session, customer_id)
     taken = _name_in_use(session, domain_name)
     if taken is not None:
@@ -118,19 +120,25 @@ def require_hosted(domain: Domain, *, what: str) -> None:
         )
 
 
-def get_domain(session: Session, *, domain_id: int) -> Domain:
+def get_domain(session: Session, *, domain_id: int, actor: Actor | None = None) -> Domain:
+    """Raises NotFoundError, also for another customer's domain (``tenancy``)."""
     domain = session.get(Domain, domain_id)
+    message = f"no domain with id {domain_id}"
     if domain is None:
-        raise NotFoundError(f"no domain with id {domain_id}", field="domain_id")
+        raise NotFoundError(message, field="domain_id")
+    check_visible(actor, domain.customer_id, message=message, field="domain_id")
     return domain
 
 
-def get_domain_by_name(session: Session, *, name: str) -> Domain:
-    """Accepts Unicode or IDNA, any case. Raises NotFoundError (or ValidationError)."""
+def get_domain_by_name(session: Session, *, name: str, actor: Actor | None = None) -> Domain:
+    """Accepts Unicode or IDNA, any case. Raises NotFoundError (or ValidationError), also for
+    another customer's domain (``tenancy``)."""
     domain_name = normalise_domain(name)
     domain = session.scalar(select(Domain).where(Domain.name == domain_name))
+    message = f"domain {domain_name} is not hosted here"
     if domain is None:
-        raise NotFoundError(f"domain {domain_name} is not hosted here", field="domain")
+        raise NotFoundError(message, field="domain")
+    check_visible(actor, domain.customer_id, message=message, field="domain")
     return domain
 
 
@@ -175,7 +183,8 @@ def update_domain(
     _check_limit(max_mailboxes, "max_mailboxes")
     _check_limit(default_quota_bytes, "default_quota_bytes")
     _check_limit(total_quota_bytes, "total_quota_bytes")
-    domain = get_domain(session, domain_id=domain_id)
+    staff_only(actor, "change domains")
+    domain = get_domain(session, domain_id=domain_id, actor=actor)
     count, quota_sum = usage_of(session, domain.id)
     changes: list[str] = []
     if clear_max_mailboxes:
@@ -227,7 +236,8 @@ def update_domain(
 def set_domain_status(session: Session, *, actor: Actor, domain_id: int, status: str) -> Domain:
     """Records 'suspended' / 'resumed' lifecycle events (no event if unchanged)."""
     check_status(status)
-    domain = get_domain(session, domain_id=domain_id)
+    staff_only(actor, "change domains")
+    domain = get_domain(session, domain_id=domain_id, actor=actor)
     if domain.status == status:
         return domain
     domain.status = status
@@ -327,7 +337,8 @@ def check_own_address(
 def set_catchall(session: Session, *, actor: Actor, domain_id: int, target: str | None) -> Domain:
     """``target`` is a full address that must be a mailbox or alias of a domain of the same
     customer (ValidationError, field 'target', otherwise); None or blank clears."""
-    domain = get_domain(session, domain_id=domain_id)
+    staff_only(actor, "change domains")
+    domain = get_domain(session, domain_id=domain_id, actor=actor)
     normalised: str | None = None
     if target is not None and target.strip():
         require_hosted(domain, what="catch-all")
@@ -470,7 +481,8 @@ def forget_addresses(
 def add_domain_alias(
     session: Session, *, actor: Actor, domain_id: int, alias_name: str
 ) -> DomainAlias:
-    domain = get_domain(session, domain_id=domain_id)
+    staff_only(actor, "change domains")
+    domain = get_domain(session, domain_id=domain_id, actor=actor)
     require_hosted(domain, what="alias domains")
     name = normalise_domain(alias_name, field="alias_name")
     taken = _name_in_use(session, name)
@@ -522,7 +534,8 @@ def delete_domain(session: Session, *, actor: Actor, domain_id: int, cascade: bo
     for each mailbox and for the domain. Alias targets and catch-alls of other domains that
     point into this domain or its alias domains are removed (see ``forget_addresses``).
     Message files are removed by the edge afterwards."""
-    domain = get_domain(session, domain_id=domain_id)
+    staff_only(actor, "change domains")
+    domain = get_domain(session, domain_id=domain_id, actor=actor)
     if domain.kind == DOMAIN_RELAY:
         relay_queue.check_deletable(session, domain=domain)
     mailbox_rows = session.execute(

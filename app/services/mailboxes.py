@@ -22,6 +22,7 @@ from app.services.domains import (
     require_hosted,
     usage_of,
 )
+from app.services.tenancy import check_visible
 
 MIN_PASSWORD_LENGTH = 8
 # Long enough for any passphrase, short enough that hashing it is not a denial of service.
@@ -85,6 +86,15 @@ def _check_quota(quota_bytes: int) -> int:
     return quota_bytes
 
 
+def _check_customer_quota(actor: Actor, quota_bytes: int) -> None:
+    # 0 means unlimited: that is for the ISP to grant, not for a customer's administrator
+    # (it would also slip past the domain's total quota, which sums the quotas).
+    if actor.customer_id is not None and quota_bytes == 0:
+        raise LimitExceededError(
+            "an unlimited quota can only be set by your provider", field="quota_bytes"
+        )
+
+
 def _lifecycle(session: Session, mailbox: Mailbox, action: str) -> None:
     record_lifecycle(
         session,
@@ -119,7 +129,7 @@ def create_mailbox(
         raise ValidationError("give exactly one of password or password hash", field="password")
     if password is not None:
         check_password(password)
-    domain = get_domain_by_name(session, name=domain_name)
+    domain = get_domain_by_name(session, name=domain_name, actor=actor)
     require_hosted(domain, what="mailboxes")
     if session.scalar(
         select(Mailbox.id).where(Mailbox.domain_id == domain.id, Mailbox.local_part == local)
@@ -130,6 +140,8 @@ def create_mailbox(
     ):
         raise ConflictError(f"{normalised} is already an alias", field="address")
     quota = domain.default_quota_bytes if quota_bytes is None else quota_bytes
+    if quota_bytes is not None:
+        _check_customer_quota(actor, quota)
     count, quota_sum = usage_of(session, domain.id)
     if domain.max_mailboxes is not None and count + 1 > domain.max_mailboxes:
         raise LimitExceededError(
@@ -167,10 +179,13 @@ def create_mailbox(
     return mailbox
 
 
-def get_mailbox(session: Session, *, mailbox_id: int) -> Mailbox:
+def get_mailbox(session: Session, *, mailbox_id: int, actor: Actor | None = None) -> Mailbox:
+    """Raises NotFoundError, also for another customer's mailbox (``tenancy``)."""
     mailbox = session.get(Mailbox, mailbox_id)
+    message = f"no mailbox with id {mailbox_id}"
     if mailbox is None:
-        raise NotFoundError(f"no mailbox with id {mailbox_id}", field="mailbox_id")
+        raise NotFoundError(message, field="mailbox_id")
+    check_visible(actor, mailbox.domain.customer_id, message=message, field="mailbox_id")
     return mailbox
 
 
@@ -248,7 +263,7 @@ def set_password(
     password: str | None = None,
     password_hash: str | None = None,
 ) -> Mailbox:
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     mailbox.password_hash = _new_hash(password, password_hash)
     session.flush()
     audit(
@@ -271,10 +286,12 @@ def update_mailbox(
     quota_bytes: int | None = None,
     pop3_enabled: bool | None = None,
 ) -> Mailbox:
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     changes: list[str] = []
     if quota_bytes is not None:
         _check_quota(quota_bytes)
+        if quota_bytes != mailbox.quota_bytes:
+            _check_customer_quota(actor, quota_bytes)
         domain = mailbox.domain
         if domain.total_quota_bytes is not None and quota_bytes > mailbox.quota_bytes:
             _, quota_sum = usage_of(session, domain.id)
@@ -307,7 +324,7 @@ def update_mailbox(
 def set_mailbox_status(session: Session, *, actor: Actor, mailbox_id: int, status: str) -> Mailbox:
     """Records 'suspended' / 'resumed' lifecycle events (no event if unchanged)."""
     check_status(status)
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     if mailbox.status == status:
         return mailbox
     mailbox.status = status
@@ -331,7 +348,7 @@ def delete_mailbox(session: Session, *, actor: Actor, mailbox_id: int) -> None:
     mailbox created at that address later does not inherit its mail (see
     ``domains.forget_addresses``). Records a 'deleted' lifecycle event. Message files are
     removed by the edge after commit with ``removal.remove_maildirs``."""
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     _lifecycle(session, mailbox, "deleted")
     audit(
         session,

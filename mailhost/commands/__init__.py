@@ -14,6 +14,7 @@ from typing import Any
 
 from mailhost.commands import (
     aliases,
+    customer_admins,
     customers,
     dkim,
     domains,
@@ -44,3 +45,4 @@ def register(subparsers: Any) -> None:
     sending.register(subparsers)  # under "mailbox" and "customer"
     scanning.register(subparsers)  # under "domain" and "customer"
     tracking.register(subparsers)
+    customer_admins.register(subparsers)  # issue 15; "operator totp" under "operator"

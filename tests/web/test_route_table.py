@@ -31,6 +31,7 @@ from app.models import SCOPES
 from tests.factories import make_customer, make_domain, make_mailbox
 from tests.web.api_helpers import Api, api_fixture, assert_problem, make_token  # noqa: F401
 from tests.web.portal_helpers import PortalClient, admin, portal_app  # noqa: F401
+from tests.web.tenant_helpers import customer_admin  # noqa: F401
 from web.params import ID_MAX
 
 BAD_IDS: tuple[object, ...] = (2**63, 10**30, -1, "abc")
@@ -132,9 +133,15 @@ def _portal_call(portal: PortalClient, method: str, url: str) -> Any:
     return portal.get(url) if method == "GET" else portal.post(url)
 
 
+def _client_for(url: str, staff: PortalClient, tenant: PortalClient) -> PortalClient:
+    """``/my`` pages belong to customer administrators (issue 15); the rest to operators."""
+    return tenant if url.startswith("/my") else staff
+
+
 # ------------------------------------------------------------------------------ path ids
 def test_every_portal_route_with_an_id_answers_404_for_bad_ids(
     admin: PortalClient,  # noqa: F811
+    customer_admin: PortalClient,  # noqa: F811
     portal_app: FastAPI,  # noqa: F811
 ) -> None:
     _seed(portal_app.state.session_factory)
@@ -148,7 +155,7 @@ def test_every_portal_route_with_an_id_answers_404_for_bad_ids(
         for method in _methods(route):
             for value in (*BAD_IDS, LARGEST_ID):
                 url = _url(route, value)
-                response = _portal_call(admin, method, url)
+                response = _portal_call(_client_for(url, admin, customer_admin), method, url)
                 calls += 1
                 page = response.text
                 # A bad id names no page: 404. The largest id reaches the route, and a POST
@@ -208,6 +215,7 @@ def _query_routes(app: FastAPI, *, api: bool) -> list[tuple[Route, str, object]]
 
 def test_every_portal_list_refuses_huge_query_values_with_422(
     admin: PortalClient,  # noqa: F811
+    customer_admin: PortalClient,  # noqa: F811
     portal_app: FastAPI,  # noqa: F811
 ) -> None:
     cases = _query_routes(portal_app, api=False)
@@ -216,7 +224,7 @@ def test_every_portal_list_refuses_huge_query_values_with_422(
     failures = []
     for route, name, value in cases:
         url = _url(route, 1)
-        response = admin.get(url, params={name: str(value)})
+        response = _client_for(url, admin, customer_admin).get(url, params={name: str(value)})
         if response.status_code != 422 or '<p class="status-code">422</p>' not in response.text:
             failures.append(f"GET {url}?{name}={str(value)[:30]}: {response.status_code}")
     assert not failures, "\n".join(failures)

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from web.api import billing
 from web.api.routes import (
     aliases,
+    customer_admins,  # issue 15
     customers,
     dkim,
     domains,
@@ -33,3 +34,4 @@ for module in (
 ):
     api_router.include_router(module.router)
 api_router.include_router(billing.router)
+api_router.include_router(customer_admins.router)

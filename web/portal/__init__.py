@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import MailhostError, NotFoundError, PermissionDeniedError, TemporaryError
 from web.params import SEARCH_MAX_LENGTH
-from web.portal.errors import LoginRequired, PortalError
+from web.portal.errors import LoginRequired, PortalError, SeeOther
 from web.portal.render import render
 
 API_PREFIX = "/api/"
@@ -52,15 +52,19 @@ def build_router() -> APIRouter:
         audit_log,
         auth,
         bulk,
+        customer_admin_pages,
         customers,
         dashboard,
         domains,
+        login_totp,
         mailboxes,
         operators,
         queue,
         relay,
         scanning,
         sending,
+        tenant,
+        totp_pages,
         tracking,
     )
 
@@ -83,6 +87,10 @@ def build_router() -> APIRouter:
         operators,
         account,
         audit_log,
+        login_totp,  # issue 15: the second login step (TOTP)
+        tenant,  # issue 15: customer administrators' pages under /my
+        totp_pages,  # issue 15: two-factor enrolment
+        customer_admin_pages,  # issue 15: /customers/{id}/admins
     ):
         router.include_router(module.router)
     return router
@@ -147,6 +155,8 @@ def install_portal(app: FastAPI) -> None:
 
     async def on_login_required(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, LoginRequired)
+        if isinstance(exc, SeeOther):
+            return RedirectResponse(exc.target, status_code=303)
         target = "/login" if exc.next_url == "/" else f"/login?next={quote(exc.next_url)}"
         return RedirectResponse(target, status_code=303)
 

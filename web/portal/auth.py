@@ -18,19 +18,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import delete
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.db import transaction
 from app.errors import TemporaryError
-from app.models import ROLE_ADMIN, Operator, WebSession, utcnow
-from app.services import accounts, throttle
+from app.models import ROLE_ADMIN, CustomerAdmin, Operator, WebSession, utcnow
+from app.services import customer_admins, throttle
 from app.services.audit import Actor, audit
-from app.services.sessions import hash_session_id, open_session
+from app.services.sessions import hash_session_id
 from web.deps import SessionDep, client_ip
-from web.portal.errors import LoginRequired, PortalError, forbidden_role
+from web.portal import login_flow
+from web.portal.errors import LoginRequired, PortalError, SeeOther, forbidden_role
 from web.portal.forms import PostForm
 from web.portal.render import render
 
@@ -82,6 +82,7 @@ def current_auth(request: Request, session: SessionDep) -> Auth:
         if web_session is not None and web_session.expires_at > utcnow():
             operator = session.get(Operator, web_session.operator_id)
             if operator is not None and operator.active:
+                enrolment_gate(request, session, operator)
                 auth = Auth(
                     operator,
                     web_session,
@@ -91,7 +92,27 @@ def current_auth(request: Request, session: SessionDep) -> Auth:
                 )
                 request.state.auth = auth
                 return auth
+    if raw and customer_admins.find_tenant_session(session, raw=raw) is not None:
+        # A customer administrator: the ISP's pages do not exist for them (404, not 403);
+        # the home page leads to their own.
+        if request.url.path == "/":
+            raise SeeOther("/my")
+        raise PortalError(404, "Not found", "There is no page at this address.")
     raise LoginRequired(_next_url(request))
+
+
+ENROLMENT_PATHS = ("/account/totp", "/my/account/totp")
+
+
+def enrolment_gate(request: Request, session: Session, account: Operator | CustomerAdmin) -> None:
+    """With ``totp_required_for_admins``, an admin without two-factor login sees only the
+    enrolment page (and can log out) until it is on."""
+    path = request.url.path
+    if path.startswith(ENROLMENT_PATHS) or path in ("/logout", "/my/logout"):
+        return
+    if login_flow.needs_enrolment(session, request.app.state.settings, account):
+        target = "/account/totp" if isinstance(account, Operator) else "/my/account/totp"
+        raise SeeOther(target)
 
 
 AuthDep = Annotated[Auth, Depends(current_auth)]
@@ -212,42 +233,6 @@ def set_session_cookie(response: Response, raw: str, request: Request) -> None:
     )
 
 
-def _login(
-    factory: sessionmaker[Session],
-    *,
-    username: str,
-    password: str,
-    ticket: throttle.Ticket,
-    policy: throttle.ThrottlePolicy,
-    remote_addr: str | None,
-    old_cookie: str | None,
-    max_age: int,
-) -> str | None:
-    """Check the password and open a session; the new cookie value, or None."""
-    with transaction(factory) as session:
-        operator = accounts.authenticate_operator(session, username=username, password=password)
-        if operator is None:
-            return None  # the reserved attempt stays charged: it is the failure
-        throttle.settle(session, ticket=ticket, outcome=throttle.Outcome.SUCCESS, policy=policy)
-        # Rotation: whatever session the browser had before is gone.
-        if old_cookie:
-            session.execute(
-                delete(WebSession).where(WebSession.id_hash == hash_session_id(old_cookie))
-            )
-        raw = open_session(
-            session, operator_id=operator.id, remote_addr=remote_addr, max_age=max_age
-        )
-        audit(
-            session,
-            actor=Actor("operator", operator.username, remote_addr),
-            action="login",
-            object_type="operator",
-            object_id=operator.id,
-            object_name=operator.username,
-        )
-        return raw
-
-
 @router.post("/login", response_model=None)
 async def login(request: Request) -> Response:
     data = await request.form()
@@ -284,8 +269,8 @@ async def login(request: Request) -> Response:
         refusal.headers["Retry-After"] = str(ticket.retry_after)
         return refusal
     try:
-        raw = await run_in_threadpool(
-            lambda: _login(
+        outcome = await run_in_threadpool(
+            lambda: login_flow.password_step(
                 factory,
                 username=username,
                 password=password,
@@ -294,11 +279,25 @@ async def login(request: Request) -> Response:
                 remote_addr=ip,
                 old_cookie=request.cookies.get(SESSION_COOKIE),
                 max_age=settings.session_max_age,
+                next_url=next_url,
             )
         )
     except (TemporaryError, SQLAlchemyError):
         await run_in_threadpool(settle_unchecked, factory, ticket, policy)
         raise
+    if outcome.challenge_cookie is not None:  # two-factor login: the code comes next
+        response = RedirectResponse("/login/totp", status_code=303)
+        response.set_cookie(
+            login_flow.CHALLENGE_COOKIE,
+            outcome.challenge_cookie,
+            max_age=login_flow.CHALLENGE_SECONDS,
+            httponly=True,
+            samesite="strict",
+            secure=settings.cookie_secure,
+            path="/login",
+        )
+        return response
+    raw = outcome.session_cookie
     if raw is None:
         return _login_page(
             request,

@@ -31,3 +31,12 @@ def forbidden_role(role: str, doing: str) -> PortalError:
         "Not allowed for your role",
         f"Operators with the role '{role}' may not {doing}. Ask an administrator.",
     )
+
+
+class SeeOther(LoginRequired):
+    """Send the browser to ``target`` (303): the two-factor enrolment an admin must do first,
+    or a customer administrator's home ``/my`` after logging in at ``/``."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target

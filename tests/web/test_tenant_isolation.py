@@ -1,0 +1,168 @@
+"""Tenant isolation, generated from the app's route list (issue 15).
+
+Logged in as customer A's administrator, every portal route is tried with customer B's ids
+(mailbox, domain, alias, customer, administrator) and must answer 404, never 403 and never
+the page: the answer must not confirm that the id exists. Routes of the ISP's own portal
+answer 404 to a customer administrator whatever the id (audit entries, queue messages,
+exports, import previews, operators and tokens are all among them). A route under ``/my``
+with an id parameter this table does not know fails the test until its foreign id is added
+here, so a new route cannot slip past without a tenant check. Lists and searches must not
+show B's rows, and the API does not accept a customer administrator's session at all
+(API tokens are the ISP's; see README "Customer administrators").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from tests.web.portal_helpers import PortalClient, portal_app  # noqa: F401
+from tests.web.tenant_helpers import Tenant, acme, tenants  # noqa: F401
+from tests.web.test_route_table import Route, _is_int, _methods, _routes
+
+# Routes anyone may open (the login steps, health checks for load balancers).
+PUBLIC = frozenset({"/login", "/login/totp", "/healthz", "/readyz"})
+MY = "/my"
+
+
+def _foreign_ids(b: Tenant) -> dict[str, int]:
+    return {
+        "mailbox_id": b.mailbox_id,
+        "domain_id": b.domain_id,
+        "alias_id": b.alias_id,
+        "customer_id": b.customer_id,
+        "admin_id": b.admin_id,
+    }
+
+
+def _url(route: Route, ids: dict[str, int]) -> str | None:
+    path = route.path_format
+    for param in route.dependant.path_params:
+        if _is_int(param.field_info.annotation):
+            if param.name not in ids:
+                if path.startswith(MY):
+                    return None  # unknown to this table: reported as a failure
+                value = "1"
+            else:
+                value = str(ids[param.name])
+        else:
+            value = "x"
+        path = path.replace("{" + param.name + "}", value)
+    return path
+
+
+def _call(portal: PortalClient, method: str, url: str) -> Any:
+    return portal.get(url, follow_redirects=False) if method == "GET" else portal.post(url)
+
+
+def test_every_portal_route_answers_404_for_another_customers_ids(
+    acme: PortalClient,  # noqa: F811
+    tenants: tuple[Tenant, Tenant],  # noqa: F811
+    portal_app: FastAPI,  # noqa: F811
+) -> None:
+    _, b = tenants
+    ids = _foreign_ids(b)
+    routes = [r for r in _routes(portal_app, api=False) if r.path_format not in PUBLIC]
+    with_ids = [r for r in routes if r.dependant.path_params]
+    paths = {r.path_format for r in with_ids}
+    assert {"/my/mailboxes/{mailbox_id}", "/my/aliases/{alias_id}/delete"} <= paths
+    assert {"/customers/{customer_id}", "/mailboxes/{mailbox_id}/status"} <= paths
+    failures = []
+    for route in with_ids:
+        url = _url(route, ids)
+        if url is None:
+            failures.append(f"{route.path_format}: an id parameter this table does not know")
+            continue
+        for method in _methods(route):
+            response = _call(acme, method, url)
+            if response.status_code != 404 or b.domain in response.text:
+                failures.append(f"{method} {url}: {response.status_code}")
+    assert not failures, "\n".join(failures)
+
+
+def test_every_isp_page_without_ids_is_404_and_my_pages_show_only_their_customer(
+    acme: PortalClient,  # noqa: F811
+    tenants: tuple[Tenant, Tenant],  # noqa: F811
+    portal_app: FastAPI,  # noqa: F811
+) -> None:
+    a, b = tenants
+    routes = [
+        r
+        for r in _routes(portal_app, api=False)
+        if r.path_format not in PUBLIC and not r.dependant.path_params
+    ]
+    failures = []
+    for route in routes:
+        for method in _methods(route):
+            if route.path_format.startswith(MY):
+                if method != "GET":
+                    continue  # the forms: tried below with foreign values
+                response = _call(acme, method, route.path_format)
+                if response.status_code != 200 or b.domain in response.text:
+                    failures.append(f"{method} {route.path_format}: {response.status_code}")
+            else:
+                response = _call(acme, method, route.path_format)
+                if response.status_code != 404 and route.path_format != "/":
+                    failures.append(f"{method} {route.path_format}: {response.status_code}")
+    assert not failures, "\n".join(failures)
+    # The home page sends a customer administrator to their own.
+    home = acme.get("/", follow_redirects=False)
+    assert home.status_code == 303 and home.headers["location"] == "/my"
+    page = acme.get("/my").text
+    assert a.domain in page and b.domain not in page
+
+
+def test_searches_and_filters_never_return_foreign_rows(
+    acme: PortalClient,  # noqa: F811
+    tenants: tuple[Tenant, Tenant],  # noqa: F811
+) -> None:
+    a, b = tenants
+    for url in ("/my/mailboxes?q=staff", "/my/aliases?q=info", "/my/audit", "/my/admins"):
+        page = acme.get(url)
+        assert page.status_code == 200, url
+        assert b.domain not in page.text and "globex" not in page.text, url
+    assert a.domain in acme.get("/my/mailboxes?q=staff").text
+    assert acme.get(f"/my/mailboxes?domain={b.domain_id}").status_code == 404
+    # The audit view shows the own administrator's actions only.
+    audit = acme.get("/my/audit").text
+    assert "mailbox.suspend" in audit and a.admin in audit and b.admin not in audit
+
+
+def test_forms_refuse_another_customers_objects(
+    acme: PortalClient,  # noqa: F811
+    tenants: tuple[Tenant, Tenant],  # noqa: F811
+) -> None:
+    a, b = tenants
+    # A mailbox or alias in B's domain: "not hosted here", like a domain that does not exist.
+    page = acme.post(
+        "/my/mailboxes/new", {"address": f"new@{b.domain}", "password": "long enough pw"}
+    )
+    assert page.status_code == 422 and "is not hosted here" in page.text
+    unknown = acme.post(
+        "/my/mailboxes/new", {"address": "new@nowhere.example", "password": "long enough pw"}
+    )
+    assert unknown.status_code == 422 and "is not hosted here" in unknown.text
+    page = acme.post(
+        "/my/aliases/new", {"address": f"x@{b.domain}", "targets": f"staff@{a.domain}"}
+    )
+    assert page.status_code == 422 and "is not hosted here" in page.text
+    # An alias of A may not point into B (the same answer as for an unknown address).
+    page = acme.post(
+        "/my/aliases/new", {"address": f"x@{a.domain}", "targets": f"staff@{b.domain}"}
+    )
+    assert page.status_code == 422
+
+
+def test_the_api_does_not_accept_a_customer_administrators_session(
+    acme: PortalClient,  # noqa: F811
+    portal_app: FastAPI,  # noqa: F811
+) -> None:
+    failures = []
+    for route in _routes(portal_app, api=True):
+        url = _url(route, {}) or route.path_format
+        for method in _methods(route):
+            response = acme.http.request(method, url)
+            if response.status_code != 401:
+                failures.append(f"{method} {url}: {response.status_code}")
+    assert not failures, "\n".join(failures)
