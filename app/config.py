@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     send_customer_messages_per_hour: int = Field(default=2000, ge=1)
     send_customer_recipients_per_day: int = Field(default=10000, ge=1)
 
+    # --- mailbox self-service (/me), forwarding and auto-replies (app/delivery_rules.py) ----
+    # An auto-reply answers one sender at most once per this many days (RFC 3834 section 2).
+    autoreply_interval_days: int = Field(default=7, ge=1)
+    # Secret for SRS addresses of remote forwards; unset: derived from the server secret.
+    srs_secret: SecretStr | None = None
+
     log_level: str = "INFO"
 
     @property

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import transaction
+from app.delivery_rules import DeliveryRules, Plan, Recipient
 from app.dkim import sign_message
 from app.errors import (
     MailhostError,
@@ -120,6 +121,8 @@ class SubmissionHandler:
         self.executor = executor
         self.throttle_policy = throttle.ThrottlePolicy.from_settings(settings)
         self.limits = sending.SendingLimits.from_settings(settings)
+        # Forwarding and auto-replies of hosted recipients (app/delivery_rules.py).
+        self.rules = DeliveryRules(settings, spool=spool)
 
     async def _blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -398,15 +401,26 @@ class SubmissionHandler:
         stored: list[tuple[MailboxRef, MessageInfo]] = []
         spool_id: str | None = None
         now = utcnow()
+        plan: Plan | None = None
         try:
             if envelope.local:
                 lf = msg.to_lf(final)
+                local = list(envelope.local.values())
+                traces = [
+                    f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode()
+                    for target, _ in local
+                ]
+                plan = self.rules.prepare(
+                    self.factory,
+                    sender=sender,
+                    recipients=[Recipient(t.mailbox_id, t.address, r) for t, r in local],
+                    traces=traces,
+                    body=lambda: [lf],
+                )
                 copies: list[tuple[MailboxRef, list[bytes]]] = [
-                    (
-                        target.ref,
-                        [f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode(), lf],
-                    )
-                    for target, _ in envelope.local.values()
+                    (target.ref, [trace, lf])
+                    for (target, _), trace in zip(local, traces, strict=True)
+                    if plan.keeps_copy(target.mailbox_id)
                 ]
                 infos = self.store.deliver(copies)
                 stored = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
@@ -428,6 +442,8 @@ class SubmissionHandler:
                     )
                     # One id for the client's 250, our log and `mailhost queue show`.
                     queued.queue_id = envelope.queue_id
+                if plan is not None:
+                    plan.enqueue(db)
                 sending.consume_sending(
                     db,
                     mailbox_id=identity.mailbox_id,
@@ -444,10 +460,14 @@ class SubmissionHandler:
             if spool_id is not None:
                 with contextlib.suppress(OSError):
                     self.spool.remove(spool_id)
+            if plan is not None:
+                plan.discard()
             if isinstance(exc, SendLimitExceeded):
                 self._limit_hit(identity, exc, now)
                 return replies.limit_exceeded(exc.text)
             if isinstance(exc, SendingDisabled):
                 return replies.sending_disabled(exc.text)
             raise
+        if plan is not None:
+            plan.send_auto_replies(self.factory)
         return replies.accepted(envelope.queue_id)
