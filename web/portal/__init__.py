@@ -56,6 +56,7 @@ def build_router() -> APIRouter:
         dashboard,
         domains,
         mailboxes,
+        me,
         operators,
         queue,
         sending,
@@ -77,6 +78,7 @@ def build_router() -> APIRouter:
         operators,
         account,
         audit_log,
+        me,
     ):
         router.include_router(module.router)
     return router
@@ -205,5 +207,8 @@ def install_portal(app: FastAPI) -> None:
         app.add_exception_handler(unavailable, on_unavailable)
     app.add_exception_handler(PortalError, on_portal_error)
     app.add_exception_handler(LoginRequired, on_login_required)
+    from web.portal.me import install_user_login
+
+    install_user_login(app)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
