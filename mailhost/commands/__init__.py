@@ -20,6 +20,7 @@ from mailhost.commands import (
     mailboxes,
     operators,
     queue,
+    selfservice,
     sending,
     system,
     tokens,
@@ -38,3 +39,4 @@ def register(subparsers: Any) -> None:
     dkim.register(subparsers)  # under "domain": after the domain group exists
     queue.register(subparsers)
     sending.register(subparsers)  # under "mailbox" and "customer"
+    selfservice.register(subparsers)  # under "mailbox": forward, autoreply
