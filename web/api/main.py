@@ -5,9 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from web.api import billing
-from web.api.routes import aliases, customers, dkim, domains, mailboxes, queue, sending
+from web.api.routes import (
+    aliases,
+    customers,
+    dkim,
+    domains,
+    mailboxes,
+    queue,
+    selfservice,
+    sending,
+)
 
 api_router = APIRouter()
-for module in (customers, domains, mailboxes, aliases, dkim, sending, queue):
+for module in (customers, domains, mailboxes, aliases, dkim, sending, queue, selfservice):
     api_router.include_router(module.router)
 api_router.include_router(billing.router)
