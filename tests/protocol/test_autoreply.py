@@ -14,6 +14,7 @@ import email.policy
 import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -75,11 +76,16 @@ TABLE = [
 
 
 @pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """The base settings with the spool in the test's directory (auto-replies are queued)."""
+    return settings.model_copy(update={"spool_root": tmp_path / "spool"})
+
+
+@pytest.fixture
 def mx(
     settings: Settings,
     session_factory: sessionmaker[Session],
     smtp_start: Callable[..., IngressThread],
-    tmp_path: object,
 ) -> IngressThread:
     with transaction(session_factory) as s:
         box = make_mailbox(s, USER)
