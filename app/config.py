@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     tracking_flush_seconds: float = Field(default=0.5, gt=0)
     # How often `serve` and the web process prune events past the retention (seconds).
     tracking_prune_interval_seconds: float = Field(default=3600.0, gt=0)
+    # --- mailbox self-service (/me), forwarding and auto-replies (app/delivery_rules.py) ----
+    # An auto-reply answers one sender at most once per this many days (RFC 3834 section 2).
+    autoreply_interval_days: int = Field(default=7, ge=1)
+    # Secret for SRS addresses of remote forwards; unset: derived from the server secret.
+    srs_secret: SecretStr | None = None
 
     log_level: str = "INFO"
 

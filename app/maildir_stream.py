@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from app.maildir import (
@@ -124,6 +124,19 @@ class SpooledBody:
             self._head_cut += len(head)
         self.size -= len(head)
         self.lines -= head.count(b"\n")
+
+    def read_chunks(self) -> Iterator[bytes]:
+        """The body so far (LF line endings): the spill file's octets, then what is still
+        buffered. Blocking when spilled (a worker thread); for forwards and auto-replies."""
+        fd = self._fd
+        offset = self._head_cut  # octets a scan rewrote into each copy's own header
+        while fd is not None and offset < self._written:
+            piece = os.pread(fd, min(1 << 20, self._written - offset), offset)
+            if not piece:
+                raise MaildirError("the spilled message body is shorter than written")
+            offset += len(piece)
+            yield piece
+        yield from list(self._chunks)
 
     def _copy_into(self, fd: int) -> None:
         """Append the whole spilled body to ``fd`` (in the kernel where it can)."""

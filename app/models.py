@@ -482,7 +482,9 @@ class DailyStat(Base):
 ORIGIN_SUBMISSION = "submission"
 ORIGIN_RELAY = "relay"
 ORIGIN_BOUNCE = "bounce"
-ORIGINS = (ORIGIN_SUBMISSION, ORIGIN_RELAY, ORIGIN_BOUNCE)
+ORIGIN_FORWARD = "forward"  # a mailbox's forwarding (app/delivery_rules.py)
+ORIGIN_AUTOREPLY = "autoreply"  # an RFC 3834 auto-reply (app/services/autoreply.py)
+ORIGINS = (ORIGIN_SUBMISSION, ORIGIN_RELAY, ORIGIN_BOUNCE, ORIGIN_FORWARD, ORIGIN_AUTOREPLY)
 
 RCPT_QUEUED = "queued"
 RCPT_DEFERRED = "deferred"
@@ -501,7 +503,9 @@ class OutboundMessage(Base):
 
     __tablename__ = "outbound_messages"
     __table_args__ = (
-        CheckConstraint("origin IN ('submission', 'relay', 'bounce')", name="origin"),
+        CheckConstraint(
+            "origin IN ('submission', 'relay', 'bounce', 'forward', 'autoreply')", name="origin"
+        ),
         {"sqlite_autoincrement": True},
     )
 
@@ -768,6 +772,65 @@ class TenantSession(Base):
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     customer_admin_id: Mapped[int] = mapped_column(
         ForeignKey("customer_admins.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+# --- mailbox self-service: forwarding, auto-reply, user sessions (issue 15) ------------------
+class MailboxForward(Base):
+    """Where a mailbox's mail is forwarded (at most one address), and whether a copy stays."""
+
+    __tablename__ = "mailbox_forwards"
+
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    address: Mapped[str] = mapped_column(String(320))
+    keep_copy: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AutoReply(Base):
+    """A mailbox's vacation reply (RFC 3834), active from ``starts_on`` to ``ends_on`` (UTC
+    dates, both included; None = open-ended) while ``enabled``."""
+
+    __tablename__ = "auto_replies"
+
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    starts_on: Mapped[dt.date | None] = mapped_column(Date, default=None)
+    ends_on: Mapped[dt.date | None] = mapped_column(Date, default=None)
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AutoReplySent(Base):
+    """Who a mailbox's auto-reply answered last, and when (at most once per sender per N
+    days, RFC 3834 section 2)."""
+
+    __tablename__ = "auto_reply_sent"
+
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    sender: Mapped[str] = mapped_column(String(320), primary_key=True)
+    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MailboxSession(Base):
+    """A mailbox user's self-service login (/me); never grants the operator portal."""
+
+    __tablename__ = "mailbox_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), index=True
     )
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

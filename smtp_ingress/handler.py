@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import transaction
+from app.delivery_rules import DeliveryRules, Plan, Recipient
 from app.errors import TemporaryError, ValidationError
 from app.maildir import MailboxRef, MaildirStore
 from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
@@ -346,6 +347,8 @@ class IngressHandler:
         self.relay = RelayDesk(
             settings, session_factory=session_factory, spool=self.spool, blocking=self._blocking
         )
+        # Forwarding and auto-replies of the recipients' mailboxes (app/delivery_rules.py).
+        self.rules = DeliveryRules(settings, spool=self.spool)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         completions = self._completions
@@ -620,6 +623,7 @@ class IngressHandler:
         # The transaction's log line is written by the delivery job after the copies are
         # stored, so the event loop never waits on log I/O; its fields are taken here.
         line = self._transaction_line(session, txn, body.size, reply[:9], decision)
+        recipients = [Recipient(t.mailbox_id, t.address, r) for t, r in txn.targets.values()]
         try:
             kept = await self._blocking(
                 self._deliver,
@@ -628,6 +632,7 @@ class IngressHandler:
                 body,
                 line,
                 tracked if self.tracking.enabled else None,
+                (txn.sender, recipients),
             )
         except Exception as exc:
             cid = secrets.token_hex(4)
@@ -803,6 +808,7 @@ class IngressHandler:
         body: SpooledBody,
         line: TransactionLogLine | None,
         tracked: tuple[Event, list[str]] | None = None,
+        rules_for: tuple[str, list[Recipient]] | None = None,
     ) -> int:
         """One executor job per transaction: store every copy (its trace header, then the
         body), drop the copies of mailboxes deleted meanwhile, log the transaction; returns
@@ -824,24 +830,52 @@ class IngressHandler:
         Why all copies go back on a failure here: we could not tell which copies are safe,
         and a 451 makes the sender retry, so removing them loses nothing (no POP3 session
         has seen them: a POP3 maildrop is listed at login, which needs the database too).
+
+        Forwards and auto-replies (``app.delivery_rules``): the plan is made before storing
+        (a forward without a copy stores none), its forwards are queued in one commit after
+        the check (a failure takes the copies back, as above), the auto-replies after that.
         """
-        stored = deliver_spooled(self.store, copies, body)
+        every = [t.mailbox_id for t in targets]
+        rcpts = list(tracked[1]) if tracked is not None else [""] * len(targets)
+        plan = self._plan(rules_for, copies, body)
+        if plan is not None and plan.forwarded_only:
+            kept_copies = [
+                (t, c, r)
+                for t, c, r in zip(targets, copies, rcpts, strict=True)
+                if plan.keeps_copy(t.mailbox_id)
+            ]
+            targets = [t for t, _, _ in kept_copies]
+            copies = [c for _, c, _ in kept_copies]
+            rcpts = [r for _, _, r in kept_copies]
+        try:
+            stored = deliver_spooled(self.store, copies, body)
+        except BaseException:
+            if plan is not None:
+                plan.discard()
+            raise
         try:
             with self._read_connection() as connection:
-                alive = existing_mailbox_ids(connection, ids=[t.mailbox_id for t in targets])
+                alive = existing_mailbox_ids(connection, ids=every)
             for target, info in zip(targets, stored, strict=True):
                 if target.mailbox_id not in alive:
                     # The deletion's own removal of the Maildir may be running right now.
                     with contextlib.suppress(FileNotFoundError):
                         self.store.expunge(target.ref, [info])
+            if plan is not None and plan.forwards:
+                with transaction(self.session_factory) as session:
+                    plan.enqueue(session, alive=alive)
         except BaseException:
             for target, info in zip(targets, stored, strict=True):
                 with contextlib.suppress(OSError):
                     self.store.expunge(target.ref, [info])
+            if plan is not None:
+                plan.discard()
             raise
-        kept = sum(1 for target in targets if target.mailbox_id in alive)
+        kept = sum(1 for mailbox_id in every if mailbox_id in alive)
+        if plan is not None:
+            plan.send_auto_replies(self.session_factory)
         if tracked is not None:
-            event, rcpts = tracked
+            event = tracked[0]
             stored_at = dt.datetime.now(dt.UTC)
             self.tracking.record_all(
                 [
@@ -863,6 +897,25 @@ class IngressHandler:
                 line = dataclasses.replace(line, copies=kept, result=f"{result} gone={gone}")
             line.write()
         return kept
+
+    def _plan(
+        self,
+        rules_for: tuple[str, list[Recipient]] | None,
+        copies: list[tuple[MailboxRef, bytes]],
+        body: SpooledBody,
+    ) -> Plan | None:
+        """The forwarding / auto-reply plan of this delivery, or None when no rule applies."""
+        if not rules_for:
+            return None
+        sender, recipients = rules_for
+        plan = self.rules.prepare(
+            self.session_factory,
+            sender=sender,
+            recipients=recipients,
+            traces=[header for _, header in copies],
+            body=body.read_chunks,
+        )
+        return plan if plan.rules else None
 
     def _read_connection(self) -> contextlib.AbstractContextManager[Session | Connection]:
         """A read-only database connection for the check after storing: a Core connection of

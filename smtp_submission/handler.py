@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import transaction
+from app.delivery_rules import DeliveryRules, Plan, Recipient
 from app.dkim import sign_message
 from app.errors import (
     MailhostError,
@@ -132,6 +133,8 @@ class SubmissionHandler:
         # Outbound scanning (issue 13): the same scanners and platform thresholds as inbound.
         self.scanner = Scanner.from_settings(settings)
         self.scan_policy = defaults_from(settings)
+        # Forwarding and auto-replies of hosted recipients (app/delivery_rules.py).
+        self.rules = DeliveryRules(settings, spool=spool)
 
     def _flag(self, mailbox_id: int, reason: str) -> None:
         with transaction(self.factory) as s:
@@ -444,7 +447,9 @@ class SubmissionHandler:
         now = utcnow()
         try:
             with transaction(self.factory) as db:
-                return self._store_and_queue(db, identity, envelope, from_addresses, prepared, kept)
+                reply = self._store_and_queue(
+                    db, identity, envelope, from_addresses, prepared, kept
+                )
         except BaseException as exc:
             # No 250: take everything back (no POP3 session has listed the local copies:
             # a maildrop is listed at login, which needs the database too).
@@ -454,12 +459,17 @@ class SubmissionHandler:
             if kept.spool_id is not None:
                 with contextlib.suppress(OSError):
                     self.spool.remove(kept.spool_id)
+            if kept.plan is not None:
+                kept.plan.discard()
             if isinstance(exc, SendLimitExceeded):
                 self._limit_hit(identity, exc, now)
                 return replies.limit_exceeded(exc.text)
             if isinstance(exc, SendingDisabled):
                 return replies.sending_disabled(exc.text)
             raise
+        if kept.plan is not None:
+            kept.plan.send_auto_replies(self.factory)
+        return reply
 
     def _store_and_queue(
         self,
@@ -481,12 +491,23 @@ class SubmissionHandler:
         final = sign_message(prepared, key) if key is not None else prepared
         if envelope.local:
             lf = msg.to_lf(final)
+            local = list(envelope.local.values())
+            traces = [
+                f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode()
+                for target, _ in local
+            ]
+            # Forwarding and auto-replies of the hosted recipients (app/delivery_rules.py).
+            plan = kept.plan = self.rules.prepare(
+                self.factory,
+                sender=sender,
+                recipients=[Recipient(t.mailbox_id, t.address, r) for t, r in local],
+                traces=traces,
+                body=lambda: [lf],
+            )
             copies: list[tuple[MailboxRef, list[bytes]]] = [
-                (
-                    target.ref,
-                    [f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode(), lf],
-                )
-                for target, _ in envelope.local.values()
+                (target.ref, [trace, lf])
+                for (target, _), trace in zip(local, traces, strict=True)
+                if plan.keeps_copy(target.mailbox_id)
             ]
             infos = self.store.deliver(copies)
             kept.local = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
@@ -506,6 +527,8 @@ class SubmissionHandler:
             )
             # One id for the client's 250, our log and `mailhost queue show`.
             queued.queue_id = envelope.queue_id
+        if kept.plan is not None:
+            kept.plan.enqueue(db)
         sending.consume_sending(
             db,
             mailbox_id=identity.mailbox_id,
@@ -522,3 +545,4 @@ class _Kept:
 
     local: list[tuple[MailboxRef, MessageInfo]] = field(default_factory=list)
     spool_id: str | None = None
+    plan: Plan | None = None  # forwards queued in the commit; auto-replies sent after it

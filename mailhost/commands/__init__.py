@@ -23,6 +23,7 @@ from mailhost.commands import (
     queue,
     relay,
     scanning,
+    selfservice,
     sending,
     system,
     tokens,
@@ -46,3 +47,4 @@ def register(subparsers: Any) -> None:
     scanning.register(subparsers)  # under "domain" and "customer"
     tracking.register(subparsers)
     customer_admins.register(subparsers)  # issue 15; "operator totp" under "operator"
+    selfservice.register(subparsers)  # under "mailbox": forward, autoreply

@@ -16,6 +16,7 @@ from web.api.routes import (
     queue,
     relay,
     scanning,
+    selfservice,
     sending,
 )
 
@@ -31,6 +32,7 @@ for module in (
     relay,
     scanning,
     messages,
+    selfservice,
 ):
     api_router.include_router(module.router)
 api_router.include_router(billing.router)

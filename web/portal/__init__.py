@@ -57,7 +57,9 @@ def build_router() -> APIRouter:
         dashboard,
         domains,
         login_totp,
+        mailbox_rules,
         mailboxes,
+        me,
         operators,
         queue,
         relay,
@@ -77,6 +79,7 @@ def build_router() -> APIRouter:
         customers,
         domains,
         mailboxes,
+        mailbox_rules,
         sending,
         scanning,
         aliases,
@@ -91,6 +94,7 @@ def build_router() -> APIRouter:
         tenant,  # issue 15: customer administrators' pages under /my
         totp_pages,  # issue 15: two-factor enrolment
         customer_admin_pages,  # issue 15: /customers/{id}/admins
+        me,
     ):
         router.include_router(module.router)
     return router
@@ -221,5 +225,8 @@ def install_portal(app: FastAPI) -> None:
         app.add_exception_handler(unavailable, on_unavailable)
     app.add_exception_handler(PortalError, on_portal_error)
     app.add_exception_handler(LoginRequired, on_login_required)
+    from web.portal.me import install_user_login
+
+    install_user_login(app)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
