@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import hourly, metrics
 from app.config import Settings
 from app.errors import TemporaryError
 from app.maildir import MaildirError, MaildirStore
@@ -186,6 +187,7 @@ class Pop3Server:
         )
         ctx = _Context(conn=conn, session=session)
         timeout = s.pop3_idle_timeout
+        metrics.connection_opened("pop3")
         try:
             await self._dispatch(ctx, session.greeting())
             while session.state is not State.CLOSED and not conn.closed:
@@ -216,6 +218,7 @@ class Pop3Server:
             # Whatever happened, nothing was expunged unless QUIT asked for it.
             session.connection_lost()
             conn.close()
+            metrics.connection_closed("pop3")
             if ctx.maildrop is not None:
                 await self._release(ctx.maildrop)
 
@@ -234,6 +237,9 @@ class Pop3Server:
             elif isinstance(event, SendMessage):
                 assert ctx.maildrop is not None
                 await send_message(conn, ctx.maildrop, event, timeout=timeout)
+                if event.body_lines is None:  # RETR, not TOP
+                    metrics.pop3_retrieved(ctx.maildrop.messages[event.index].size)
+                    hourly.add("retrieved")
             elif isinstance(event, Authenticate):
                 await conn.flush(timeout)
                 await self._dispatch(ctx, await self._login(ctx, event))
@@ -264,6 +270,7 @@ class Pop3Server:
             )
         except (TemporaryError, SQLAlchemyError):
             log.exception("POP3 login throttle failed on the server side")
+            metrics.pop3_login("temporary")
             return session.auth_failed(AuthFailure.TEMPORARY)
         if isinstance(ticket, throttle.Refused):
             log.info(
@@ -271,6 +278,7 @@ class Pop3Server:
                 peer_ip,
                 ticket.reason,
             )
+            metrics.pop3_login("throttled")
             return session.auth_failed(AuthFailure.THROTTLED)
         try:
             outcome = await asyncio.to_thread(
@@ -281,12 +289,15 @@ class Pop3Server:
             )
         except (TemporaryError, SQLAlchemyError, OSError, MaildirError):
             log.exception("POP3 login failed on the server side")
+            metrics.pop3_login("temporary")
             return session.auth_failed(AuthFailure.TEMPORARY)
         if isinstance(outcome, AuthFailure):
+            metrics.pop3_login("failed" if outcome is AuthFailure.BAD_CREDENTIALS else "temporary")
             return session.auth_failed(outcome)
         if ctx.conn.closed:  # client went away meanwhile: give the lease back at once
             await self._release(outcome)
             return session.auth_failed(AuthFailure.TEMPORARY)
+        metrics.pop3_login("ok")
         ctx.maildrop = outcome  # from here on, _handle gives the lease back whatever happens
         # Counted only now that the session enters TRANSACTION: a login answered [IN-USE] or
         # [SYS/TEMP] is not a POP3 login for the portal's statistics.

@@ -40,6 +40,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import hourly, metrics
 from app.config import Settings
 from app.db import transaction
 from app.errors import TemporaryError
@@ -376,6 +377,20 @@ class IngressHandler:
         address: str,
         options: list[str],
     ) -> str:
+        reply = await self._rcpt(server, session, envelope, address, options)
+        if not reply.startswith("2"):
+            metrics.refused("smtp", "rcpt", reply)
+            hourly.add("refused")
+        return reply
+
+    async def _rcpt(
+        self,
+        server: ServerLike,
+        session: SmtpSession,
+        envelope: IngressEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
         txn = envelope.txn
         assert txn is not None  # aiosmtpd answers 503 to RCPT before MAIL
         if address == "<>":
@@ -449,6 +464,7 @@ class IngressHandler:
             for target, rcpt in txn.targets.values()
         ]
         reply = replies.delivered(txn.queue_id)
+        started = time.monotonic()
         # The transaction's log line is written by the delivery job after the copies are
         # stored, so the event loop never waits on log I/O; its fields are taken here.
         line = self._transaction_line(session, txn, body.size, reply[:9])
@@ -461,10 +477,16 @@ class IngressHandler:
             failed = self._transaction_line(session, txn, body.size, f"{refusal[:9]} ref={cid}")
             if failed is not None:
                 failed.write()
+            metrics.refused("smtp", "data", refusal)
+            hourly.add("refused")
             return refusal
         if not kept:
             return replies.RECIPIENTS_GONE
         self.stats.add(kept)
+        metrics.message_accepted(
+            "smtp", copies=kept, size=body.size, seconds=time.monotonic() - started
+        )
+        hourly.add("received", kept)
         server.transaction_done()
         return reply
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.config import Settings
 from app.db import transaction
 from app.dsn import DsnRecipient, build_dsn
@@ -331,6 +332,9 @@ class DeliveryAgent:
                 notices.extend(outcome.notices)
                 finished.extend(outcome.finished_spool_ids)
             self._queue_dsns(s, notices, now)
+        for r in results:  # after the commit: what was recorded
+            result = {DELIVERED: "delivered", FAILED: "bounced"}.get(r.kind, "deferred")
+            metrics.delivery_outcome(result, queued_at=r.item.created_at, final=r.kind != DEFERRED)
         for spool_id in finished:
             self.spool.remove(spool_id)
 

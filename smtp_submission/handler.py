@@ -24,6 +24,7 @@ import email.utils
 import functools
 import logging
 import secrets
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.config import Settings
 from app.db import transaction
 from app.dkim import sign_message
@@ -322,6 +324,21 @@ class SubmissionHandler:
     async def handle_DATA(
         self, server: Any, session: SmtpSession, envelope: SubmissionEnvelope
     ) -> str:
+        started = time.monotonic()
+        reply = await self._data(server, session, envelope)
+        if reply.startswith("2"):
+            size = len(envelope.content) if isinstance(envelope.content, bytes) else 0
+            metrics.message_accepted(
+                "submission",
+                copies=len(envelope.local),
+                size=size,
+                seconds=time.monotonic() - started,
+            )
+        else:
+            metrics.refused("submission", "data", reply)
+        return reply
+
+    async def _data(self, server: Any, session: SmtpSession, envelope: SubmissionEnvelope) -> str:
         identity = identity_of(session)
         content = envelope.content
         if identity is None or not isinstance(content, bytes):

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
+from app import metrics
 from smtp_submission import replies
 from smtp_submission.handler import AuthFailed, SubmissionEnvelope, SubmissionHandler
 
@@ -48,9 +49,18 @@ class SubmissionSMTP(SMTP):
         self.implicit_tls = implicit_tls
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not getattr(self, "_metrics_counted", False):  # not again after STARTTLS
+            self._metrics_counted = True
+            metrics.connection_opened("submission")
         super().connection_made(transport)
         if self.implicit_tls and self.session is not None:
             self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if getattr(self, "_metrics_counted", False):
+            self._metrics_counted = False
+            metrics.connection_closed("submission")
+        super().connection_lost(error)
 
     def _create_envelope(self) -> SubmissionEnvelope:
         return SubmissionEnvelope()

@@ -16,6 +16,7 @@ from app.maildir import MaildirStore
 from app.secret_key import load_secret_key
 from web.api import install_api
 from web.limits import BodyGuard
+from web.monitoring import router as monitoring_router
 from web.portal import install_portal, portal_too_large
 from web.security import SecurityHeaders
 
@@ -49,6 +50,7 @@ def create_app(
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
+    app.include_router(monitoring_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     install_api(app)
