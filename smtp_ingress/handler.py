@@ -40,7 +40,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import hourly, metrics
+from app import hourly, metrics, quota_warnings
 from app.config import Settings
 from app.db import transaction
 from app.errors import TemporaryError
@@ -533,6 +533,15 @@ class IngressHandler:
                     self.store.expunge(target.ref, [info])
             raise
         kept = sum(1 for target in targets if target.mailbox_id in alive)
+        quota_warnings.after_delivery(
+            self.store,
+            self.settings,
+            (
+                quota_warnings.Receiver(t.ref, t.address, t.quota_bytes)
+                for t in targets
+                if t.mailbox_id in alive
+            ),
+        )
         if line is not None:
             if kept != len(targets):
                 result = line.result if kept else replies.RECIPIENTS_GONE[:9]

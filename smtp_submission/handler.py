@@ -34,7 +34,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics
+from app import metrics, quota_warnings
 from app.config import Settings
 from app.db import transaction
 from app.dkim import sign_message
@@ -467,4 +467,12 @@ class SubmissionHandler:
             if isinstance(exc, SendingDisabled):
                 return replies.sending_disabled(exc.text)
             raise
+        quota_warnings.after_delivery(
+            self.store,
+            self.settings,
+            (
+                quota_warnings.Receiver(target.ref, target.address, target.quota_bytes)
+                for target, _ in envelope.local.values()
+            ),
+        )
         return replies.accepted(envelope.queue_id)

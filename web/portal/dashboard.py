@@ -13,6 +13,7 @@ from app.models import STATUS_ACTIVE, STATUS_SUSPENDED, AuditEntry, Customer, Do
 from app.services import stats
 from web.deps import SessionDep
 from web.portal.auth import AuthDep, FormDep
+from web.portal.charts_pages import dashboard_charts
 from web.portal.render import render
 from web.portal.usage import UsageCache
 
@@ -47,6 +48,7 @@ def dashboard(request: Request, session: SessionDep, auth: AuthDep) -> HTMLRespo
             "deliveries": stats.get(session, metric="deliveries"),
             "pop3_logins": stats.get(session, metric="pop3_logins"),
             "latest": latest,
+            **dashboard_charts(session, totals),
         },
     )
 
