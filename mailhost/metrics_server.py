@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import health, metrics
 
 log = logging.getLogger("mailhost.metrics")
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class MetricsServer:
@@ -83,8 +88,8 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("metrics %s", format % args)
 
-        family_host = self._host
-        httpd = ThreadingHTTPServer((family_host, self._port), Handler)
+        server_class = _IPv6Server if ":" in self._host else ThreadingHTTPServer
+        httpd = server_class((self._host, self._port), Handler)
         httpd.daemon_threads = True
         self._httpd = httpd
         self._thread = threading.Thread(

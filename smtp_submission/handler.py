@@ -270,6 +270,19 @@ class SubmissionHandler:
         address: str,
         options: list[str],
     ) -> str:
+        reply = await self._rcpt(server, session, envelope, address, options)
+        if not reply.startswith("2"):
+            metrics.refused("submission", "rcpt", reply)
+        return reply
+
+    async def _rcpt(
+        self,
+        server: Any,
+        session: SmtpSession,
+        envelope: SubmissionEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
         if address == "<>":
             return replies.BAD_RCPT
         if len(envelope.rcpt_tos) >= self.settings.smtp_max_recipients:
