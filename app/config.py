@@ -225,6 +225,24 @@ class Settings(BaseSettings):
     autoreply_interval_days: int = Field(default=7, ge=1)
     # Secret for SRS addresses of remote forwards; unset: derived from the server secret.
     srs_secret: SecretStr | None = None
+    # --- monitoring (app/metrics.py; README "Monitoring") ------------------------------------
+    # Each service's own metrics listener (Prometheus text format at /metrics, plus /livez and
+    # /readyz); unset = none. 0 picks a free port (named metrics= in the ready line). Give each
+    # service started on its own (`mailhost smtp`, `mailhost pop3`, ...) a port of its own.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    # prometheus-client's multiprocess files, one subdirectory per service, emptied at start.
+    metrics_dir: Path = Path("./var/metrics")
+    # The portal's /metrics answers only with "Authorization: Bearer <this>"; unset = 404.
+    metrics_token: SecretStr | None = None
+    # Quota warnings (app/quota_warnings.py): one message per threshold crossed on the way up.
+    quota_warning_thresholds: tuple[int, ...] = (80, 90, 100)
+    quota_warning_from: str = "postmaster@{hostname}"
+    quota_warning_subject: str = "Your mailbox is {percent}% full"
+    quota_warning_text: str = (
+        "Your mailbox {address} uses {used} of its {quota} quota ({percent}%). When it is "
+        "full, new mail to it is refused: please delete messages you no longer need."
+    )
 
     log_level: str = "INFO"
 

@@ -478,6 +478,31 @@ class DailyStat(Base):
     value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class HourlyStat(Base):
+    """Per-hour traffic counters for the dashboard charts (received, refused, retrieved),
+    upserted in batches by the edges (app/hourly.py); ``hour`` is the UTC hour's start."""
+
+    __tablename__ = "hourly_stats"
+
+    hour: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CustomerStorageDaily(Base):
+    """Storage per customer, one row per UTC day, written by the dashboard's usage scan.
+
+    No foreign key: like the lifecycle events, the history outlives a deleted customer."""
+
+    __tablename__ = "customer_storage_daily"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    mailboxes: Mapped[int] = mapped_column(Integer, default=0)
+
+
 # --- outbound queue ---------------------------------------------------------------------------
 ORIGIN_SUBMISSION = "submission"
 ORIGIN_RELAY = "relay"

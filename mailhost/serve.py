@@ -27,10 +27,12 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from app import hourly, metrics
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.maildir import MaildirStore
 from app.readiness import ready_line
+from mailhost.metrics_server import MetricsServer
 from mailhost.supervisor import Supervisor
 
 log = logging.getLogger("mailhost.serve")
@@ -118,8 +120,12 @@ async def run_services(
     *,
     web_socket: socket.socket | None = None,
     on_ready: Callable[[dict[str, list[int]]], None] | None = None,
+    metrics_listener: bool = False,
 ) -> int:
-    """Run the edges in ``kinds`` until SIGINT/SIGTERM; returns the exit status."""
+    """Run the edges in ``kinds`` until SIGINT/SIGTERM; returns the exit status.
+
+    ``metrics_listener``: also serve MAILHOST_METRICS_PORT (when set) from this process; a
+    prefork worker leaves that to its supervisor."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,9 +141,32 @@ async def run_services(
     removed = await asyncio.to_thread(store.clean_tmp)
     if removed:
         log.warning("removed %d stale file(s) from tmp/", removed)
+    metrics.worker_started()
     stoppers: list[Callable[[], Awaitable[None]]] = []
     listening: dict[str, list[int]] = {}
     named: dict[str, dict[str, int]] = {}  # kind -> listener name -> port
+    if metrics_listener and settings.metrics_port is not None:
+        metrics_server = _metrics_server(settings, kinds, factory)
+        named["metrics"] = {"metrics": metrics_server.port}
+
+        async def stop_metrics() -> None:
+            await asyncio.to_thread(metrics_server.stop)
+
+        stoppers.append(stop_metrics)
+
+    async def flush_hourly_counts() -> None:
+        while True:
+            await asyncio.sleep(hourly.FLUSH_INTERVAL)
+            await asyncio.to_thread(hourly.flush, factory)
+
+    hourly_task = asyncio.create_task(flush_hourly_counts(), name="hourly-counters")
+
+    async def stop_hourly() -> None:
+        # Last of all (stoppers run together, so after the edges drained: see below).
+        hourly_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hourly_task
+
     web_task: asyncio.Task[None] | None = None
     status = 0
     try:
@@ -229,6 +258,8 @@ async def run_services(
             if isinstance(result, BaseException):
                 log.error("error while stopping: %r", result)
                 status = 1
+        await stop_hourly()
+        await asyncio.to_thread(hourly.flush, factory)  # what the drained edges counted
         await asyncio.to_thread(engine.dispose)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -270,6 +301,7 @@ def _announce(settings: Settings, kinds: Sequence[str], named: dict[str, dict[st
         "pop3": settings.pop3_host,
         "web": settings.web_host,
         "submission": settings.submission_host,
+        "metrics": settings.metrics_host,
     }
     for kind, ports in named.items():
         for port in ports.values():
@@ -286,9 +318,31 @@ def _announce(settings: Settings, kinds: Sequence[str], named: dict[str, dict[st
     sys.stderr.flush()
 
 
+def _metrics_dir(settings: Settings, kinds: Sequence[str]) -> Path:
+    """This service's multiprocess directory: one per service, so `mailhost smtp` starting
+    (and emptying its directory) never wipes what `mailhost pop3` counted."""
+    return settings.metrics_dir / (kinds[0] if len(kinds) == 1 else "serve")
+
+
+def _metrics_server(settings: Settings, kinds: Sequence[str], factory: Any) -> MetricsServer:
+    """Start the metrics listener; queue figures only where the portal or delivery runs
+    (they are platform-wide: one scrape target for them is enough)."""
+    assert settings.metrics_port is not None
+    server = MetricsServer(
+        settings.metrics_host,
+        settings.metrics_port,
+        session_factory=factory,
+        maildir_root=settings.maildir_root,
+        queue=bool({"web", "delivery"} & set(kinds)),
+    )
+    server.start()
+    return server
+
+
 def run(settings: Settings, kinds: Sequence[str]) -> int:
     """Run ``kinds`` in this process until a signal; the exit status."""
-    return asyncio.run(run_services(settings, kinds))
+    metrics.enable_multiprocess(_metrics_dir(settings, kinds))
+    return asyncio.run(run_services(settings, kinds, metrics_listener=True))
 
 
 # ---------------------------------------------------------------------------- prefork
@@ -339,13 +393,33 @@ def run_prefork(settings: Settings, kind: str, workers: int) -> int:
         held.append(web_socket)
     else:
         settings, held = _reserve_ports(settings, kind)
+    # Before the first fork: every worker inherits the directory and writes its own files.
+    metrics.enable_multiprocess(_metrics_dir(settings, (kind,)))
+    metrics_server: MetricsServer | None = None
+    engine = None
     try:
+        if settings.metrics_port is not None:
+            # The supervisor serves the sum of its workers (the scrape reads their files).
+            engine = make_engine(settings)
+            metrics_server = _metrics_server(settings, (kind,), make_session_factory(engine))
+            line = ready_line(
+                "metrics",
+                os.getpid(),
+                [("metrics", settings.metrics_host, metrics_server.port)],
+            )
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
         supervisor = Supervisor(
             name=kind,
             workers=workers,
             target=lambda _slot: _worker_main(settings, kind, web_socket),
+            on_exit=metrics.mark_process_dead,
         )
         return supervisor.run()
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
+        if engine is not None:
+            engine.dispose()
         for sock in held:
             sock.close()

@@ -95,8 +95,11 @@ class Supervisor:
         target: Callable[[int], None],
         policy: RestartPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.name = name
+        # Called with the pid of every worker reaped (the metrics drop its live gauges).
+        self.on_exit = on_exit
         self.workers = workers
         self.target = target
         self.policy = policy or RestartPolicy(clock=clock)
@@ -165,6 +168,11 @@ class Supervisor:
             proc.join()
             del self._children[slot]
             code = proc.exitcode
+            if self.on_exit is not None and proc.pid is not None:
+                try:
+                    self.on_exit(proc.pid)
+                except Exception:
+                    log.exception("after %s worker %d (pid %s) exited", self.name, slot, proc.pid)
             if self._stopping:
                 if code != 0:
                     self._status = 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import hourly, metrics
 from app.config import Settings
 from app.errors import TemporaryError
 from app.maildir import MaildirError, MaildirStore
@@ -191,6 +192,7 @@ class Pop3Server:
         )
         ctx = _Context(conn=conn, session=session)
         timeout = s.pop3_idle_timeout
+        metrics.connection_opened("pop3")
         try:
             await self._dispatch(ctx, session.greeting())
             while session.state is not State.CLOSED and not conn.closed:
@@ -221,6 +223,7 @@ class Pop3Server:
             # Whatever happened, nothing was expunged unless QUIT asked for it.
             session.connection_lost()
             conn.close()
+            metrics.connection_closed("pop3")
             if ctx.maildrop is not None:
                 await self._release(ctx.maildrop)
 
@@ -241,6 +244,8 @@ class Pop3Server:
                 await send_message(conn, ctx.maildrop, event, timeout=timeout)
                 if event.body_lines is None:  # RETR, not TOP
                     self._track(ctx, "retrieved", (event.uid,))
+                    metrics.pop3_retrieved(ctx.maildrop.messages[event.index].size)
+                    hourly.add("retrieved")
             elif isinstance(event, Authenticate):
                 await conn.flush(timeout)
                 await self._dispatch(ctx, await self._login(ctx, event))
@@ -271,6 +276,7 @@ class Pop3Server:
             )
         except (TemporaryError, SQLAlchemyError):
             log.exception("POP3 login throttle failed on the server side")
+            metrics.pop3_login("temporary")
             return session.auth_failed(AuthFailure.TEMPORARY)
         if isinstance(ticket, throttle.Refused):
             log.info(
@@ -278,6 +284,7 @@ class Pop3Server:
                 peer_ip,
                 ticket.reason,
             )
+            metrics.pop3_login("throttled")
             return session.auth_failed(AuthFailure.THROTTLED)
         try:
             outcome = await asyncio.to_thread(
@@ -288,12 +295,15 @@ class Pop3Server:
             )
         except (TemporaryError, SQLAlchemyError, OSError, MaildirError):
             log.exception("POP3 login failed on the server side")
+            metrics.pop3_login("temporary")
             return session.auth_failed(AuthFailure.TEMPORARY)
         if isinstance(outcome, AuthFailure):
+            metrics.pop3_login("failed" if outcome is AuthFailure.BAD_CREDENTIALS else "temporary")
             return session.auth_failed(outcome)
         if ctx.conn.closed:  # client went away meanwhile: give the lease back at once
             await self._release(outcome)
             return session.auth_failed(AuthFailure.TEMPORARY)
+        metrics.pop3_login("ok")
         ctx.maildrop = outcome  # from here on, _handle gives the lease back whatever happens
         # Counted only now that the session enters TRANSACTION: a login answered [IN-USE] or
         # [SYS/TEMP] is not a POP3 login for the portal's statistics.

@@ -40,6 +40,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import hourly, metrics, quota_warnings
 from app.config import Settings
 from app.db import transaction
 from app.delivery_rules import DeliveryRules, Plan, Recipient
@@ -438,6 +439,20 @@ class IngressHandler:
         address: str,
         options: list[str],
     ) -> str:
+        reply = await self._rcpt(server, session, envelope, address, options)
+        if not reply.startswith("2"):
+            metrics.refused("smtp", "rcpt", reply)
+            hourly.add("refused")
+        return reply
+
+    async def _rcpt(
+        self,
+        server: ServerLike,
+        session: SmtpSession,
+        envelope: IngressEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
         txn = envelope.txn
         assert txn is not None  # aiosmtpd answers 503 to RCPT before MAIL
         if address == "<>":
@@ -620,6 +635,7 @@ class IngressHandler:
             (target.ref, self._trace_headers(server, session, txn, target, rcpt, extra))
             for (target, rcpt), extra in zip(txn.targets.values(), scanned, strict=True)
         ]
+        started = time.monotonic()
         # The transaction's log line is written by the delivery job after the copies are
         # stored, so the event loop never waits on log I/O; its fields are taken here.
         line = self._transaction_line(session, txn, body.size, reply[:9], decision)
@@ -642,11 +658,17 @@ class IngressHandler:
             if failed is not None:
                 failed.write()
             self._track_refusal(session, txn, "DATA", refusal)
+            metrics.refused("smtp", "data", refusal)
+            hourly.add("refused")
             return refusal
         if not kept:
             self._track_refusal(session, txn, "DATA", replies.RECIPIENTS_GONE)
             return replies.RECIPIENTS_GONE
         self.stats.add(kept)
+        metrics.message_accepted(
+            "smtp", copies=kept, size=body.size, seconds=time.monotonic() - started
+        )
+        hourly.add("received", kept)
         server.transaction_done()
         return reply
 
@@ -890,6 +912,15 @@ class IngressHandler:
                     if target.mailbox_id in alive
                 ]
             )
+        quota_warnings.after_delivery(
+            self.store,
+            self.settings,
+            (
+                quota_warnings.Receiver(t.ref, t.address, t.quota_bytes)
+                for t in targets
+                if t.mailbox_id in alive
+            ),
+        )
         if line is not None:
             if kept != len(targets):
                 result = line.result if kept else replies.RECIPIENTS_GONE[:9]

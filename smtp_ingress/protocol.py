@@ -47,6 +47,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from app import metrics
 from smtp_ingress import replies
 from smtp_ingress.data import DATA_SLICE, BodyDecoder, BodyError
 from smtp_ingress.envelope import IngressEnvelope
@@ -193,12 +194,14 @@ class IngressSMTP(PreparedSMTP):
                 transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
+            metrics.connection_opened("smtp")
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
         self._tracker.release(self._client_ip, self)
+        metrics.connection_closed("smtp")
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:

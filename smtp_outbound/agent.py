@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics
 from app.config import Settings
 from app.db import transaction
 from app.dsn import DsnRecipient, build_dsn
@@ -351,6 +352,9 @@ class DeliveryAgent:
             self._queue_dsns(s, notices, now, bounces)
         attempts = [r for r in results if r.kind != HANDED_BACK]
         self.tracking.record_all(tracked.round_events(attempts, notices, bounces))
+        for r in attempts:  # after the commit: what was recorded
+            result = {DELIVERED: "delivered", FAILED: "bounced"}.get(r.kind, "deferred")
+            metrics.delivery_outcome(result, queued_at=r.item.created_at, final=r.kind != DEFERRED)
         for spool_id in finished:
             self.spool.remove(spool_id)
 

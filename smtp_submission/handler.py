@@ -23,6 +23,7 @@ import datetime as dt
 import email.utils
 import logging
 import secrets
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import metrics, quota_warnings
 from app.config import Settings
 from app.db import transaction
 from app.delivery_rules import DeliveryRules, Plan, Recipient
@@ -298,6 +300,8 @@ class SubmissionHandler:
         self.tracking.record_all(
             tracked.refusal(session, envelope, stage="RCPT", reply=reply, recipient=address)
         )
+        if not reply.startswith("2"):
+            metrics.refused("submission", "rcpt", reply)
         return reply
 
     async def _rcpt(
@@ -356,10 +360,21 @@ class SubmissionHandler:
     async def handle_DATA(
         self, server: Any, session: SmtpSession, envelope: SubmissionEnvelope
     ) -> str:
+        started = time.monotonic()
         reply = await self._data(session, envelope)
         self.tracking.record_all(
             tracked.accepted(session, envelope, reply=reply, stored_keys=envelope.stored_keys)
         )
+        if reply.startswith("2"):
+            size = len(envelope.content) if isinstance(envelope.content, bytes) else 0
+            metrics.message_accepted(
+                "submission",
+                copies=len(envelope.local),
+                size=size,
+                seconds=time.monotonic() - started,
+            )
+        else:
+            metrics.refused("submission", "data", reply)
         return reply
 
     async def _data(self, session: SmtpSession, envelope: SubmissionEnvelope) -> str:
@@ -469,6 +484,15 @@ class SubmissionHandler:
             raise
         if kept.plan is not None:
             kept.plan.send_auto_replies(self.factory)
+        if reply.startswith("2"):
+            quota_warnings.after_delivery(
+                self.store,
+                self.settings,
+                (
+                    quota_warnings.Receiver(target.ref, target.address, target.quota_bytes)
+                    for target, _ in envelope.local.values()
+                ),
+            )
         return reply
 
     def _store_and_queue(

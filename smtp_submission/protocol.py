@@ -24,6 +24,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
+from app import metrics
 from app.connlimit import TOTAL, ConnectionCounter
 from smtp_submission import replies
 from smtp_submission.handler import AuthFailed, SubmissionEnvelope, SubmissionHandler
@@ -80,6 +81,9 @@ class SubmissionSMTP(SMTP):
                 transport.close()
                 return
             self._client_ip = ip
+        if not getattr(self, "_metrics_counted", False):  # not again after STARTTLS
+            self._metrics_counted = True
+            metrics.connection_opened("submission")
         super().connection_made(transport)
         if self.implicit_tls and self.session is not None:
             self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
@@ -90,6 +94,9 @@ class SubmissionSMTP(SMTP):
         if self._client_ip is not None and self._connections is not None:
             self._connections.release(self._client_ip)
             self._client_ip = None
+        if getattr(self, "_metrics_counted", False):
+            self._metrics_counted = False
+            metrics.connection_closed("submission")
         super().connection_lost(error)
 
     def _create_envelope(self) -> SubmissionEnvelope:

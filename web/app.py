@@ -18,6 +18,7 @@ from app.scanning.scanner import Scanner
 from app.secret_key import load_secret_key
 from web.api import install_api
 from web.limits import BodyGuard
+from web.monitoring import router as monitoring_router
 from web.portal import install_portal, portal_too_large
 from web.security import SecurityHeaders
 
@@ -67,6 +68,7 @@ def create_app(
             body["scanners"] = {"rspamd": "off", "clamd": "off"}
         return JSONResponse(body)
 
+    app.include_router(monitoring_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     install_api(app)

@@ -2,7 +2,7 @@
 pending second-factor logins, and the acting customer on audit entries (issue 15).
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-03 14:14:45.807246
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 
 
 revision: str = "0012"
-down_revision: str | Sequence[str] | None = "0010"
+down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -59,6 +59,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.config import Settings
 from app.errors import TemporaryError, ValidationError
 from app.models import LoginCounter, LoginKnownAddress, utcnow
@@ -191,6 +192,7 @@ def reserve(
     by_address = _locked(session, ticket.address_key, moment)
     _drain(by_address, moment, policy.address_refill_seconds)
     if by_address.charged >= policy.address_budget:
+        metrics.login_throttled(door, "address")
         return Refused(
             "address",
             _retry_after(by_address, moment, policy.address_budget, policy.address_refill_seconds),
@@ -200,6 +202,7 @@ def reserve(
     if by_account.charged >= policy.account_budget and not _known(
         session, ticket=ticket, moment=moment, policy=policy
     ):
+        metrics.login_throttled(door, "account")
         return Refused(
             "account",
             _retry_after(by_account, moment, policy.account_budget, policy.account_refill_seconds),

@@ -52,6 +52,7 @@ def build_router() -> APIRouter:
         audit_log,
         auth,
         bulk,
+        charts_pages,
         customer_admin_pages,
         customers,
         dashboard,
@@ -76,6 +77,7 @@ def build_router() -> APIRouter:
     for module in (
         auth,
         dashboard,
+        charts_pages,
         customers,
         domains,
         mailboxes,
@@ -146,7 +148,10 @@ def install_portal(app: FastAPI) -> None:
     """Add the portal routes and its HTML error pages (API paths keep their JSON errors)."""
     from web.portal.usage import UsageCache
 
-    app.state.usage_cache = UsageCache(app.state.session_factory, app.state.store)
+    thresholds = app.state.settings.quota_warning_thresholds
+    app.state.usage_cache = UsageCache(
+        app.state.session_factory, app.state.store, near_percent=min(thresholds, default=80)
+    )
     app.include_router(build_router())
     api_http_handler = app.exception_handlers.get(StarletteHTTPException, http_exception_handler)
     api_validation_handler = app.exception_handlers.get(

@@ -14,6 +14,7 @@ from app.services import customers, domains, removal
 from web.deps import SessionDep, StoreDep
 from web.params import Id, SearchText
 from web.portal.auth import AdminDep, AuthDep, FormDep
+from web.portal.charts_pages import customer_charts
 from web.portal.common import (
     PAGE_SIZE,
     done_after_delete,
@@ -118,6 +119,7 @@ def customer_detail(
             "domains": domain_rows,
             "mailbox_counts": counts,
             "mailbox_total": sum(counts.values()),
+            **customer_charts(session, customer_id=customer_id),
         },
     )
 

@@ -14,6 +14,7 @@ from app.services import scan_log, stats
 from web.deps import SessionDep
 from web.portal import relay as relay_portal
 from web.portal.auth import AuthDep, FormDep
+from web.portal.charts_pages import dashboard_charts
 from web.portal.render import render
 from web.portal.usage import UsageCache
 
@@ -50,6 +51,7 @@ def dashboard(request: Request, session: SessionDep, auth: AuthDep) -> HTMLRespo
             "latest": latest,
             "relay_queues": relay_portal.dashboard_rows(session),
             "scan_days": scan_log.daily_counts(session),
+            **dashboard_charts(session, totals),
         },
     )
 
