@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from app.maildir import MaildirError
-from app.maildir_stream import SPOOL_MEMORY_LIMIT, SpooledBody, _write_all
+from app.maildir import MaildirError, write_all
+from app.maildir_stream import SPOOL_MEMORY_LIMIT, SpooledBody
 from app.spool import SpoolStore
 
 
@@ -27,5 +27,5 @@ class SpoolSpilledBody(SpooledBody):
                 return
             if self._fd is None:
                 self._fd, self._path = self._spool.open_spill()
-            _write_all(self._fd, chunks)
+            write_all(self._fd, chunks)
             self._written += sum(len(c) for c in chunks)
