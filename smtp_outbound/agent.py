@@ -45,12 +45,14 @@ from app.tracking import EventWriter
 from smtp_outbound import client
 from smtp_outbound import tracking as tracked
 from smtp_outbound.local import deliver_local, is_hosted
+from smtp_outbound.relay_hop import RelayRouting
 from smtp_outbound.routing import Router
 from smtp_outbound.scheduler import (
     DEFERRED,
     DELIVERED,
     FAILED,
     HANDED_BACK,
+    HELD,
     Dispatcher,
     Job,
     Result,
@@ -100,6 +102,7 @@ class DeliveryAgent:
         )
         self.router = Router(settings)
         self.tracking = EventWriter.from_settings(settings, factory)
+        self.relays = RelayRouting(settings, factory, self.schedule)
         self.tls_memory = client.TLSMemory()
         self.backoff: dict[str, dt.datetime] = {}
         self._dispatcher: Dispatcher | None = None
@@ -126,6 +129,8 @@ class DeliveryAgent:
                 clock=self.clock,
                 emit=self._emit,
                 lease_seconds=self.settings.delivery_lease_seconds,
+                relays=self.relays,
+                worker=self.worker,
             )
             self._dispatcher.backoff = self.backoff
             self._have_results = asyncio.Event()
@@ -150,7 +155,7 @@ class DeliveryAgent:
         # One transaction records the whole round. A crash before it leaves the rows leased:
         # taken again after the lease, sent twice at worst, never lost.
         results, self._results = self._results, []
-        await asyncio.to_thread(self._record, results)
+        await asyncio.to_thread(self._record, results, self.relays.take_loops())
         self._in_hand -= len(results)
         return claimed
 
@@ -206,7 +211,7 @@ class DeliveryAgent:
             results, self._results = self._results, []
             if results:
                 try:
-                    await asyncio.to_thread(self._record, results)
+                    await asyncio.to_thread(self._record, results, self.relays.take_loops())
                 except Exception:
                     # The rows stay leased: taken again after the lease, never lost.
                     log.exception("recording %d delivery outcome(s) failed", len(results))
@@ -312,17 +317,21 @@ class DeliveryAgent:
         return results
 
     # ------------------------------------------------------------------ recording
-    def _record(self, results: list[Result]) -> None:
-        if not results:
+    def _record(self, results: list[Result], loops: dict[str, str]) -> None:
+        """Record outcomes in one transaction; ``loops`` (relay domain -> error) are held in
+        it, after their rows' leases are cleared."""
+        if not results and not loops:
             return
         now = self.clock()
-        groups: dict[tuple[str, Reply], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, Reply, RetrySchedule], list[int]] = defaultdict(list)
         handed_back: dict[dt.datetime, list[int]] = defaultdict(list)
         for r in results:
+            if r.kind == HELD:  # handed back held by the lane (RelayRouting.hold_claimed)
+                continue
             if r.kind == HANDED_BACK:
                 handed_back[r.until or now].append(r.item.recipient_id)
                 continue
-            groups[(r.kind, r.reply)].append(r.item.recipient_id)
+            groups[(r.kind, r.reply, r.schedule or self.schedule)].append(r.item.recipient_id)
             log.info(
                 "qid=%s to=<%s> relay=%s status=%s (%s %s) tls=%s",
                 r.item.queue_id,
@@ -338,19 +347,20 @@ class DeliveryAgent:
             for until, ids in handed_back.items():
                 queue.postpone(s, recipient_ids=ids, worker=self.worker, until=until)
             notices: list[Notice] = []
-            for (kind, reply), ids in groups.items():
+            for (kind, reply, schedule), ids in groups.items():
                 common = {"recipient_ids": ids, "worker": self.worker, "now": now, "reply": reply}
                 if kind == DELIVERED:
                     outcome = queue.record_delivered(s, **common)  # type: ignore[arg-type]
                 elif kind == FAILED:
                     outcome = queue.record_failed(s, **common)  # type: ignore[arg-type]
                 else:
-                    outcome = queue.record_deferred(s, **common, schedule=self.schedule)  # type: ignore[arg-type]
+                    outcome = queue.record_deferred(s, **common, schedule=schedule)  # type: ignore[arg-type]
                 notices.extend(outcome.notices)
                 finished.extend(outcome.finished_spool_ids)
+            RelayRouting.hold_for_loops(s, loops)
             bounces: dict[str, str] = {}
             self._queue_dsns(s, notices, now, bounces)
-        attempts = [r for r in results if r.kind != HANDED_BACK]
+        attempts = [r for r in results if r.kind not in (HANDED_BACK, HELD)]
         self.tracking.record_all(tracked.round_events(attempts, notices, bounces))
         for r in attempts:  # after the commit: what was recorded
             result = {DELIVERED: "delivered", FAILED: "bounced"}.get(r.kind, "deferred")

@@ -46,6 +46,13 @@ class RelayRouting:
         self.factory = factory
         self.schedule = schedule
         self._resolver = async_resolver(settings)
+        # relay domain -> loop error, set by the scheduler's lane on the event loop; the agent
+        # takes them with the outcomes they go with and holds the domains when recording.
+        self.loops: dict[str, str] = {}
+
+    def take_loops(self) -> dict[str, str]:
+        loops, self.loops = self.loops, {}
+        return loops
 
     def _info(self, domain: str) -> RelayInfo | None:
         with self.factory() as s:

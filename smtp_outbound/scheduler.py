@@ -25,23 +25,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 
 from app.config import Settings
-from app.services.queue import Claimed, Reply
+from app.services.queue import Claimed, Reply, RetrySchedule
 from app.spool import SpoolError, SpoolStore
 from smtp_outbound import client
-from smtp_outbound.routing import Router
+from smtp_outbound.routing import Host, Router
+
+if TYPE_CHECKING:
+    from smtp_outbound.relay_hop import RelayRoute, RelayRouting
 
 log = logging.getLogger("mailhost.outbound")
 
 DELIVERED, DEFERRED, FAILED, HANDED_BACK = "delivered", "deferred", "failed", "handed back"
+# A held relay domain's rows: already handed back held (RelayRouting.hold_claimed), nothing to
+# record; the result only tells the agent they are out of its hands.
+HELD = "held"
 # A destination gets one more connection per this many waiting messages.
 _PER_CONNECTION = 4
 # A job is handed back untried when less than this share of its lease is left.
@@ -54,6 +62,7 @@ class Result:
     kind: str
     reply: Reply
     until: dt.datetime | None = None  # HANDED_BACK: when it may be tried again
+    schedule: RetrySchedule | None = None  # a relay domain's own maximum age
 
 
 @dataclass(slots=True)
@@ -87,6 +96,8 @@ class Dispatcher:
         clock: Callable[[], dt.datetime],
         emit: Callable[[list[Result]], None],
         lease_seconds: float,
+        relays: RelayRouting | None = None,
+        worker: str = "",
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -108,6 +119,10 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self.relays = relays
+        self.worker = worker
+        self._relay_lanes: set[str] = set()  # relay domains being served (one lane each)
+        self._schedules: dict[str, RetrySchedule] = {}  # relay domains' retry schedules
 
     # ------------------------------------------------------------------ intake
     def add(self, domain: str, jobs: list[Job]) -> None:
@@ -130,6 +145,7 @@ class Dispatcher:
                     and self._busy + len(self._slot_waiters) < total
                     and lanes < per_destination
                     and (lanes > 0) == extra
+                    and domain not in self._relay_lanes
                     and (lanes == 0 or len(jobs) > _PER_CONNECTION * lanes)
                 ):
                     self._start(domain)
@@ -224,6 +240,9 @@ class Dispatcher:
     async def _serve(self, domain: str) -> bool:
         """Deliver the destination's FIFO; returns whether the lane still holds its slot."""
         jobs = self._pending[domain]
+        relay_route = await self.relays.route(domain) if self.relays is not None else None
+        if relay_route is not None:
+            return await self._serve_relay(domain, jobs, relay_route)
         until = self.backoff.get(domain)
         if until is not None and until > self.clock():
             self._hand_back(domain, until)
@@ -234,13 +253,91 @@ class Dispatcher:
             reply = Reply(code, f"{route.status} {route.error}", None)
             self._take_all(domain, FAILED if route.permanent else DEFERRED, reply)
             return True
+        holding, last, _ = await self._try_hosts(domain, jobs, route.hosts)
+        if not holding:
+            return False
+        if jobs:
+            self.backoff[domain] = self.clock() + dt.timedelta(
+                seconds=self.settings.delivery_destination_backoff
+            )
+            self._defer_all(domain, last)
+        return True
+
+    async def _serve_relay(self, domain: str, jobs: deque[Job], route: RelayRoute) -> bool:
+        """A relay domain (smtp_outbound/relay_hop.py): its next hop, one lane and connection,
+        oldest message first, no destination backoff; held: handed back held, untried."""
+        assert self.relays is not None
+        if domain in self._relay_lanes:
+            return True  # one connection per relay domain: the lane serving it takes these
+        self._relay_lanes.add(domain)
+        self._schedules[domain] = route.schedule
+        try:
+            if route.info.held:
+                await self._hold(domain, jobs)
+                return True
+            ordered = sorted(jobs, key=lambda j: (j.items[0].message_id, j.items[0].recipient_id))
+            jobs.clear()
+            jobs.extend(ordered)
+            if not route.hosts:
+                self._defer_all(domain, Reply(451, route.error, None))
+                return True
+            holding, last, loop = await self._try_hosts(
+                domain, jobs, route.hosts, port=route.port, require_tls=route.require_tls
+            )
+            if loop:  # recorded with (never before) the rows' outcomes, so they are held too
+                self.relays.loops[domain] = loop
+            if jobs:
+                self._defer_all(domain, last)
+            return holding
+        finally:
+            self._relay_lanes.discard(domain)
+            self._schedules.pop(domain, None)
+
+    async def _hold(self, domain: str, jobs: deque[Job]) -> None:
+        assert self.relays is not None
+        items = [i for job in jobs for i in job.items]
+        jobs.clear()
+        try:
+            await asyncio.to_thread(
+                self.relays.hold_claimed, domain, items, self.worker, self.clock()
+            )
+        except Exception:
+            log.exception("holding the rows of %s failed", domain)
+            self._out(domain, [Result(i, DEFERRED, Reply(451, "4.3.0 hold failed")) for i in items])
+            return
+        self._out(domain, [Result(i, HELD, Reply(0, "")) for i in items])
+
+    async def _try_hosts(
+        self,
+        domain: str,
+        jobs: deque[Job],
+        hosts: tuple[Host, ...],
+        *,
+        port: int | None = None,
+        require_tls: bool = False,
+    ) -> tuple[bool, Reply, str]:
+        """Send the FIFO over the first host that answers (the next on failure): whether the
+        lane still holds its slot, the last failure, and a loop error if a host greeted with
+        our own name."""
         last = Reply(451, "4.4.1 no host tried", None)
-        for host in route.hosts:
+        loop = ""
+        for host in hosts:
             for address in host.addresses:
                 if not jobs:
-                    return True
+                    return True, last, loop
                 try:
-                    conn = await client.connect(self.settings, host.name, address, self.tls_memory)
+                    conn = await client.connect(
+                        self.settings,
+                        host.name,
+                        address,
+                        self.tls_memory,
+                        port=port,
+                        require_tls=require_tls,
+                    )
+                except client.LoopDetected as exc:
+                    last, loop = exc.reply, exc.reply.text
+                    log.warning("%s[%s]: %s", host.name, address, exc.reply.text)
+                    continue
                 except client.ConnectFailure as exc:
                     last = exc.reply
                     log.info("%s[%s]: %s %s", host.name, address, exc.reply.code, exc.reply.text)
@@ -254,13 +351,8 @@ class Dispatcher:
                     continue
                 await conn.close()
                 if not holding:
-                    return False
-        if jobs:
-            self.backoff[domain] = self.clock() + dt.timedelta(
-                seconds=self.settings.delivery_destination_backoff
-            )
-            self._defer_all(domain, last)
-        return True
+                    return False, last, loop
+        return True, last, loop
 
     async def _send_over(self, domain: str, jobs: deque[Job], conn: client.Connection) -> bool:
         """Send jobs over ``conn`` while there are any (lingering for more in the continuous
@@ -269,8 +361,9 @@ class Dispatcher:
             while jobs:
                 job = jobs.popleft()
                 if self.clock() > job.items[0].lease_until - self._margin:
-                    self.emit(
-                        [Result(i, HANDED_BACK, Reply(0, ""), self.clock()) for i in job.items]
+                    self._out(
+                        domain,
+                        [Result(i, HANDED_BACK, Reply(0, ""), self.clock()) for i in job.items],
                     )
                     continue
                 data = job.data
@@ -279,7 +372,7 @@ class Dispatcher:
                         data = await asyncio.to_thread(self.spool.read, job.items[0].spool_id)
                     except SpoolError as exc:
                         reply = Reply(451, f"4.3.0 {exc}", None)
-                        self.emit([Result(i, DEFERRED, reply) for i in job.items])
+                        self._out(domain, [Result(i, DEFERRED, reply) for i in job.items])
                         continue
                 try:
                     refused, data_reply = await client.send(
@@ -296,7 +389,7 @@ class Dispatcher:
                     got = refused.get(item.address) or data_reply
                     assert got is not None
                     found.append(Result(item, kind_of(got.code), got))
-                self.emit(found)
+                self._out(domain, found)
             if self.linger <= 0 or self._closing:
                 return True
             # Idle: give the slot back and keep the connection for a while.
@@ -307,12 +400,18 @@ class Dispatcher:
                 return False
 
     # ------------------------------------------------------------------ outcomes
+    def _out(self, domain: str, results: list[Result]) -> None:
+        schedule = self._schedules.get(domain)
+        if schedule is not None:
+            results = [dataclasses.replace(r, schedule=schedule) for r in results]
+        self.emit(results)
+
     def _take_all(self, domain: str, kind: str, reply: Reply) -> None:
         jobs = self._pending.get(domain) or deque()
         found = [Result(i, kind, reply) for job in jobs for i in job.items]
         jobs.clear()
         if found:
-            self.emit(found)
+            self._out(domain, found)
 
     def _defer_all(self, domain: str, reply: Reply) -> None:
         self._take_all(domain, DEFERRED, reply)

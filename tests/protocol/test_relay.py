@@ -416,3 +416,30 @@ def test_mail_for_a_held_domain_waits_until_released(
         assert relay.release(s, actor=CLI_ACTOR, domain_id=domain_id, now=clock.now) == 1
     assert run_once(agent) == 1
     assert [r.recipients for r in sink.received] == [["x@held.example"]]
+
+
+def test_one_connection_oldest_first_with_more_messages_than_one_lane_takes(
+    out: Settings,
+    port: int,
+    mx: Callable[[], IngressThread],
+    session_factory: sessionmaker[Session],
+    store: MaildirStore,
+    sinks: list[Sink],
+) -> None:
+    # 12 messages: a remote domain would get extra lanes (one per 4 waiting) and interleave
+    # them; a relay domain gets one connection and the order they arrived in.
+    add_relay(session_factory, "many.example", f"{SINK_HOST}:{port}", recipient_mode="any")
+    sink = start_sink(sinks, port)
+    ingress = mx()
+    with client(ingress) as smtp:
+        for n in range(12):
+            smtp.sendmail("a@sender.example", ["x@many.example"], message(f"n{n:02d}"))
+    agent = make_agent(out, session_factory, store, Clock(dt.datetime.now(dt.UTC)))
+    assert run_once(agent) == 12
+    subjects = [
+        email.message_from_bytes(r.data, policy=email.policy.default)["Subject"]
+        for r in sink.received
+    ]
+    assert subjects == [f"n{n:02d}" for n in range(12)]
+    assert len({r.peer for r in sink.received}) == 1  # one connection (client port)
+    assert {r.state for _, r in rows(session_factory)} == {"delivered"}
