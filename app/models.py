@@ -860,7 +860,6 @@ class MailboxSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    remote_addr: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 _ONE_OWNER = "(operator_id IS NULL) <> (customer_admin_id IS NULL)"

@@ -24,6 +24,8 @@ def required_scope(method: str, path: str) -> str:
         return "billing:read"
     if path == "/api/v1/queue" or path.startswith("/api/v1/queue/"):
         return "queue"  # reads too: the queue shows every customer's senders and recipients
+    if re.fullmatch(r"/api/v1/relay-domains/[^/]+/(queue|flush|hold|release)", path):
+        return "queue"  # a relay domain's queue and its flush / hold / release
     return "read" if method == "get" else "provisioning"
 
 
