@@ -22,8 +22,12 @@ from tests.web.tenant_helpers import Tenant, acme, tenants  # noqa: F401
 from tests.web.test_route_table import Route, _is_int, _methods, _routes
 
 # Routes anyone may open (the login steps, health checks for load balancers).
-PUBLIC = frozenset({"/login", "/login/totp", "/healthz", "/readyz"})
+PUBLIC = frozenset({"/login", "/login/totp", "/healthz", "/readyz", "/livez"})
 MY = "/my"
+# The mailbox users' own area (its own login and cookie): a customer administrator's session
+# opens none of it; only its login form is shown.
+ME = "/me"
+ME_PUBLIC = frozenset({("GET", "/me/login")})
 
 
 def _foreign_ids(b: Tenant) -> dict[str, int]:
@@ -95,7 +99,15 @@ def test_every_isp_page_without_ids_is_404_and_my_pages_show_only_their_customer
     failures = []
     for route in routes:
         for method in _methods(route):
-            if route.path_format.startswith(MY):
+            if route.path_format == ME or route.path_format.startswith(ME + "/"):
+                response = _call(acme, method, route.path_format)
+                if (method, route.path_format) in ME_PUBLIC:
+                    ok = response.status_code == 200
+                else:  # sent to the /me login (303) or refused (403: no /me CSRF token)
+                    ok = response.status_code in (303, 403)
+                if not ok or b.domain in response.text:
+                    failures.append(f"{method} {route.path_format}: {response.status_code}")
+            elif route.path_format.startswith(MY):
                 if method != "GET":
                     continue  # the forms: tried below with foreign values
                 response = _call(acme, method, route.path_format)
