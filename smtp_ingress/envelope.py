@@ -9,9 +9,18 @@ from typing import Protocol
 from aiosmtpd.smtp import Envelope
 
 from app.maildir_stream import SpooledBody
+from app.scanning.decision import ScanPolicy
 from app.services.relay import RelayInfo
 from app.services.resolution import Resolution, Target
-from smtp_ingress.scanning import CopyRules
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRules:
+    """The policy of one stored copy's domain, and whether the sender is on its allow list
+    (smtp_ingress/scanning.py fills it at RCPT; here so the envelope imports no scanning)."""
+
+    policy: ScanPolicy
+    allowed: bool = False
 
 
 class ServerLike(Protocol):

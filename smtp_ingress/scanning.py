@@ -11,13 +11,33 @@ our authserv-id are removed and the subject tag applied by rewriting the header 
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import time
 from dataclasses import dataclass
 
+from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import metrics
+from app.db import transaction
 from app.maildir_stream import SpooledBody
 from app.scanning import headers
 from app.scanning.clients import ScanEnvelope
 from app.scanning.decision import Action, Decision, ScanPolicy
 from app.scanning.scanner import Scanner
+from app.services.resolution import Target
+from app.services.scan_log import RejectionRecord
+from app.services.scan_policy import DomainScanRules, most_lenient, rules_for_domain
+from smtp_ingress.envelope import CopyRules, Transaction
+from smtp_ingress.support import (
+    _RESOLUTION_CACHE_MAX,
+    HandlerCore,
+    StatsBatcher,
+    _peer_ip,
+    log,
+)
 
 # At RCPT: the sender or client is on the recipient domain's block list (per recipient).
 BLOCKED = "550 5.7.1 Recipient address rejected: sender blocked by the recipient's policy"
@@ -34,12 +54,17 @@ def reply_for(decision: Decision, queue_id: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class CopyRules:
-    """The policy of one stored copy's domain, and whether the sender is on its allow list."""
-
-    policy: ScanPolicy
-    allowed: bool = False
+def scanner_verdict(action: Action, outcome: str) -> tuple[str, str]:
+    """The labels of ``app.metrics.scanner_verdict`` for one scan: a virus is clamd's verdict,
+    everything else rspamd's ("spam" when rejected or tagged, "error" when the scan failed
+    or was deferred, else "clean"; an allow-listed message counts as clean)."""
+    if action is Action.VIRUS:
+        return "clamd", "virus"
+    if outcome in ("rejected", "tagged"):
+        return "rspamd", "spam"
+    if outcome in ("unscanned", "deferred"):
+        return "rspamd", "error"
+    return "rspamd", "clean"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +135,138 @@ class ScanStep:
 def cut(body: SpooledBody, old_head: bytes) -> None:
     """Blocking when spilled: run on a worker thread."""
     body.cut_head(old_head)
+
+
+class ScanGlue(HandlerCore):
+    """The handler's scan room (mixed into ``IngressHandler``): the recipient domains' lists
+    at RCPT (with a small cache of their rules), the scan after the final dot, and the
+    counting of its outcome (``StatsBatcher.add_scan`` and ``app.metrics.scanner_verdict``)."""
+
+    scan_step: ScanStep | None
+    scan_policy: ScanPolicy
+    session_factory: sessionmaker[Session]
+    stats: StatsBatcher
+    _rules_cache: dict[str, tuple[float, DomainScanRules]]
+
+    async def _list_check(
+        self, session: SmtpSession, txn: Transaction, targets: tuple[Target, ...]
+    ) -> str | None:
+        """The recipient domains' block and allow lists, before any scan: a block refuses
+        this recipient (550 5.7.1); an allow marks its copies as not to be spam-checked."""
+        for target in targets:
+            rules = await self._domain_rules(target.ref.domain)
+            verdict = rules.verdict(sender=txn.sender, client_ip=_peer_ip(session))
+            if verdict == "block":
+                return BLOCKED
+            txn.scan_rules[target.mailbox_id] = CopyRules(rules.policy, verdict == "allow")
+        return None
+
+    async def _domain_rules(self, domain: str) -> DomainScanRules:
+        now = time.monotonic()
+        cached = self._rules_cache.get(domain)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            rules = await self._blocking(self._load_rules, domain)
+        except (SQLAlchemyError, OSError):
+            log.warning("scan policy lookup failed for %s; using the defaults", domain)
+            return DomainScanRules(self.scan_policy)
+        if len(self._rules_cache) >= _RESOLUTION_CACHE_MAX:
+            self._rules_cache.clear()
+        self._rules_cache[domain] = (now + self.settings.smtp_resolution_cache_seconds, rules)
+        return rules
+
+    def _load_rules(self, domain: str) -> DomainScanRules:
+        with transaction(self.session_factory) as session:
+            return rules_for_domain(session, domain_name=domain, defaults=self.scan_policy)
+
+    async def _scan(
+        self, session: SmtpSession, txn: Transaction, body: SpooledBody
+    ) -> str | tuple[Decision, list[StoredHeaders]]:
+        """Scan the body (smtp_ingress/scanning.py): a refusal, or what to add when storing."""
+        step = self.scan_step
+        assert step is not None
+        content = await self._blocking(body.read_all) if body.spilled else body.read_all()
+        copies = [
+            txn.scan_rules.get(target.mailbox_id, CopyRules(self.scan_policy))
+            for target, _ in txn.targets.values()
+        ]
+        checked = [copy.policy for copy in copies if not copy.allowed]
+        # An allow-listed recipient counts as "never reject"; only when every copy is
+        # allow-listed is rspamd not asked at all (clamd still is).
+        policy = most_lenient(checked) if checked else copies[0].policy
+        if len(checked) < len(copies):
+            policy = dataclasses.replace(policy, reject_score=float("inf"))
+        envelope = ScanEnvelope(
+            client_ip=_peer_ip(session),
+            helo=session.host_name,
+            sender=txn.sender,
+            recipients=tuple(txn.accepted),
+            queue_id=txn.queue_id,
+        )
+        decision = await step.scan(content, envelope, policy, spam_check=bool(checked))
+        refusal = reply_for(decision, txn.queue_id)
+        self._count_scan(session, txn, decision)
+        if refusal is not None:
+            line = self._transaction_line(session, txn, body.size, refusal[:9], decision)
+            if line is not None:
+                line.write()
+            return refusal
+        stored, old_head = step.stored_headers(
+            content, decision, copies, sender=txn.sender, helo=session.host_name
+        )
+        if old_head:
+            if body.spilled:
+                await self._blocking(body.cut_head, old_head)
+            else:
+                body.cut_head(old_head)
+        return decision, stored
+
+    def _count_scan(self, session: SmtpSession, txn: Transaction, decision: Decision) -> None:
+        outcome = {
+            Action.REJECT: "rejected",
+            Action.VIRUS: "rejected",
+            Action.TAG: "tagged",
+            Action.UNSCANNED: "unscanned",
+            Action.TEMPFAIL: "deferred",
+        }.get(decision.action, "clean")
+        score = decision.score
+        # Tagged if any copy's own domain tags at this score.
+        if (
+            outcome == "clean"
+            and score is not None
+            and any(
+                not rules.allowed and score >= rules.policy.tag_score
+                for rules in txn.scan_rules.values()
+            )
+        ):
+            outcome = "tagged"
+        metrics.scanner_verdict(*scanner_verdict(decision.action, outcome))
+        if outcome != "rejected":
+            self.stats.add_scan(outcome)
+            return
+        for target, rcpt in txn.targets.values():
+            self._record_rejection(session, txn, target, rcpt, decision)
+
+    def _record_rejection(
+        self,
+        session: SmtpSession,
+        txn: Transaction,
+        target: Target,
+        rcpt: str,
+        decision: Decision | None,
+    ) -> None:
+        """One rejection row per recipient domain's view (the dashboard counts messages)."""
+        record = RejectionRecord(
+            domain=target.ref.domain,
+            queue_id=txn.queue_id,
+            client_ip=_peer_ip(session),
+            sender=txn.sender,
+            recipient=rcpt,
+            action=decision.action.value if decision is not None else "blocked",
+            score=decision.score if decision is not None else None,
+            symbols=",".join(decision.symbols) if decision is not None else "",
+            reason=decision.reason if decision is not None else "block list",
+            occurred_at=dt.datetime.now(dt.UTC),
+        )
+        self.stats.add_scan("rejected", record)

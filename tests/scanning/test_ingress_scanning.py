@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from app import dkim
+from app import dkim, metrics
 from app.maildir import MaildirStore
 from tests.dnsserver import TestDNSServer
 from tests.protocol.smtp_helpers import ADDRESSES, IngressThread, all_message_files, new_messages
@@ -56,6 +56,18 @@ def stored(store: MaildirStore) -> list[bytes]:
     return new_messages(store, USER)
 
 
+def verdicts(scanner: str, verdict: str) -> float:
+    """The MX's ``mailhost_scanner_verdicts`` count for these labels (this process)."""
+    for family in metrics.instruments().scanner_verdicts.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels == {
+                "scanner": scanner,
+                "verdict": verdict,
+            }:
+                return sample.value
+    return 0.0
+
+
 def head_of(data: bytes) -> str:
     return data.split(b"\n\n", 1)[0].decode()
 
@@ -63,8 +75,10 @@ def head_of(data: bytes) -> str:
 def test_gtube_is_rejected_550_with_queue_id_and_not_stored(
     scan_ingress: IngressThread, store: MaildirStore
 ) -> None:
+    before = verdicts("rspamd", "spam")
     code, text = send(scan_ingress, message(GTUBE.decode() + "\r\n"))
     assert code == 550 and text.startswith("5.7.1 Message rejected as spam"), text
+    assert verdicts("rspamd", "spam") == before + 1
     assert "Gtube pattern" in text and "queue id " in text
     assert stored(store) == []
     # Nothing left in any tmp/ either (the body was never spilled or was discarded).
@@ -84,8 +98,10 @@ def test_eicar_attachment_is_rejected_554_and_not_stored(
     data = message(
         body, extra='MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n'
     )
+    before = verdicts("clamd", "virus")
     code, text = send(scan_ingress, data)
     assert code == 554 and text.startswith("5.7.1 Message rejected: virus"), text
+    assert verdicts("clamd", "virus") == before + 1
     assert EICAR_SIGNATURE in text
     assert stored(store) == []
 
