@@ -60,7 +60,13 @@ def clean_forward_address(session: Session, *, mailbox: Mailbox, address: str) -
     return remote, False
 
 
-def get_forward(session: Session, *, mailbox_id: int) -> ForwardView | None:
+def get_forward(
+    session: Session, *, mailbox_id: int, actor: Actor | None = None
+) -> ForwardView | None:
+    """The mailbox's forwarding (None: none). With an ``actor``, another customer's mailbox
+    is "not found" (app/services/tenancy.py)."""
+    if actor is not None:
+        get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     row = session.get(MailboxForward, mailbox_id)
     if row is None:
         return None
@@ -71,7 +77,7 @@ def get_forward(session: Session, *, mailbox_id: int) -> ForwardView | None:
 def set_forward(
     session: Session, *, actor: Actor, mailbox_id: int, address: str, keep_copy: bool
 ) -> ForwardView:
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     clean, hosted = clean_forward_address(session, mailbox=mailbox, address=address)
     row = session.get(MailboxForward, mailbox_id)
     if row is None:
@@ -93,7 +99,7 @@ def set_forward(
 
 def clear_forward(session: Session, *, actor: Actor, mailbox_id: int) -> bool:
     """Remove the forwarding; False when there was none."""
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     row = session.get(MailboxForward, mailbox_id)
     if row is None:
         return False
@@ -114,7 +120,12 @@ def _view(row: AutoReply) -> AutoReplyView:
     return AutoReplyView(row.enabled, row.subject, row.body, row.starts_on, row.ends_on)
 
 
-def get_auto_reply(session: Session, *, mailbox_id: int) -> AutoReplyView | None:
+def get_auto_reply(
+    session: Session, *, mailbox_id: int, actor: Actor | None = None
+) -> AutoReplyView | None:
+    """The mailbox's auto-reply (None: none); ``actor`` checked as in ``get_forward``."""
+    if actor is not None:
+        get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     row = session.get(AutoReply, mailbox_id)
     return None if row is None else _view(row)
 
@@ -130,7 +141,7 @@ def set_auto_reply(
     ends_on: dt.date | None = None,
     enabled: bool = True,
 ) -> AutoReplyView:
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     subject = subject.strip()
     if not subject:
         raise ValidationError("enter a subject for the auto-reply", field="subject")
@@ -167,7 +178,7 @@ def set_auto_reply(
 
 def clear_auto_reply(session: Session, *, actor: Actor, mailbox_id: int) -> bool:
     """Remove the auto-reply; False when there was none."""
-    mailbox = get_mailbox(session, mailbox_id=mailbox_id)
+    mailbox = get_mailbox(session, mailbox_id=mailbox_id, actor=actor)
     row = session.get(AutoReply, mailbox_id)
     if row is None:
         return False
