@@ -299,6 +299,8 @@ SCOPE_BILLING_READ = "billing:read"
 # retry, hold, release and delete them. Separate from read/provisioning on purpose.
 SCOPE_QUEUE = "queue"
 SCOPES = (SCOPE_PROVISIONING, SCOPE_READ, SCOPE_BILLING_READ, SCOPE_QUEUE)
+# What a token bound to a customer may hold (the queue holds every customer's mail).
+CUSTOMER_SCOPES = (SCOPE_PROVISIONING, SCOPE_READ, SCOPE_BILLING_READ)
 
 
 class ApiToken(Base):
@@ -316,6 +318,11 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Set: the token belongs to that customer and sees only its objects (issue 15); NULL: an
+    # ISP token. Deleting the customer deletes its tokens.
+    customer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), default=None, index=True
+    )
 
     @property
     def scope_list(self) -> list[str]:

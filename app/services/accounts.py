@@ -21,8 +21,10 @@ from app.errors import (
     ValidationError,
 )
 from app.models import (
+    CUSTOMER_SCOPES,
     ROLE_ADMIN,
     ROLE_SUPPORT,
+    SCOPE_QUEUE,
     SCOPES,
     STATUS_ACTIVE,
     ApiToken,
@@ -35,8 +37,10 @@ from app.services import customer_admins
 from app.services.audit import SYSTEM_ACTOR, Actor, audit
 from app.services.common import flush_or_conflict
 from app.services.customer_admins import clean_username
+from app.services.customers import get_customer
 from app.services.mailboxes import check_password, find_mailbox, generate_password
 from app.services.sessions import end_sessions
+from app.services.tenancy import customer_scope, visible
 
 ROLES = (ROLE_ADMIN, ROLE_SUPPORT)
 TOKEN_PREFIX = "mh_"  # noqa: S105 - a label, not a secret
@@ -198,10 +202,27 @@ def _token_digest(secret_token: str) -> str:
 
 
 def create_token(
-    session: Session, *, actor: Actor, name: str, scopes: Sequence[str], owner: str | None = None
+    session: Session,
+    *,
+    actor: Actor,
+    name: str,
+    scopes: Sequence[str],
+    owner: str | None = None,
+    customer_id: int | None = None,
 ) -> tuple[ApiToken, str]:
     """Returns (row, plaintext token 'mh_<prefix>_<secret>'); only a SHA-256 is stored.
-    Unknown scopes raise ValidationError."""
+    Unknown scopes raise ValidationError.
+
+    ``customer_id`` binds the token to that customer: it then sees and changes only that
+    customer's objects (its actor carries the customer, app/services/tenancy.py) and is
+    refused ISP-only routes. A customer administrator may create tokens for its own customer
+    only (another customer is "not found"); it cannot create an ISP token, and a customer's
+    token can never hold the ``queue`` scope (the queue holds every customer's mail)."""
+    if actor.customer_id is not None:
+        customer_id = customer_scope(actor, customer_id)
+    if customer_id is not None:
+        customer = get_customer(session, customer_id=customer_id, actor=actor)
+        customer_id = customer.id
     clean_name = " ".join(name.split())
     if not clean_name or len(clean_name) > 100:
         raise ValidationError("token name must be 1-100 characters", field="name")
@@ -217,6 +238,12 @@ def create_token(
             wanted.append(scope)
     if not wanted:
         raise ValidationError("a token needs at least one scope", field="scopes")
+    if customer_id is not None and SCOPE_QUEUE in wanted:
+        raise ValidationError(
+            f"a customer's token cannot have the {SCOPE_QUEUE!r} scope (known for customers: "
+            f"{', '.join(CUSTOMER_SCOPES)})",
+            field="scopes",
+        )
     token_owner = (owner or actor.name)[:100]
     alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     # 12 random characters of prefix (71 bits) make a clash practically impossible; the 256-bit
@@ -229,6 +256,7 @@ def create_token(
         token_hash=_token_digest(plaintext),
         scopes=" ".join(wanted),
         owner=token_owner,
+        customer_id=customer_id,
     )
     session.add(token)
     session.flush()
@@ -239,18 +267,28 @@ def create_token(
         object_type="token",
         object_id=token.id,
         object_name=clean_name,
-        detail=f"scopes={token.scopes} prefix={prefix}",
+        detail=f"scopes={token.scopes} prefix={prefix}"
+        + (f" customer={customer_id}" if customer_id is not None else ""),
     )
     return token, plaintext
 
 
-def list_tokens(session: Session) -> list[ApiToken]:
-    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+def list_tokens(
+    session: Session, *, actor: Actor | None = None, customer_id: int | None = None
+) -> list[ApiToken]:
+    """Every token (ISP staff), or one customer's: a customer administrator always gets
+    its own customer's tokens only."""
+    query = select(ApiToken)
+    scope = customer_scope(actor, customer_id)
+    if scope is not None:
+        query = query.where(ApiToken.customer_id == scope)
+    return list(session.scalars(query.order_by(ApiToken.id)))
 
 
 def revoke_token(session: Session, *, actor: Actor, token_id: int) -> ApiToken:
     token = session.get(ApiToken, token_id)
-    if token is None:
+    if token is None or not visible(actor, token.customer_id or 0):
+        # An ISP token (no customer) is invisible to a customer administrator too.
         raise NotFoundError(f"no token with id {token_id}", field="token_id")
     if token.revoked_at is None:
         token.revoked_at = utcnow()

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import NotFoundError
 from app.models import ApiToken
-from app.services import accounts
+from app.services import accounts, customers
 from app.services.audit import CLI_ACTOR
 from mailhost.commands.common import add_command, add_group, add_json_option, iso
 from mailhost.context import Context
@@ -23,6 +23,7 @@ def _token_row(t: ApiToken) -> dict[str, Any]:
         "prefix": t.prefix,
         "scopes": t.scope_list,
         "owner": t.owner,
+        "customer": t.customer_id if t.customer_id is not None else "-",
         "created_at": iso(t.created_at),
         "last_used_at": iso(t.last_used_at),
         "revoked_at": iso(t.revoked_at),
@@ -43,12 +44,16 @@ def flatten_scopes(values: list[list[str]]) -> Iterator[str]:
 
 def token_add(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.transaction() as s:
+        customer_id = (
+            customers.get_customer_by_name(s, name=args.customer).id if args.customer else None
+        )
         t, secret = accounts.create_token(
             s,
             actor=CLI_ACTOR,
             name=args.name,
             scopes=list(flatten_scopes(args.scope)),
             owner=args.owner,
+            customer_id=customer_id,
         )
         row = _token_row(t)
     row["token"] = secret
@@ -63,7 +68,7 @@ def token_list(ctx: Context, args: argparse.Namespace) -> int:
         rows = [_token_row(t) for t in accounts.list_tokens(s)]
     if not args.all:
         rows = [r for r in rows if r["revoked_at"] is None]
-    cols = ["id", "name", "prefix", "scopes", "owner", "last_used_at", "revoked_at"]
+    cols = ["id", "name", "prefix", "scopes", "owner", "customer", "last_used_at", "revoked_at"]
     ctx.print_table(rows, cols, as_json=args.json)
     return 0
 
@@ -96,6 +101,11 @@ def register(subparsers: Any) -> None:
         help="provisioning, read, billing:read, queue (repeatable)",
     )
     p.add_argument("--owner", help="who the token is for")
+    p.add_argument(
+        "--customer",
+        help="bind the token to this customer (name): it sees only that customer's objects "
+        "and is refused the ISP's routes; scopes provisioning, read, billing:read",
+    )
     add_json_option(p)
     p = add_command(g, "list", token_list, "list tokens")
     p.add_argument("--all", action="store_true", help="include revoked tokens")

@@ -7,8 +7,8 @@ answer 404 to a customer administrator whatever the id (audit entries, queue mes
 exports, import previews, operators and tokens are all among them). A route under ``/my``
 with an id parameter this table does not know fails the test until its foreign id is added
 here, so a new route cannot slip past without a tenant check. Lists and searches must not
-show B's rows, and the API does not accept a customer administrator's session at all
-(API tokens are the ISP's; see README "Customer administrators").
+show B's rows, and the API does not accept a customer administrator's session at all (the
+API takes bearer tokens only; customer-bound tokens: tests/web/test_api_tenant_isolation.py).
 """
 
 from __future__ import annotations

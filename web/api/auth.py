@@ -37,7 +37,12 @@ class Principal:
     token_id: int
     name: str
     scopes: frozenset[str]
-    actor: Actor
+    actor: Actor  # carries ``customer_id`` for a customer's token (app/services/tenancy.py)
+
+    @property
+    def customer_id(self) -> int | None:
+        """The customer a customer-bound token belongs to; None for the ISP's tokens."""
+        return self.actor.customer_id
 
 
 def _unauthorized(detail: str, *, invalid: bool) -> ApiProblem:
@@ -62,7 +67,7 @@ def principal_for_token(factory: sessionmaker[Session], token: str, ip: str | No
             token_id=row.id,
             name=row.name,
             scopes=frozenset(row.scope_list),
-            actor=Actor("token", row.name, ip),
+            actor=Actor("token", row.name, ip, customer_id=row.customer_id),
         )
 
 
@@ -93,10 +98,22 @@ def authenticate(
     return principal_for_token(factory, credentials.credentials, client_ip(request))
 
 
-def require(scope: str) -> Any:
-    """A dependency that authenticates and insists on ``scope`` (403 otherwise)."""
+def require(scope: str, *, customer_tokens: bool = False) -> Any:
+    """A dependency that authenticates and insists on ``scope`` (403 otherwise).
+
+    Deny by default: a customer's token (``customer_id`` set) gets 403 on every route that
+    does not say ``customer_tokens=True``, whatever the ids in the path (so the answer never
+    tells whether an object exists). Routes that do say so pass the token's actor to every
+    service lookup, which answers "not found" for another customer's ids (404)."""
 
     def check_scope(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if principal.customer_id is not None and not customer_tokens:
+            raise ApiProblem(
+                403,
+                "isp-only",
+                "Forbidden",
+                "this route is for the ISP's own tokens; a customer's token cannot use it",
+            )
         if scope not in principal.scopes:
             raise ApiProblem(
                 403,
@@ -112,7 +129,12 @@ def require(scope: str) -> Any:
     return Depends(check_scope)
 
 
+# ISP-only (a customer's token gets 403):
 Provisioner = Annotated[Principal, require(SCOPE_PROVISIONING)]
 Reader = Annotated[Principal, require(SCOPE_READ)]
 BillingReader = Annotated[Principal, require(SCOPE_BILLING_READ)]
 QueueOperator = Annotated[Principal, require(SCOPE_QUEUE)]
+# Also open to a customer's token, for that customer's objects only (404 for the others):
+CustomerProvisioner = Annotated[Principal, require(SCOPE_PROVISIONING, customer_tokens=True)]
+CustomerReader = Annotated[Principal, require(SCOPE_READ, customer_tokens=True)]
+CustomerBillingReader = Annotated[Principal, require(SCOPE_BILLING_READ, customer_tokens=True)]

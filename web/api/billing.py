@@ -13,7 +13,8 @@ from app.csvsafe import safe_row
 from app.db import transaction
 from app.errors import NotFoundError, ValidationError
 from app.services import billing
-from web.api.auth import BillingReader
+from app.services.tenancy import customer_scope
+from web.api.auth import CustomerBillingReader
 from web.api.problems import ApiProblem, ProblemRoute, problem_responses
 from web.api.schemas import (
     CustomerUsagePublic,
@@ -180,7 +181,7 @@ def _csv(report: UsageReportPublic) -> str:
 )
 def usage(
     request: Request,
-    _: BillingReader,
+    principal: CustomerBillingReader,
     factory: FactoryDep,
     store: StoreDep,
     period: Annotated[str | None, Query(max_length=7, description="YYYY-MM")] = None,
@@ -191,6 +192,8 @@ def usage(
 ) -> Response:
     first, after_last = _period(period, start, end)
     as_csv = _wants_csv(request, fmt)
+    # A customer's token: its own customer only (another one is "not found").
+    customer_id = customer_scope(principal.actor, customer_id)
     with transaction(factory) as s:
         report = billing.usage_report(
             s, start=first, end=after_last, customer_id=customer_id, store=store
@@ -257,12 +260,13 @@ def usage(
     ),
 )
 def events(
-    _: BillingReader,
+    principal: CustomerBillingReader,
     factory: FactoryDep,
     after: Annotated[int, Query(ge=0, le=BIG_ID_MAX, description="Last id already seen.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     customer_id: Annotated[int | None, Query(ge=ID_MIN, le=ID_MAX)] = None,
 ) -> EventPage:
+    customer_id = customer_scope(principal.actor, customer_id)
     with transaction(factory) as s:
         rows = billing.list_events(s, after_id=after, limit=limit, customer_id=customer_id)
         items = [EventPublic.of(e) for e in rows]

@@ -9,8 +9,10 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
-from app.services import aliases
-from web.api.auth import Provisioner, Reader
+from app.services import aliases, domains
+from app.services.audit import Actor
+from app.services.tenancy import customer_scope
+from web.api.auth import CustomerProvisioner, CustomerReader
 from web.api.common import (
     DEFAULT_LIMIT,
     Cursor,
@@ -43,7 +45,7 @@ router = APIRouter(prefix="/aliases", tags=["aliases"], route_class=ProblemRoute
 
 @router.get("", response_model=Page[AliasPublic], responses=READ_ERRORS)
 def list_aliases(
-    _: Reader,
+    principal: CustomerReader,
     factory: FactoryDep,
     customer_id: IdFilter = None,
     domain_id: IdFilter = None,
@@ -51,7 +53,7 @@ def list_aliases(
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[AliasPublic]:
-    return alias_page(factory, customer_id, domain_id, search, cursor, limit)
+    return alias_page(factory, customer_id, domain_id, search, cursor, limit, principal.actor)
 
 
 def alias_page(
@@ -61,9 +63,15 @@ def alias_page(
     search: str | None,
     cursor: str | None,
     limit: int,
+    actor: Actor,
     *,
     must_exist: bool = False,
 ) -> Page[AliasPublic]:
+    """A customer's token sees its own customer only (another customer or domain: 404)."""
+    if domain_id is not None and actor.customer_id is not None:
+        with transaction(factory) as s:
+            domains.get_domain(s, domain_id=domain_id, actor=actor)
+    customer_id = customer_scope(actor, customer_id)
     return page_of(
         factory,
         cursor,
@@ -73,6 +81,7 @@ def alias_page(
         ),
         AliasPublic.of,
         customer_must_exist=customer_id if must_exist else None,
+        actor=actor,
     )
 
 
@@ -85,7 +94,7 @@ def alias_page(
 def create_alias(
     body: AliasCreate,
     request: Request,
-    principal: Provisioner,
+    principal: CustomerProvisioner,
     factory: FactoryDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -100,13 +109,16 @@ def create_alias(
 
 
 @router.get("/{alias_id}", response_model=AliasPublic, responses=READ_ERRORS)
-def get_alias(alias_id: Id, _: Reader, factory: FactoryDep) -> BaseModel:
-    return read_one(factory, lambda s: AliasPublic.of(aliases.get_alias(s, alias_id=alias_id)))
+def get_alias(alias_id: Id, principal: CustomerReader, factory: FactoryDep) -> BaseModel:
+    return read_one(
+        factory,
+        lambda s: AliasPublic.of(aliases.get_alias(s, alias_id=alias_id, actor=principal.actor)),
+    )
 
 
 @router.patch("/{alias_id}", response_model=AliasPublic, responses=WRITE_ERRORS)
 def update_alias(
-    alias_id: Id, body: AliasUpdate, principal: Provisioner, factory: FactoryDep
+    alias_id: Id, body: AliasUpdate, principal: CustomerProvisioner, factory: FactoryDep
 ) -> BaseModel:
     with transaction(factory) as s:
         a = aliases.set_alias_targets(
@@ -116,7 +128,7 @@ def update_alias(
 
 
 @router.delete("/{alias_id}", status_code=204, responses=WRITE_ERRORS)
-def delete_alias(alias_id: Id, principal: Provisioner, factory: FactoryDep) -> Response:
+def delete_alias(alias_id: Id, principal: CustomerProvisioner, factory: FactoryDep) -> Response:
     with transaction(factory) as s:
         aliases.delete_alias(s, actor=principal.actor, alias_id=alias_id)
     return no_content()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.services import customers, removal
+from app.services.audit import Actor
 from web.api.common import (
     Page,
     decode_cursor,
@@ -96,6 +97,7 @@ def page_of(
     public: Callable[[Row], Item],
     *,
     customer_must_exist: int | None = None,
+    actor: Actor | None = None,
 ) -> Page[Item]:
     """One page of a list: ``fetch(session, after_id, limit + 1)`` rows, shown as ``public``.
 
@@ -105,7 +107,7 @@ def page_of(
     after = decode_cursor(cursor)
     with transaction(factory) as s:
         if customer_must_exist is not None:
-            customers.get_customer(s, customer_id=customer_must_exist)
+            customers.get_customer(s, customer_id=customer_must_exist, actor=actor)
         rows = fetch(s, after, limit + 1)
         kept, next_cursor = make_page(rows, limit, lambda row: row.id)
         return Page[Item](items=[public(row) for row in kept], next_cursor=next_cursor)

@@ -18,7 +18,8 @@ from app.db import transaction
 from app.errors import NotFoundError
 from app.models import CustomerAdmin
 from app.services import customer_admins, customers
-from web.api.auth import Provisioner, Reader
+from app.services.audit import Actor
+from web.api.auth import CustomerProvisioner, CustomerReader
 from web.api.common import IdempotencyKey, run_post
 from web.api.problems import ProblemRoute
 from web.api.routes.common import READ_ERRORS, WRITE_ERRORS, Id, created, no_content
@@ -57,18 +58,23 @@ class CustomerAdminList(BaseModel):
     items: list[CustomerAdminPublic]
 
 
-def _of_customer(s: Session, customer_id: int, admin_id: int) -> CustomerAdmin:
-    admin = customer_admins.get_customer_admin(s, admin_id=admin_id)
+def _of_customer(s: Session, customer_id: int, admin_id: int, actor: Actor) -> CustomerAdmin:
+    customers.get_customer(s, customer_id=customer_id, actor=actor)
+    admin = customer_admins.get_customer_admin(s, admin_id=admin_id, actor=actor)
     if admin.customer_id != customer_id:
         raise NotFoundError(f"no customer administrator with id {admin_id}", field="admin_id")
     return admin
 
 
 @router.get("/{customer_id}/admins", response_model=CustomerAdminList, responses=READ_ERRORS)
-def list_admins(customer_id: Id, _: Reader, factory: FactoryDep) -> CustomerAdminList:
+def list_admins(
+    customer_id: Id, principal: CustomerReader, factory: FactoryDep
+) -> CustomerAdminList:
     with transaction(factory) as s:
-        customers.get_customer(s, customer_id=customer_id)
-        rows = customer_admins.list_customer_admins(s, actor=None, customer_id=customer_id)
+        customers.get_customer(s, customer_id=customer_id, actor=principal.actor)
+        rows = customer_admins.list_customer_admins(
+            s, actor=principal.actor, customer_id=customer_id
+        )
         return CustomerAdminList(items=[CustomerAdminPublic.of(a) for a in rows])
 
 
@@ -82,7 +88,7 @@ def create_admin(
     customer_id: Id,
     body: CustomerAdminCreate,
     request: Request,
-    principal: Provisioner,
+    principal: CustomerProvisioner,
     factory: FactoryDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -104,16 +110,18 @@ def create_admin(
     response_model=CustomerAdminPublic,
     responses=READ_ERRORS,
 )
-def get_admin(customer_id: Id, admin_id: Id, _: Reader, factory: FactoryDep) -> BaseModel:
+def get_admin(
+    customer_id: Id, admin_id: Id, principal: CustomerReader, factory: FactoryDep
+) -> BaseModel:
     with transaction(factory) as s:
-        return CustomerAdminPublic.of(_of_customer(s, customer_id, admin_id))
+        return CustomerAdminPublic.of(_of_customer(s, customer_id, admin_id, principal.actor))
 
 
 @router.delete("/{customer_id}/admins/{admin_id}", status_code=204, responses=WRITE_ERRORS)
 def delete_admin(
-    customer_id: Id, admin_id: Id, principal: Provisioner, factory: FactoryDep
+    customer_id: Id, admin_id: Id, principal: CustomerProvisioner, factory: FactoryDep
 ) -> Response:
     with transaction(factory) as s:
-        _of_customer(s, customer_id, admin_id)
+        _of_customer(s, customer_id, admin_id, principal.actor)
         customer_admins.delete_customer_admin(s, actor=principal.actor, admin_id=admin_id)
     return no_content()

@@ -12,7 +12,7 @@ from app.db import transaction
 from app.errors import NotFoundError
 from app.models import STATUS_ACTIVE, STATUS_SUSPENDED, Domain, Mailbox
 from app.services import customers, removal
-from web.api.auth import Provisioner, Reader
+from web.api.auth import CustomerReader, Provisioner, Reader
 from web.api.common import (
     DEFAULT_LIMIT,
     Cursor,
@@ -106,9 +106,12 @@ def create_customer(
     response_model=CustomerPublic,
     responses=READ_ERRORS,
 )
-def get_customer(customer_id: Id, _: Reader, factory: FactoryDep) -> BaseModel:
+def get_customer(customer_id: Id, principal: CustomerReader, factory: FactoryDep) -> BaseModel:
     return read_one(
-        factory, lambda s: CustomerPublic.of(customers.get_customer(s, customer_id=customer_id))
+        factory,
+        lambda s: CustomerPublic.of(
+            customers.get_customer(s, customer_id=customer_id, actor=principal.actor)
+        ),
     )
 
 
@@ -185,14 +188,16 @@ def delete_customer(
 )
 def list_customer_domains(
     customer_id: Id,
-    _: Reader,
+    principal: CustomerReader,
     factory: FactoryDep,
     status: StatusFilter = None,
     search: Search = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[DomainPublic]:
-    return domain_page(factory, customer_id, status, search, cursor, limit, must_exist=True)
+    return domain_page(
+        factory, customer_id, status, search, cursor, limit, principal.actor, must_exist=True
+    )
 
 
 @router.get(
@@ -201,9 +206,10 @@ def list_customer_domains(
     responses=READ_ERRORS,
 )
 def get_customer_domain(
-    customer_id: Id, domain_id: Id, _: Reader, factory: FactoryDep
+    customer_id: Id, domain_id: Id, principal: CustomerReader, factory: FactoryDep
 ) -> BaseModel:
     def build(s: Session) -> BaseModel:
+        customers.get_customer(s, customer_id=customer_id, actor=principal.actor)
         d = s.get(Domain, domain_id)
         if d is None or d.customer_id != customer_id:
             raise NotFoundError(f"no domain with id {domain_id}", field="domain_id")
@@ -219,7 +225,7 @@ def get_customer_domain(
 )
 def list_customer_mailboxes(
     customer_id: Id,
-    _: Reader,
+    principal: CustomerReader,
     factory: FactoryDep,
     store: StoreDep,
     domain_id: IdFilter = None,
@@ -229,7 +235,16 @@ def list_customer_mailboxes(
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[MailboxPublic]:
     return mailbox_page(
-        factory, store, customer_id, domain_id, status, search, cursor, limit, must_exist=True
+        factory,
+        store,
+        customer_id,
+        domain_id,
+        status,
+        search,
+        cursor,
+        limit,
+        principal.actor,
+        must_exist=True,
     )
 
 
@@ -239,9 +254,10 @@ def list_customer_mailboxes(
     responses=READ_ERRORS,
 )
 def get_customer_mailbox(
-    customer_id: Id, mailbox_id: Id, _: Reader, factory: FactoryDep, store: StoreDep
+    customer_id: Id, mailbox_id: Id, principal: CustomerReader, factory: FactoryDep, store: StoreDep
 ) -> BaseModel:
     def build(s: Session) -> BaseModel:
+        customers.get_customer(s, customer_id=customer_id, actor=principal.actor)
         m = s.get(Mailbox, mailbox_id)
         if m is None or m.domain.customer_id != customer_id:
             raise NotFoundError(f"no mailbox with id {mailbox_id}", field="mailbox_id")
@@ -257,11 +273,13 @@ def get_customer_mailbox(
 )
 def list_customer_aliases(
     customer_id: Id,
-    _: Reader,
+    principal: CustomerReader,
     factory: FactoryDep,
     domain_id: IdFilter = None,
     search: Search = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[AliasPublic]:
-    return alias_page(factory, customer_id, domain_id, search, cursor, limit, must_exist=True)
+    return alias_page(
+        factory, customer_id, domain_id, search, cursor, limit, principal.actor, must_exist=True
+    )

@@ -12,7 +12,9 @@ from app.db import transaction
 from app.errors import NotFoundError
 from app.models import STATUS_ACTIVE, STATUS_SUSPENDED, DomainAlias
 from app.services import domains, removal
-from web.api.auth import Provisioner, Reader
+from app.services.audit import Actor
+from app.services.tenancy import customer_scope
+from web.api.auth import CustomerReader, Provisioner
 from web.api.common import (
     DEFAULT_LIMIT,
     Cursor,
@@ -53,7 +55,7 @@ router = APIRouter(prefix="/domains", tags=["domains"], route_class=ProblemRoute
 
 @router.get("", response_model=Page[DomainPublic], responses=READ_ERRORS)
 def list_domains(
-    _: Reader,
+    principal: CustomerReader,
     factory: FactoryDep,
     customer_id: IdFilter = None,
     status: StatusFilter = None,
@@ -61,7 +63,7 @@ def list_domains(
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[DomainPublic]:
-    return domain_page(factory, customer_id, status, search, cursor, limit)
+    return domain_page(factory, customer_id, status, search, cursor, limit, principal.actor)
 
 
 def domain_page(
@@ -71,9 +73,12 @@ def domain_page(
     search: str | None,
     cursor: str | None,
     limit: int,
+    actor: Actor,
     *,
     must_exist: bool = False,
 ) -> Page[DomainPublic]:
+    """A customer's token sees its own customer only (another customer: 404)."""
+    customer_id = customer_scope(actor, customer_id)
     return page_of(
         factory,
         cursor,
@@ -83,6 +88,7 @@ def domain_page(
         ),
         DomainPublic.of,
         customer_must_exist=customer_id if must_exist else None,
+        actor=actor,
     )
 
 
@@ -117,8 +123,13 @@ def create_domain(
 
 
 @router.get("/{domain_id}", response_model=DomainPublic, responses=READ_ERRORS)
-def get_domain(domain_id: Id, _: Reader, factory: FactoryDep) -> BaseModel:
-    return read_one(factory, lambda s: DomainPublic.of(domains.get_domain(s, domain_id=domain_id)))
+def get_domain(domain_id: Id, principal: CustomerReader, factory: FactoryDep) -> BaseModel:
+    return read_one(
+        factory,
+        lambda s: DomainPublic.of(
+            domains.get_domain(s, domain_id=domain_id, actor=principal.actor)
+        ),
+    )
 
 
 @router.patch("/{domain_id}", response_model=DomainPublic, responses=WRITE_ERRORS)
@@ -194,9 +205,11 @@ def delete_domain(
     responses=READ_ERRORS,
     summary="List the alias domains of a domain",
 )
-def list_domain_aliases(domain_id: Id, _: Reader, factory: FactoryDep) -> list[DomainAliasPublic]:
+def list_domain_aliases(
+    domain_id: Id, principal: CustomerReader, factory: FactoryDep
+) -> list[DomainAliasPublic]:
     with transaction(factory) as s:
-        d = domains.get_domain(s, domain_id=domain_id)
+        d = domains.get_domain(s, domain_id=domain_id, actor=principal.actor)
         return [DomainAliasPublic.of(a) for a in sorted(d.domain_aliases, key=lambda a: a.id)]
 
 

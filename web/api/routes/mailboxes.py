@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import transaction
 from app.maildir import MaildirStore
 from app.models import STATUS_ACTIVE, STATUS_SUSPENDED
-from app.services import mailboxes, removal
-from web.api.auth import Provisioner, Reader
+from app.services import domains, mailboxes, removal
+from app.services.audit import Actor
+from app.services.tenancy import customer_scope
+from web.api.auth import CustomerProvisioner, CustomerReader
 from web.api.common import (
     DEFAULT_LIMIT,
     Cursor,
@@ -48,7 +50,7 @@ router = APIRouter(prefix="/mailboxes", tags=["mailboxes"], route_class=ProblemR
 
 @router.get("", response_model=Page[MailboxPublic], responses=READ_ERRORS)
 def list_mailboxes(
-    _: Reader,
+    principal: CustomerReader,
     factory: FactoryDep,
     store: StoreDep,
     customer_id: IdFilter = None,
@@ -59,7 +61,9 @@ def list_mailboxes(
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[MailboxPublic]:
     """Mailboxes with their usage (bytes, messages), quota and last login."""
-    return mailbox_page(factory, store, customer_id, domain_id, status, search, cursor, limit)
+    return mailbox_page(
+        factory, store, customer_id, domain_id, status, search, cursor, limit, principal.actor
+    )
 
 
 def mailbox_page(
@@ -71,9 +75,15 @@ def mailbox_page(
     search: str | None,
     cursor: str | None,
     limit: int,
+    actor: Actor,
     *,
     must_exist: bool = False,
 ) -> Page[MailboxPublic]:
+    """A customer's token sees its own customer only (another customer or domain: 404)."""
+    if domain_id is not None and actor.customer_id is not None:
+        with transaction(factory) as s:
+            domains.get_domain(s, domain_id=domain_id, actor=actor)
+    customer_id = customer_scope(actor, customer_id)
     return page_of(
         factory,
         cursor,
@@ -89,6 +99,7 @@ def mailbox_page(
         ),
         lambda m: MailboxPublic.of(m, store),
         customer_must_exist=customer_id if must_exist else None,
+        actor=actor,
     )
 
 
@@ -101,7 +112,7 @@ def mailbox_page(
 def create_mailbox(
     body: MailboxCreate,
     request: Request,
-    principal: Provisioner,
+    principal: CustomerProvisioner,
     factory: FactoryDep,
     store: StoreDep,
     idempotency_key: IdempotencyKey = None,
@@ -127,9 +138,14 @@ def create_mailbox(
     response_model=MailboxPublic,
     responses=READ_ERRORS,
 )
-def get_mailbox(mailbox_id: Id, _: Reader, factory: FactoryDep, store: StoreDep) -> BaseModel:
+def get_mailbox(
+    mailbox_id: Id, principal: CustomerReader, factory: FactoryDep, store: StoreDep
+) -> BaseModel:
     return read_one(
-        factory, lambda s: MailboxPublic.of(mailboxes.get_mailbox(s, mailbox_id=mailbox_id), store)
+        factory,
+        lambda s: MailboxPublic.of(
+            mailboxes.get_mailbox(s, mailbox_id=mailbox_id, actor=principal.actor), store
+        ),
     )
 
 
@@ -141,12 +157,12 @@ def get_mailbox(mailbox_id: Id, _: Reader, factory: FactoryDep, store: StoreDep)
 def update_mailbox(
     mailbox_id: Id,
     body: MailboxUpdate,
-    principal: Provisioner,
+    principal: CustomerProvisioner,
     factory: FactoryDep,
     store: StoreDep,
 ) -> BaseModel:
     with transaction(factory) as s:
-        m = mailboxes.get_mailbox(s, mailbox_id=mailbox_id)
+        m = mailboxes.get_mailbox(s, mailbox_id=mailbox_id, actor=principal.actor)
         if body.password is not None or body.password_hash is not None:
             m = mailboxes.set_password(
                 s,
@@ -177,7 +193,7 @@ def _mailbox_status_route(action_name: str, status: str) -> None:
     def change(
         mailbox_id: Id,
         request: Request,
-        principal: Provisioner,
+        principal: CustomerProvisioner,
         factory: FactoryDep,
         store: StoreDep,
         idempotency_key: IdempotencyKey = None,
@@ -197,7 +213,7 @@ _mailbox_status_route("resume", STATUS_ACTIVE)
 
 @router.delete("/{mailbox_id}", status_code=204, responses=DELETE_RESPONSES)
 def delete_mailbox(
-    mailbox_id: Id, principal: Provisioner, factory: FactoryDep, store: StoreDep
+    mailbox_id: Id, principal: CustomerProvisioner, factory: FactoryDep, store: StoreDep
 ) -> Response:
     """Deletes the mailbox and its messages; its billing history (lifecycle events) stays."""
     with transaction(factory) as s:

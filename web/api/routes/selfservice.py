@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.db import transaction
 from app.services import selfservice
-from app.services.mailboxes import get_mailbox
-from web.api.auth import Provisioner, Reader
+from app.services.audit import Actor
+from web.api.auth import CustomerProvisioner, CustomerReader
 from web.api.problems import ProblemRoute, problem_responses
 from web.deps import FactoryDep
 from web.params import Id
@@ -63,9 +63,8 @@ class AutoReplyUpdate(BaseModel):
     enabled: StrictBool = True
 
 
-def _forwarding(s: Session, mailbox_id: int) -> ForwardingPublic:
-    get_mailbox(s, mailbox_id=mailbox_id)
-    view = selfservice.get_forward(s, mailbox_id=mailbox_id)
+def _forwarding(s: Session, mailbox_id: int, actor: Actor) -> ForwardingPublic:
+    view = selfservice.get_forward(s, mailbox_id=mailbox_id, actor=actor)
     if view is None:
         return ForwardingPublic(mailbox_id=mailbox_id, configured=False)
     return ForwardingPublic(
@@ -77,9 +76,8 @@ def _forwarding(s: Session, mailbox_id: int) -> ForwardingPublic:
     )
 
 
-def _auto_reply(s: Session, mailbox_id: int) -> AutoReplyPublic:
-    get_mailbox(s, mailbox_id=mailbox_id)
-    view = selfservice.get_auto_reply(s, mailbox_id=mailbox_id)
+def _auto_reply(s: Session, mailbox_id: int, actor: Actor) -> AutoReplyPublic:
+    view = selfservice.get_auto_reply(s, mailbox_id=mailbox_id, actor=actor)
     if view is None:
         return AutoReplyPublic(mailbox_id=mailbox_id, configured=False)
     return AutoReplyPublic(
@@ -96,16 +94,18 @@ def _auto_reply(s: Session, mailbox_id: int) -> AutoReplyPublic:
 @router.get(
     "/mailboxes/{mailbox_id}/forwarding", response_model=ForwardingPublic, responses=READ_ERRORS
 )
-def get_forwarding(mailbox_id: Id, _: Reader, factory: FactoryDep) -> ForwardingPublic:
+def get_forwarding(
+    mailbox_id: Id, principal: CustomerReader, factory: FactoryDep
+) -> ForwardingPublic:
     with transaction(factory) as s:
-        return _forwarding(s, mailbox_id)
+        return _forwarding(s, mailbox_id, principal.actor)
 
 
 @router.put(
     "/mailboxes/{mailbox_id}/forwarding", response_model=ForwardingPublic, responses=WRITE_ERRORS
 )
 def put_forwarding(
-    mailbox_id: Id, body: ForwardingUpdate, principal: Provisioner, factory: FactoryDep
+    mailbox_id: Id, body: ForwardingUpdate, principal: CustomerProvisioner, factory: FactoryDep
 ) -> ForwardingPublic:
     with transaction(factory) as s:
         selfservice.set_forward(
@@ -115,11 +115,13 @@ def put_forwarding(
             address=body.forward_to,
             keep_copy=body.keep_copy,
         )
-        return _forwarding(s, mailbox_id)
+        return _forwarding(s, mailbox_id, principal.actor)
 
 
 @router.delete("/mailboxes/{mailbox_id}/forwarding", status_code=204, responses=WRITE_ERRORS)
-def delete_forwarding(mailbox_id: Id, principal: Provisioner, factory: FactoryDep) -> Response:
+def delete_forwarding(
+    mailbox_id: Id, principal: CustomerProvisioner, factory: FactoryDep
+) -> Response:
     with transaction(factory) as s:
         selfservice.clear_forward(s, actor=principal.actor, mailbox_id=mailbox_id)
     return Response(status_code=204)
@@ -128,16 +130,18 @@ def delete_forwarding(mailbox_id: Id, principal: Provisioner, factory: FactoryDe
 @router.get(
     "/mailboxes/{mailbox_id}/auto-reply", response_model=AutoReplyPublic, responses=READ_ERRORS
 )
-def get_auto_reply(mailbox_id: Id, _: Reader, factory: FactoryDep) -> AutoReplyPublic:
+def get_auto_reply(
+    mailbox_id: Id, principal: CustomerReader, factory: FactoryDep
+) -> AutoReplyPublic:
     with transaction(factory) as s:
-        return _auto_reply(s, mailbox_id)
+        return _auto_reply(s, mailbox_id, principal.actor)
 
 
 @router.put(
     "/mailboxes/{mailbox_id}/auto-reply", response_model=AutoReplyPublic, responses=WRITE_ERRORS
 )
 def put_auto_reply(
-    mailbox_id: Id, body: AutoReplyUpdate, principal: Provisioner, factory: FactoryDep
+    mailbox_id: Id, body: AutoReplyUpdate, principal: CustomerProvisioner, factory: FactoryDep
 ) -> AutoReplyPublic:
     with transaction(factory) as s:
         selfservice.set_auto_reply(
@@ -150,11 +154,13 @@ def put_auto_reply(
             ends_on=body.ends_on,
             enabled=body.enabled,
         )
-        return _auto_reply(s, mailbox_id)
+        return _auto_reply(s, mailbox_id, principal.actor)
 
 
 @router.delete("/mailboxes/{mailbox_id}/auto-reply", status_code=204, responses=WRITE_ERRORS)
-def delete_auto_reply(mailbox_id: Id, principal: Provisioner, factory: FactoryDep) -> Response:
+def delete_auto_reply(
+    mailbox_id: Id, principal: CustomerProvisioner, factory: FactoryDep
+) -> Response:
     with transaction(factory) as s:
         selfservice.clear_auto_reply(s, actor=principal.actor, mailbox_id=mailbox_id)
     return Response(status_code=204)
