@@ -40,7 +40,7 @@ from app.services.customer_admins import clean_username
 from app.services.customers import get_customer
 from app.services.mailboxes import check_password, find_mailbox, generate_password
 from app.services.sessions import end_sessions
-from app.services.tenancy import customer_scope, visible
+from app.services.tenancy import customer_scope, isp_only, visible
 
 ROLES = (ROLE_ADMIN, ROLE_SUPPORT)
 TOKEN_PREFIX = "mh_"  # noqa: S105 - a label, not a secret
@@ -51,6 +51,7 @@ _TOKEN = re.compile(r"^mh_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,128})$")
 
 
 # ------------------------------------------------------------------------------ operators
+@isp_only("manage operators")
 def create_operator(
     session: Session, *, actor: Actor, username: str, password: str, role: str = "admin"
 ) -> Operator:
@@ -89,7 +90,8 @@ def get_operator_by_username(session: Session, *, username: str) -> Operator:
     return operator
 
 
-def list_operators(session: Session) -> list[Operator]:
+@isp_only("see operators")
+def list_operators(session: Session, *, actor: Actor | None = None) -> list[Operator]:
     return list(session.scalars(select(Operator).order_by(Operator.id)))
 
 
@@ -100,6 +102,7 @@ def _get_operator(session: Session, operator_id: int) -> Operator:
     return operator
 
 
+@isp_only("manage operators")
 def set_operator_password(
     session: Session, *, actor: Actor, operator_id: int, password: str
 ) -> Operator:
@@ -158,6 +161,7 @@ def change_own_password(
     return operator
 
 
+@isp_only("manage operators")
 def delete_operator(session: Session, *, actor: Actor, operator_id: int) -> None:
     """Refused (ConflictError) for the last active admin."""
     operator = _get_operator(session, operator_id)

@@ -13,7 +13,7 @@ from app.models import Customer, Domain
 from app.services.audit import Actor, audit
 from app.services.common import check_status, flush_or_conflict
 from app.services.domains import delete_domain
-from app.services.tenancy import check_visible, staff_only
+from app.services.tenancy import check_visible, isp_only, staff_only
 
 MAX_NAME = 200
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -128,9 +128,11 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+@isp_only("list customers")
 def list_customers(
     session: Session,
     *,
+    actor: Actor | None = None,
     search: str | None = None,
     status: str | None = None,
     after_id: int | None = None,

@@ -34,6 +34,7 @@ from app.services.addresses import normalise_domain
 from app.services.audit import Actor, audit
 from app.services.common import flush_or_conflict
 from app.services.domains import get_domain
+from app.services.tenancy import isp_only
 
 # Prefix of generated selectors: "mh" + the UTC date, e.g. mh20261202 (then -2, -3...).
 SELECTOR_PREFIX = "mh"
@@ -107,6 +108,7 @@ def _free_selector(session: Session, domain_id: int) -> str:
     return selector
 
 
+@isp_only("manage DKIM keys")
 def generate_key(
     session: Session,
     *,
@@ -164,6 +166,7 @@ def generate_key(
     return key
 
 
+@isp_only("manage DKIM keys")
 def rotate_key(
     session: Session,
     *,
@@ -189,6 +192,7 @@ def rotate_key(
     )
 
 
+@isp_only("manage DKIM keys")
 def retire_key(session: Session, *, actor: Actor, domain_id: int, selector: str) -> DkimKey:
     """Withdraw a key: its record is no longer recommended and its private key is erased.
     Retiring the signing key leaves the domain's mail unsigned until a new key is generated.

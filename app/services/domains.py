@@ -14,7 +14,7 @@ from app.services import relay_queue
 from app.services.addresses import normalise_domain, split_address
 from app.services.audit import Actor, audit, record_lifecycle
 from app.services.common import check_status, flush_or_conflict
-from app.services.tenancy import check_visible, staff_only
+from app.services.tenancy import check_visible, isp_only, staff_only
 
 # BigInteger columns: refuse anything a signed 64-bit integer cannot hold.
 MAX_BYTES = 2**63 - 1
@@ -511,6 +511,7 @@ def get_domain_alias(session: Session, *, alias_name: str) -> DomainAlias:
     return alias
 
 
+@isp_only("change domains")
 def remove_domain_alias(session: Session, *, actor: Actor, alias_name: str) -> None:
     alias = get_domain_alias(session, alias_name=alias_name)
     audit(

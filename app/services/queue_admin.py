@@ -20,6 +20,7 @@ from app.models import (
 )
 from app.services.addresses import normalise_domain
 from app.services.audit import Actor, audit
+from app.services.tenancy import isp_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +49,11 @@ def get_message(session: Session, *, queue_id: str) -> OutboundMessage:
     return message
 
 
+@isp_only("see the outbound queue")
 def list_queue(
     session: Session,
     *,
+    actor: Actor | None = None,
     state: str | None = None,
     domain: str | None = None,
     sender: str | None = None,
@@ -115,6 +118,7 @@ def _pending(message: OutboundMessage, states: tuple[str, ...]) -> list[Outbound
     return [r for r in message.recipients if r.state in states]
 
 
+@isp_only("manage the outbound queue")
 def retry_message(
     session: Session, *, actor: Actor, queue_id: str, now: dt.datetime
 ) -> OutboundMessage:
@@ -137,6 +141,7 @@ def retry_message(
     return message
 
 
+@isp_only("manage the outbound queue")
 def hold_message(session: Session, *, actor: Actor, queue_id: str) -> OutboundMessage:
     """Stop delivery of every queued or deferred recipient until released. A recipient a
     worker is sending to right now may still be delivered by that attempt."""
@@ -158,6 +163,7 @@ def hold_message(session: Session, *, actor: Actor, queue_id: str) -> OutboundMe
     return message
 
 
+@isp_only("manage the outbound queue")
 def release_message(
     session: Session, *, actor: Actor, queue_id: str, now: dt.datetime
 ) -> OutboundMessage:
@@ -183,6 +189,7 @@ def release_message(
     return message
 
 
+@isp_only("manage the outbound queue")
 def delete_message(session: Session, *, actor: Actor, queue_id: str) -> str:
     """Delete a message and all its recipient rows without telling anyone (no bounce).
     Returns its spool id: the edge removes the file after commit (else the orphan cleaner

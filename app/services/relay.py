@@ -44,6 +44,7 @@ from app.services.audit import SYSTEM_ACTOR, Actor, audit, record_lifecycle
 from app.services.domains import create_domain, delete_domain, get_domain, get_domain_by_name
 from app.services.relay_hop import HopCheck, parse_next_hop
 from app.services.relay_queue import RelayQueueSummary
+from app.services.tenancy import isp_only
 
 # A week of callout caching at most: a customer's user list changes.
 MAX_CALLOUT_CACHE = 7 * 86400
@@ -174,6 +175,7 @@ def _became_relay(session: Session, *, actor: Actor, domain: Domain, action: str
     )
 
 
+@isp_only("manage relay domains")
 def create_relay_domain(
     session: Session,
     *,
@@ -208,6 +210,7 @@ def create_relay_domain(
     return domain
 
 
+@isp_only("manage relay domains")
 def convert_to_relay(
     session: Session,
     *,
@@ -306,6 +309,7 @@ def relay_info(session: Session, *, domain_name: str) -> RelayInfo | None:
     )
 
 
+@isp_only("manage relay domains")
 def update_relay(
     session: Session,
     *,
@@ -416,6 +420,7 @@ def is_listed(session: Session, *, domain_id: int, local_part: str) -> bool:
     )
 
 
+@isp_only("manage relay domains")
 def add_recipient(
     session: Session, *, actor: Actor, domain_id: int, address: str
 ) -> RelayRecipient:
@@ -438,6 +443,7 @@ def add_recipient(
     return row
 
 
+@isp_only("manage relay domains")
 def remove_recipient(session: Session, *, actor: Actor, domain_id: int, address: str) -> None:
     relay = get_relay(session, domain_id=domain_id)
     local = _local_part(relay, address)
@@ -486,6 +492,7 @@ def parse_recipient_csv(session: Session, *, domain_id: int, text: str) -> list[
     return found
 
 
+@isp_only("manage relay domains")
 def import_recipients(
     session: Session, *, actor: Actor, domain_id: int, text: str, replace: bool = False
 ) -> ImportSummary:
@@ -544,6 +551,7 @@ def export_recipients_csv(session: Session, *, domain_id: int) -> str:
 # --- queue: flush, hold, release, delete ----------------------------------------------------
 
 
+@isp_only("manage relay domains")
 def flush(session: Session, *, actor: Actor, domain_id: int, now: dt.datetime) -> int:
     """Make the domain's queued and deferred mail due now; returns how many recipients.
     A held domain stays held (release it first): ConflictError."""
@@ -563,6 +571,7 @@ def flush(session: Session, *, actor: Actor, domain_id: int, now: dt.datetime) -
     return count
 
 
+@isp_only("manage relay domains")
 def hold(session: Session, *, actor: Actor, domain_id: int, reason: str | None = None) -> int:
     """Stop delivery to the domain (new mail is queued held too); returns rows held now."""
     relay = get_relay(session, domain_id=domain_id)
@@ -583,6 +592,7 @@ def hold(session: Session, *, actor: Actor, domain_id: int, reason: str | None =
     return count
 
 
+@isp_only("manage relay domains")
 def release(session: Session, *, actor: Actor, domain_id: int, now: dt.datetime) -> int:
     """Deliver again: held rows of the domain become queued and due now."""
     relay = get_relay(session, domain_id=domain_id)
@@ -618,6 +628,7 @@ def queue_summary(session: Session, *, domain_id: int) -> RelayQueueSummary:
     return relay_queue.summary(session, domain_name=relay.domain.name)
 
 
+@isp_only("manage relay domains")
 def delete_relay_domain(
     session: Session, *, actor: Actor, domain_id: int, discard: bool = False
 ) -> list[str]:

@@ -33,6 +33,7 @@ from app.services.addresses import normalise_address, normalise_domain
 from app.services.audit import Actor, audit
 from app.services.customers import get_customer
 from app.services.domains import get_domain
+from app.services.tenancy import isp_only
 
 MAX_SUBJECT_TAG = 40
 MAX_SCORE = 1000.0
@@ -121,6 +122,7 @@ def own_override(session: Session, *, scope: Scope, scope_id: int) -> dict[str, 
     return {name: (getattr(row, name) if row is not None else None) for name in _FIELDS}
 
 
+@isp_only("change scanning policy")
 def set_override(
     session: Session, *, actor: Actor, scope: Scope, scope_id: int, change: PolicyChange
 ) -> ScanPolicyOverride:
@@ -191,6 +193,7 @@ def _looks_like_ip(text: str) -> bool:
     return True
 
 
+@isp_only("change scanning policy")
 def add_list_entry(
     session: Session, *, actor: Actor, domain_id: int, list_name: ListName, value: str
 ) -> ScanListEntry:
@@ -225,6 +228,7 @@ def add_list_entry(
     return entry
 
 
+@isp_only("change scanning policy")
 def remove_list_entry(
     session: Session, *, actor: Actor, domain_id: int, list_name: ListName, value: str
 ) -> None:

@@ -23,6 +23,7 @@ from app.services.audit import Actor, audit
 from app.services.customers import get_customer
 from app.services.mailboxes import get_mailbox
 from app.services.sending import DEFAULT_LIMITS, SendingLimits, current_count, sending_limited
+from app.services.tenancy import isp_only
 
 # Far above any sane limit (a mailbox sending 10 million messages an hour is no mailbox), and
 # well inside a 32-bit INTEGER column.
@@ -82,6 +83,7 @@ def _change(changes: list[str], name: str, old: object, new: object) -> bool:
     return True
 
 
+@isp_only("change sending limits")
 def set_mailbox_sending(
     session: Session,
     *,
@@ -131,6 +133,7 @@ def set_mailbox_sending(
     return mailbox
 
 
+@isp_only("change sending limits")
 def set_customer_limits(
     session: Session,
     *,

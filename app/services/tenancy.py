@@ -9,9 +9,21 @@ confirms that a foreign id exists. Services that change an object receive the ac
 (for the audit log) and pass it to their lookups, so a change through any door is checked
 here too. Lists take the customer as a filter (``customer_scope`` gives it). ISP staff,
 platform tokens, the CLI and the system have no ``customer_id`` and see everything.
+
+ISP-only use cases (operators, DKIM, sending limits, scanning policy, the queue, relay
+domains, customers and domain changes) refuse a customer actor here too, not only at the
+edges: ``isp_only`` marks such a service function, and a customer actor gets
+``PermissionDeniedError`` before anything is read or written (each edge maps it once: 403 in
+the API, the portal's error page). The edges still keep their own doors shut (the portal has
+no operator session for a customer administrator; the API gate is deny-by-default), so the
+service check is the rule and the edge check a second lock.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from app.errors import NotFoundError, PermissionDeniedError
 from app.services.audit import Actor
@@ -44,3 +56,25 @@ def staff_only(actor: Actor | None, what: str) -> None:
     """Refuse ISP-only changes (domains, prices, limits, the customer) to customer admins."""
     if actor is not None and actor.customer_id is not None:
         raise PermissionDeniedError(f"only the ISP can {what}")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+ISP_ONLY_MARK = "__isp_only__"
+
+
+def isp_only(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a service function (keyword ``actor``) as the ISP's only: a customer's actor
+    (administrator or customer-bound token) gets ``PermissionDeniedError``."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            actor = kwargs.get("actor")
+            staff_only(actor if isinstance(actor, Actor) else None, what)
+            return function(*args, **kwargs)
+
+        setattr(checked, ISP_ONLY_MARK, what)
+        return checked
+
+    return decorate

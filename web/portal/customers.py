@@ -41,6 +41,7 @@ def customer_list(
 ) -> HTMLResponse:
     rows = customers.list_customers(
         session,
+        actor=auth.actor,
         search=q.strip() or None,
         status=status or None,
         after_id=after,

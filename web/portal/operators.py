@@ -28,7 +28,7 @@ def operator_list(request: Request, session: SessionDep, auth: AuthDep) -> HTMLR
     return render(
         request,
         "operators/list.html",
-        {"operators": accounts.list_operators(session)},
+        {"operators": accounts.list_operators(session, actor=auth.actor)},
     )
 
 

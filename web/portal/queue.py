@@ -52,6 +52,7 @@ def queue_list(
     try:
         rows = queue_admin.list_queue(
             session,
+            actor=auth.actor,
             state=state or None,
             domain=domain.strip() or None,
             sender=sender.strip() or None,

@@ -55,7 +55,7 @@ router = APIRouter(prefix="/customers", tags=["customers"], route_class=ProblemR
 
 @router.get("", response_model=Page[CustomerPublic], responses=READ_ERRORS)
 def list_customers(
-    _: Reader,
+    principal: Reader,
     factory: FactoryDep,
     status: StatusFilter = None,
     search: Search = None,
@@ -67,7 +67,7 @@ def list_customers(
         cursor,
         limit,
         lambda s, after, n: customers.list_customers(
-            s, search=search, status=status, after_id=after, limit=n
+            s, actor=principal.actor, search=search, status=status, after_id=after, limit=n
         ),
         CustomerPublic.of,
     )

@@ -111,7 +111,7 @@ class QueueSummaryPublic(BaseModel):
 
 @router.get("", response_model=Page[QueueSummaryPublic], responses=READ_ERRORS)
 def list_queue(
-    _: QueueOperator,
+    principal: QueueOperator,
     factory: FactoryDep,
     state: Annotated[
         RecipientState | None,
@@ -138,6 +138,7 @@ def list_queue(
         limit,
         lambda s, after, n: queue_admin.list_queue(
             s,
+            actor=principal.actor,
             state=state,
             domain=domain,
             sender=sender,
