@@ -49,6 +49,9 @@ class Transaction:
     # Accepted recipients at relay domains (address, the domain's settings): queued, not
     # stored in a Maildir (smtp_ingress/relay.py).
     relay: list[tuple[str, RelayInfo]] = field(default_factory=list)
+    # Accepted bounces to our SRS addresses: (the RCPT, the original sender it decodes to);
+    # queued for the original sender, never mixed with other recipients (srs_bounce.py).
+    srs: list[tuple[str, str]] = field(default_factory=list)
     # Resolutions are cached per transaction: the same RCPT twice asks the database once.
     cache: dict[str, Resolution] = field(default_factory=dict)
     # With scanning on: mailbox id -> its domain's scan rules and whether the sender is on

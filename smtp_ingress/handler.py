@@ -46,6 +46,7 @@ from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
 from smtp_ingress.relay import RelayDesk
 from smtp_ingress.relay_data import RelayData
 from smtp_ingress.scanning import ScanGlue, ScanStep, StoredHeaders
+from smtp_ingress.srs_bounce import SRS_SEPARATELY, SrsBounces
 
 # The small parts live in smtp_ingress/support.py; re-exported here for the modules and tests
 # that import them from the handler (server.py, tests/protocol/test_smtp_units.py).
@@ -73,13 +74,13 @@ __all__ = [
 ]
 
 
-class IngressHandler(RelayData, ScanGlue):
+class IngressHandler(RelayData, ScanGlue, SrsBounces):
     """The aiosmtpd handler: HELO/EHLO, MAIL, RCPT policy, DATA delivery, error mapping.
 
     Its rooms are mixed in: the scan glue (smtp_ingress/scanning.py), relay recipients and
     relay DATA (smtp_ingress/relay_data.py), the delivery job and trace headers
-    (smtp_ingress/delivery.py), the shared state, executor bridge and records
-    (smtp_ingress/support.py)."""
+    (smtp_ingress/delivery.py), bounces to SRS addresses (smtp_ingress/srs_bounce.py), the
+    shared state, executor bridge and records (smtp_ingress/support.py)."""
 
     def __init__(
         self,
@@ -238,6 +239,17 @@ class IngressHandler(RelayData, ScanGlue):
                 return replies.TEMPFAIL
             self.resolutions.put(key, resolution)
         txn.cache[key] = resolution
+        srs_reply = self.srs_rcpt(txn, address, resolution.verdict)
+        if srs_reply is not None:
+            if srs_reply[:1] != "2":
+                self._log_reject(session, txn, address, srs_reply)
+                return srs_reply
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            return srs_reply
+        if txn.srs:  # an SRS bounce is queued on its own (smtp_ingress/srs_bounce.py)
+            self._log_reject(session, txn, address, SRS_SEPARATELY)
+            return SRS_SEPARATELY
         if resolution.verdict is Verdict.UNKNOWN_DOMAIN:
             relay_reply = await self._relay_rcpt(txn, address)
             if relay_reply is not None:
@@ -293,8 +305,8 @@ class IngressHandler(RelayData, ScanGlue):
         """Where the protocol streams the decoded body: in memory, spilling past 256 KiB
         into the first recipient's ``tmp/`` (nothing is created until then)."""
         txn = envelope.txn
-        assert txn is not None and (txn.targets or txn.relay)  # DATA needs an accepted RCPT
-        if not txn.targets:  # relay recipients only: spill into the outbound spool
+        assert txn is not None and (txn.targets or txn.relay or txn.srs)  # an accepted RCPT
+        if not txn.targets:  # relay or SRS recipients only: spill into the outbound spool
             return SpoolSpilledBody(self.spool)
         first, _ = next(iter(txn.targets.values()))
         return spool_body(self.store, first.ref)
@@ -320,6 +332,8 @@ class IngressHandler(RelayData, ScanGlue):
         if await self._loops(body):
             self._log_reject(session, txn, ",".join(txn.accepted), relay_edge.LOOP_REFUSED)
             return relay_edge.LOOP_REFUSED
+        if txn.srs:
+            return await self._data_with_srs(server, session, txn, body)
         if txn.relay:
             return await self._data_with_relay(server, session, txn, body)
         targets = [target for target, _ in txn.targets.values()]
