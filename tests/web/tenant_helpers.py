@@ -26,6 +26,7 @@ class Tenant:
     admin_id: int
     admin: str
     domain: str
+    token_id: int = 0  # an API token bound to the customer
 
 
 def make_customer_admin(
@@ -54,7 +55,15 @@ def make_tenant(factory: sessionmaker[Session], name: str, domain: str) -> Tenan
             mailbox_id=mailbox.id,
             status="suspended",
         )
-        return Tenant(customer.id, dom.id, mailbox.id, alias.id, admin_id, admin.username, domain)
+        from app.services import accounts
+        from app.services.audit import CLI_ACTOR
+
+        token, _ = accounts.create_token(
+            session, actor=CLI_ACTOR, name=f"{name}-tool", scopes=["read"], customer_id=customer.id
+        )
+        return Tenant(
+            customer.id, dom.id, mailbox.id, alias.id, admin_id, admin.username, domain, token.id
+        )
 
 
 def login_customer_admin(client: TestClient, username: str) -> PortalClient:

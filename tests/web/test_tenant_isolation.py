@@ -37,6 +37,7 @@ def _foreign_ids(b: Tenant) -> dict[str, int]:
         "alias_id": b.alias_id,
         "customer_id": b.customer_id,
         "admin_id": b.admin_id,
+        "token_id": b.token_id,
     }
 
 

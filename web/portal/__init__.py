@@ -67,6 +67,7 @@ def build_router() -> APIRouter:
         scanning,
         sending,
         tenant,
+        token_pages,
         totp_pages,
         tracking,
     )
@@ -90,6 +91,7 @@ def build_router() -> APIRouter:
         tracking,
         bulk,
         operators,
+        token_pages,  # the ISP's /tokens and (issue 15) a customer's /my/tokens
         account,
         audit_log,
         login_totp,  # issue 15: the second login step (TOTP)

@@ -1,4 +1,4 @@
-"""Operators (portal users) and API tokens: create, revoke or delete, last used."""
+"""Operators (portal users): create, change password, delete (API tokens: token_pages.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app.errors import MailhostError, ValidationError
-from app.models import ROLE_ADMIN, ROLE_SUPPORT, SCOPES, Operator
+from app.models import ROLE_ADMIN, ROLE_SUPPORT, Operator
 from app.services import accounts
 from app.services.mailboxes import generate_password
 from web.deps import SessionDep
@@ -20,7 +20,6 @@ from web.portal.render import render
 router = APIRouter()
 
 OPERATOR_FIELDS = ("username", "password", "role")
-TOKEN_FIELDS = ("name", "scopes", "owner")
 
 
 @router.get("/operators")
@@ -130,47 +129,3 @@ def operator_password_reset(
     )
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-@router.get("/tokens")
-def token_list(request: Request, session: SessionDep, auth: AuthDep) -> HTMLResponse:
-    return render(request, "tokens/list.html", {"tokens": accounts.list_tokens(session)})
-
-
-@router.get("/tokens/new")
-def token_new(request: Request, auth: AdminDep) -> HTMLResponse:
-    form = FormState(values={"scopes": "read"}, fields=TOKEN_FIELDS)
-    return render(request, "tokens/new.html", {"form": form, "scopes": SCOPES, "chosen": ["read"]})
-
-
-@router.post("/tokens/new", response_model=None)
-def token_create(request: Request, session: SessionDep, auth: AdminDep, data: FormDep) -> Response:
-    form = FormState(values=data.values(), fields=TOKEN_FIELDS)
-    chosen = data.getlist("scopes")
-    with saving(session, form, default_field="name"):
-        if not chosen:
-            raise ValidationError("choose at least one scope", field="scopes")
-        token, secret = accounts.create_token(
-            session,
-            actor=auth.actor,
-            name=data.text("name"),
-            scopes=chosen,
-            owner=data.text("owner") or auth.me.username,
-        )
-    if not form.ok:
-        return render(
-            request,
-            "tokens/new.html",
-            {"form": form, "scopes": SCOPES, "chosen": chosen},
-            status=422,
-        )
-    response = render(request, "tokens/created.html", {"token": token, "secret": secret})
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-@router.post("/tokens/{token_id}/revoke")
-def token_revoke(session: SessionDep, auth: AdminDep, data: FormDep, token_id: Id) -> Response:
-    accounts.revoke_token(session, actor=auth.actor, token_id=token_id)
-    session.commit()
-    return redirect("/tokens?done=revoked")
