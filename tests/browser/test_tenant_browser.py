@@ -93,3 +93,33 @@ def test_totp_enrolment_and_login(live: LiveServer, page: Any) -> None:
     page.wait_for_url(f"{live.url}/")
     assert "alice" in page.inner_text(".whoami")
     shot(page, "43-totp-logged-in")
+
+
+def test_customer_admin_sets_a_users_auto_reply_and_makes_an_api_token(
+    live: LiveServer, page: Any
+) -> None:
+    acme = make_tenant(live.session_factory, "acme", "acme.example")
+    globex = make_tenant(live.session_factory, "globex", "globex.example")
+    _login(page, live.url, acme.admin, "/my")
+    page.goto(f"{live.url}/my/mailboxes/{acme.mailbox_id}")
+    page.click("#rules-link")
+    page.wait_for_url(f"{live.url}/my/mailboxes/{acme.mailbox_id}/auto-reply")
+    page.fill("#f-subject", "Out of office")
+    page.fill("#f-body", "Back on Monday.")
+    page.fill("#f-ends_on", "2027-06-30")
+    page.click("button:has-text('Save auto-reply')")
+    page.wait_for_url(re.compile(r".*/auto-reply\?done=saved$"))
+    assert "On, from now to 2027-06-30" in page.inner_text("#auto-reply-state")
+    shot(page, "43-customer-admin-auto-reply")
+    response = page.goto(f"{live.url}/my/mailboxes/{globex.mailbox_id}/auto-reply")
+    assert response is not None and response.status == 404
+    assert "globex" not in page.content()
+
+    page.goto(f"{live.url}/my/tokens")
+    page.click("text=New token")
+    page.fill("#f-name", "acme crm")
+    page.click("button:has-text('Create token')")
+    secret = page.inner_text("#token-secret").strip()
+    assert secret.startswith("mh_")
+    page.click("text=Done")
+    assert "acme crm" in page.inner_text("main") and "globex" not in page.content()
