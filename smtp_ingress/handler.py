@@ -246,6 +246,7 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
                 return srs_reply
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
+            self._track_srs(session, txn, address, srs_reply)
             return srs_reply
         if txn.srs:  # an SRS bounce is queued on its own (smtp_ingress/srs_bounce.py)
             self._log_reject(session, txn, address, SRS_SEPARATELY)

@@ -44,9 +44,10 @@ from app.models import ORIGIN_FORWARD, utcnow
 from app.services import queue
 from app.services.resolution import Verdict
 from app.spool import SpoolStore
+from app.tracking import Event
 from smtp_ingress import replies
 from smtp_ingress.envelope import ServerLike, Transaction
-from smtp_ingress.support import HandlerCore, _peer_ip, log
+from smtp_ingress.support import HandlerCore, StatsBatcher, _peer_ip, log
 
 SRS_FORGED = "550 5.1.1 Recipient address rejected: invalid or expired SRS address"
 SRS_NOT_A_BOUNCE = "550 5.7.1 Recipient address rejected: SRS addresses accept bounces only"
@@ -69,6 +70,7 @@ class SrsBounces(HandlerCore):
     spool: SpoolStore
     session_factory: sessionmaker[Session]
     rules: DeliveryRules  # its rewriter made the SRS addresses, with the same key
+    stats: StatsBatcher
 
     def srs_rcpt(self, txn: Transaction, address: str, verdict: Verdict) -> str | None:
         """The reply to ``RCPT TO:<address>`` when it is an SRS address at a hosted domain
@@ -89,6 +91,23 @@ class SrsBounces(HandlerCore):
         txn.srs.append((address, original))
         txn.accepted.append(address)
         return SRS_RCPT_OK
+
+    def _track_srs(self, session: SmtpSession, txn: Transaction, address: str, reply: str) -> None:
+        """The tracking event of an accepted SRS bounce recipient (as a hosted one's)."""
+        self.tracking.record(
+            Event(
+                kind="received",
+                service="mx",
+                queue_id=txn.queue_id,
+                client_ip=_peer_ip(session),
+                helo=session.host_name,
+                sender=txn.sender,
+                recipient=address,
+                stage="RCPT",
+                reply=reply,
+                detail="SRS bounce, returned to " + txn.srs[-1][1],
+            )
+        )
 
     def _store_srs(self, txn: Transaction, body: SpooledBody, trace: bytes) -> str:
         """Spool ``trace + body`` (CRLF, fsync'd) and commit one queue message from ``<>`` to
@@ -139,5 +158,6 @@ class SrsBounces(HandlerCore):
             cid = secrets.token_hex(4)
             log.exception("srs bounce queueing failed id=%s qid=%s", cid, txn.queue_id)
             return replies.delivery_failure(exc)
+        self.stats.add(len(txn.srs))
         server.transaction_done()
         return replies.delivered(txn.queue_id)
