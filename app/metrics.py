@@ -84,6 +84,13 @@ class Instruments:
             ["service", "stage", "reply_class"],
             registry=r,
         )
+        self.protocol_refused = Counter(
+            "mailhost_protocol_refusals",
+            "4xx/5xx replies the SMTP protocol layer made itself (syntax, size, bare LF, "
+            "limits, timeouts), by service, stage (the command, connect or command) and class",
+            ["service", "stage", "reply_class"],
+            registry=r,
+        )
         self.stored_bytes = Counter(
             "mailhost_stored_bytes",
             "Octets written into Maildirs (each copy counted), by service",
@@ -231,6 +238,11 @@ def message_accepted(service: str, *, copies: int, size: int, seconds: float) ->
 
 def refused(service: str, stage: str, reply: str | int) -> None:
     instruments().messages_refused.labels(service, stage, reply_class(reply)).inc()
+
+
+def protocol_refused(service: str, stage: str, reply: str | int) -> None:
+    """``stage``: a known command verb, ``connect`` or ``command`` (lower case; bounded)."""
+    instruments().protocol_refused.labels(service, stage, reply_class(reply)).inc()
 
 
 def pop3_login(result: str) -> None:
