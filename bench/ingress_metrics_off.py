@@ -21,6 +21,9 @@ class _NullMetric:
 
 
 class _NullInstruments:
+    def child(self, *args: Any) -> _NullMetric:
+        return _NULL
+
     def __getattr__(self, name: str) -> _NullMetric:
         return _NULL
 
