@@ -70,17 +70,19 @@ def record_queue_sample(
         "oldest_age_seconds": float(oldest_age_seconds),
     }
     keys = [QueueSample.sampled_at]
+    # RETURNING says whether the row went in (rowcount is not reliable for ON CONFLICT DO
+    # NOTHING with every driver: psycopg reported 1 for a skipped row).
     if session.get_bind().dialect.name == "postgresql":
         pg = (
             postgresql.insert(QueueSample)
             .values(values)
             .on_conflict_do_nothing(index_elements=keys)
         )
-        result = session.execute(pg)
+        result = session.execute(pg.returning(QueueSample.sampled_at))
     else:
         lite = sqlite.insert(QueueSample).values(values).on_conflict_do_nothing(index_elements=keys)
-        result = session.execute(lite)
-    return bool(getattr(result, "rowcount", 0))
+        result = session.execute(lite.returning(QueueSample.sampled_at))
+    return result.first() is not None
 
 
 def prune_queue_samples(session: Session, *, older_than: dt.datetime) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -158,3 +160,21 @@ def test_a_platform_without_mailboxes_writes_no_snapshot_and_a_failing_job_spare
     jobs.storage_snapshot = broken  # type: ignore[method-assign]
     jobs.tick()  # logged, and the queue is still sampled
     assert len(_samples(session_factory)) == 1
+
+
+def test_of_n_web_workers_only_worker_0_runs_the_periodic_jobs(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailhost import serve
+
+    seen: list[bool] = []
+
+    async def fake_run_services(settings_: Settings, kinds: Any, **kw: Any) -> int:
+        seen.append(kw["periodic"])
+        return 0
+
+    monkeypatch.setattr(serve, "run_services", fake_run_services)
+    for slot in (0, 1, 2):
+        with pytest.raises(SystemExit):
+            serve._worker_main(settings, "web", None, slot)
+    assert seen == [True, False, False]
