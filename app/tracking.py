@@ -294,4 +294,3 @@ def prune(
 
 def retention_cutoff(settings: Settings, *, now: dt.datetime | None = None) -> dt.datetime:
     return (now or utcnow()) - dt.timedelta(days=settings.tracking_retention_days)
-
