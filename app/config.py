@@ -220,6 +220,9 @@ class Settings(BaseSettings):
     tracking_flush_seconds: float = Field(default=0.5, gt=0)
     # How often `serve` and the web process prune events past the retention (seconds).
     tracking_prune_interval_seconds: float = Field(default=3600.0, gt=0)
+    # The outbound queue's depth and oldest age are sampled this often (seconds) for the
+    # dashboard's 48-hour queue chart (app/periodic.py; kept as long as tracking events).
+    queue_sample_seconds: float = Field(default=300.0, gt=0)
     # --- mailbox self-service (/me), forwarding and auto-replies (app/delivery_rules.py) ----
     # An auto-reply answers one sender at most once per this many days (RFC 3834 section 2).
     autoreply_interval_days: int = Field(default=7, ge=1)

@@ -510,6 +510,22 @@ class CustomerStorageDaily(Base):
     mailboxes: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class QueueSample(Base):
+    """The outbound queue's depth by state and its oldest message's age, sampled every
+    ``MAILHOST_QUEUE_SAMPLE_SECONDS`` by the periodic jobs (app/periodic.py) for the
+    dashboard's 48-hour chart; ``sampled_at`` is the start of the sampling slot, so several
+    processes or hosts sampling the same slot write one row. Pruned with the tracking
+    retention."""
+
+    __tablename__ = "queue_samples"
+
+    sampled_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    deferred: Mapped[int] = mapped_column(Integer, default=0)
+    held: Mapped[int] = mapped_column(Integer, default=0)
+    oldest_age_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 # --- outbound queue ---------------------------------------------------------------------------
 ORIGIN_SUBMISSION = "submission"
 ORIGIN_RELAY = "relay"

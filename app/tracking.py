@@ -28,7 +28,6 @@ import collections
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -295,12 +294,3 @@ def prune(
 
 def retention_cutoff(settings: Settings, *, now: dt.datetime | None = None) -> dt.datetime:
     return (now or utcnow()) - dt.timedelta(days=settings.tracking_retention_days)
-
-
-def pruner(settings: Settings, session_factory: sessionmaker[Session]) -> Callable[[], int]:
-    """The job the long-running processes run periodically: prune to the retention."""
-
-    def job() -> int:
-        return prune(session_factory, older_than=retention_cutoff(settings))
-
-    return job

@@ -1,4 +1,5 @@
-"""SMTP ingest with message tracking on and off, in one run, alternating rounds.
+"""SMTP ingest with message tracking (or the Prometheus metrics) on and off, in one run,
+alternating rounds.
 
 Two sets of real ingress worker processes (``python -m smtp_ingress``), identical but for
 ``MAILHOST_TRACKING_ENABLED``, each with its own database and Maildir root, take the same load
@@ -8,8 +9,15 @@ median of the per-round ratios on/off are printed, with server CPU per message. 
 writes two events per message here (received at RCPT, stored; nothing refused). On a noisy
 machine the msg/s of single rounds swing widely; server CPU per message is the steadier cost.
 
-Usage: .venv/bin/python bench/tracking_ingest.py [--messages 2000] [--concurrency 8]
-       [--size 4096] [--rounds 5] [--workers 1] [--database-url postgresql://...]
+``--compare metrics``: both sides track; the "on" side keeps its metrics as production
+does (prometheus-client's multiprocess mode, memory-mapped files in a directory of its own,
+as `mailhost smtp` sets up), the "off" side runs ``bench/ingress_metrics_off.py`` (every
+instrument a no-op), so the ratio is the cost of the metrics hooks (connections, accepted,
+stored bytes, the store-duration histogram, refusals).
+
+Usage: .venv/bin/python bench/tracking_ingest.py [--compare tracking|metrics]
+       [--messages 2000] [--concurrency 8] [--size 4096] [--rounds 5] [--workers 1]
+       [--database-url postgresql://...]
        (with --database-url, PostgreSQL databases <name>_on and <name>_off are created)
 """
 
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -45,7 +54,9 @@ def _pg_database(url: str, name: str) -> str:
     return base.set(database=name).render_as_string(False)
 
 
-def start(settings: Settings, *, tracking: bool, workers: int, cwd: Path) -> tuple[list, int]:
+def start(
+    settings: Settings, *, tracking: bool, workers: int, cwd: Path, metrics: bool = True
+) -> tuple[list, int]:
     port = free_port()
     env = {
         **os.environ,
@@ -59,8 +70,52 @@ def start(settings: Settings, *, tracking: bool, workers: int, cwd: Path) -> tup
         "MAILHOST_LOG_LEVEL": "INFO",
         "MAILHOST_TRACKING_ENABLED": "true" if tracking else "false",
     }
-    argv = [sys.executable, "-m", "smtp_ingress"]
+    if metrics:
+        # As `mailhost smtp` runs them: multiprocess mode, files in an emptied directory.
+        directory = cwd / "metrics"
+        directory.mkdir(exist_ok=True)
+        for entry in directory.iterdir():
+            entry.unlink()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        argv = [sys.executable, "-m", "smtp_ingress"]
+    else:
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        argv = [sys.executable, "-m", "bench.ingress_metrics_off"]
     return spawn(argv, env, workers, cwd, cwd / "ingress.log"), port
+
+
+_HOOK_LOOP = """
+import sys, time
+from app import metrics
+n = int(sys.argv[1])
+metrics.instruments()
+best = None
+for _ in range(3):
+    t = time.perf_counter()
+    for _ in range(n):
+        metrics.connection_opened("smtp")
+        metrics.message_accepted("smtp", copies=1, size=4096, seconds=0.003)
+        metrics.connection_closed("smtp")
+    took = (time.perf_counter() - t) / n * 1e6
+    best = took if best is None else min(best, took)
+print(best)
+"""
+
+
+def hook_microseconds(count: int = 20_000) -> float:
+    """The metrics hooks of one accepted message (connection opened and closed, accepted,
+    stored bytes, store duration) in multiprocess mode, timed in a process of their own:
+    the in-process cost the end-to-end rounds are too noisy to resolve on a shared box."""
+    with tempfile.TemporaryDirectory(prefix="metrics-hooks-") as directory:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PROMETHEUS_MULTIPROC_DIR": directory}
+        out = subprocess.run(
+            [sys.executable, "-c", _HOOK_LOOP, str(count)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    return float(out.stdout.strip())
 
 
 def main() -> None:
@@ -74,7 +129,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--mailboxes", type=int, default=50)
     parser.add_argument("--database-url", help="PostgreSQL server URL (default: SQLite files)")
+    parser.add_argument(
+        "--compare",
+        choices=("tracking", "metrics"),
+        default="tracking",
+        help="what the two sides differ in (default: tracking)",
+    )
     args = parser.parse_args()
+    what = args.compare
 
     with tempfile.TemporaryDirectory(prefix="tracking-ingest-") as tmp:
         sides = {}
@@ -91,7 +153,12 @@ def main() -> None:
                 _env_file=None,  # type: ignore[call-arg]
             )
             rcpts = seed(settings, args.mailboxes)
-            procs, port = start(settings, tracking=tracking, workers=args.workers, cwd=root)
+            if what == "tracking":
+                procs, port = start(settings, tracking=tracking, workers=args.workers, cwd=root)
+            else:  # tracking on both sides; `tracking` here says whether metrics are on
+                procs, port = start(
+                    settings, tracking=True, workers=args.workers, cwd=root, metrics=tracking
+                )
             sides[name] = (settings, procs, port, rcpts)
         message = make_message(args.size)
         results: dict[str, list] = {"on": [], "off": []}
@@ -105,7 +172,7 @@ def main() -> None:
                     sample = measure(pids, port, rcpts, args.messages, args.concurrency, message)
                     results[name].append(sample)
                     print(
-                        f"round {n + 1} tracking {name:3}: {sample.rate:8.1f} msg/s "
+                        f"round {n + 1} {what} {name:3}: {sample.rate:8.1f} msg/s "
                         f"{sample.server_ms:6.2f} ms CPU/msg failed={sample.failed}",
                         flush=True,
                     )
@@ -128,11 +195,17 @@ def main() -> None:
     database = "PostgreSQL" if args.database_url else "SQLite"
     print(f"messages {args.messages} x {args.rounds} rounds, {args.size} B, "
           f"C={args.concurrency}, {args.workers} worker(s), {database}")  # fmt: skip
-    print(f"tracking on : median {on:8.1f} msg/s, {cpu_on:.2f} ms server CPU/msg")
-    print(f"tracking off: median {off:8.1f} msg/s, {cpu_off:.2f} ms server CPU/msg")
+    print(f"{what} on : median {on:8.1f} msg/s, {cpu_on:.2f} ms server CPU/msg")
+    print(f"{what} off: median {off:8.1f} msg/s, {cpu_off:.2f} ms server CPU/msg")
+    print(f"server CPU per message on/off: {cpu_on / cpu_off:.3f}")
     print(f"on/off: median of per-round ratios {statistics.median(ratios):.3f} "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f})")  # fmt: skip
     print(f"events written by the tracking side: {events}")
+    if what == "metrics":
+        hooks = hook_microseconds()
+        share = hooks / 10 / cpu_on  # us against ms, in per cent
+        print(f"metrics hooks per accepted message, in-process (multiprocess mode): "
+              f"{hooks:.1f} us = {share:.2f} % of the on side's server CPU/msg")  # fmt: skip
 
 
 if __name__ == "__main__":

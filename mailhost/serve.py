@@ -121,11 +121,13 @@ async def run_services(
     web_socket: socket.socket | None = None,
     on_ready: Callable[[dict[str, list[int]]], None] | None = None,
     metrics_listener: bool = False,
+    periodic: bool = True,
 ) -> int:
     """Run the edges in ``kinds`` until SIGINT/SIGTERM; returns the exit status.
 
     ``metrics_listener``: also serve MAILHOST_METRICS_PORT (when set) from this process; a
-    prefork worker leaves that to its supervisor."""
+    prefork worker leaves that to its supervisor. ``periodic``: where the portal runs, also
+    run the periodic jobs (app/periodic.py); of N web workers only worker 0 does."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -235,7 +237,8 @@ async def run_services(
 
             stoppers.append(stop_web)
             named["web"] = {"web": web_port}
-            stoppers.append(_start_tracking_pruner(settings, factory))
+            if periodic:
+                stoppers.append(_start_periodic_jobs(settings, factory, store))
 
         listening = {kind: list(ports.values()) for kind, ports in named.items()}
         _announce(settings, kinds, named)
@@ -267,25 +270,21 @@ async def run_services(
     return status
 
 
-def _start_tracking_pruner(settings: Settings, factory: Any) -> Callable[[], Awaitable[None]]:
-    """Prune message events past the retention every interval, off the loop (the web
-    process does it: `serve` and `mailhost web`); returns the stopper."""
-    from app.tracking import pruner
+def _start_periodic_jobs(
+    settings: Settings, factory: Any, store: MaildirStore
+) -> Callable[[], Awaitable[None]]:
+    """Queue samples, the daily storage snapshot and pruning (app/periodic.py), each tick off
+    the loop; returns the stopper. One runner per host: the caller decides where."""
+    from app.periodic import TICK_SECONDS, PeriodicJobs
 
-    job = pruner(settings, factory)
+    jobs = PeriodicJobs(settings, factory, store)
 
     async def loop_forever() -> None:
         while True:
-            await asyncio.sleep(settings.tracking_prune_interval_seconds)
-            try:
-                removed = await asyncio.to_thread(job)
-            except Exception:
-                log.exception("pruning message events failed")
-            else:
-                if removed:
-                    log.info("pruned %d message event(s) past the retention", removed)
+            await asyncio.to_thread(jobs.tick)  # logs its own failures
+            await asyncio.sleep(min(TICK_SECONDS, settings.queue_sample_seconds))
 
-    task = asyncio.create_task(loop_forever(), name="tracking-pruner")
+    task = asyncio.create_task(loop_forever(), name="periodic-jobs")
 
     async def stop() -> None:
         task.cancel()
@@ -374,9 +373,14 @@ def _reserve_ports(settings: Settings, kind: str) -> tuple[Settings, list[socket
     return settings.model_copy(update=update), held
 
 
-def _worker_main(settings: Settings, kind: str, web_socket: socket.socket | None) -> None:
+def _worker_main(
+    settings: Settings, kind: str, web_socket: socket.socket | None, slot: int
+) -> None:
     # The supervisor has already reset the inherited signal handlers (see Supervisor).
-    sys.exit(asyncio.run(run_services(settings, (kind,), web_socket=web_socket)))
+    # Periodic jobs in one worker only (slot 0; its replacement keeps the slot).
+    sys.exit(
+        asyncio.run(run_services(settings, (kind,), web_socket=web_socket, periodic=slot == 0))
+    )
 
 
 def run_prefork(settings: Settings, kind: str, workers: int) -> int:
@@ -412,7 +416,7 @@ def run_prefork(settings: Settings, kind: str, workers: int) -> int:
         supervisor = Supervisor(
             name=kind,
             workers=workers,
-            target=lambda _slot: _worker_main(settings, kind, web_socket),
+            target=lambda slot: _worker_main(settings, kind, web_socket, slot),
             on_exit=metrics.mark_process_dead,
         )
         return supervisor.run()

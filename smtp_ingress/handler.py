@@ -331,7 +331,11 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
         body = envelope.body
         assert txn is not None and body is not None  # set by IngressSMTP.smtp_DATA
         if await self._loops(body):
-            self._log_reject(session, txn, ",".join(txn.accepted), relay_edge.LOOP_REFUSED)
+            # RFC 5321 section 6.3: a mail loop; the whole message is refused at DATA.
+            self._track_refusal(session, txn, "DATA", relay_edge.LOOP_REFUSED)
+            log.info("reject qid=%s client=%s: mail loop", txn.queue_id, _peer_ip(session))
+            metrics.refused("smtp", "data", relay_edge.LOOP_REFUSED)
+            hourly.add("refused")
             return relay_edge.LOOP_REFUSED
         if txn.srs:
             return await self._data_with_srs(server, session, txn, body)

@@ -30,6 +30,10 @@ What this subclass changes, and why:
 * ``_getaddr``: the plain ``<local@domain>`` form is matched by a regular expression; anything
   else (quotes, literals, comments, source routes) still goes through aiosmtpd's RFC 5322
   parser (which also defines a ``typing.Protocol`` class on every call).
+* Refusals the protocol layer makes itself (every 4xx/5xx pushed that no MAIL/RCPT/DATA
+  handler hook returned, the 421 of the connection limits and every reply ``_close_with``
+  closes with) go to the handler's ``protocol_refusal`` (smtp_ingress/support.py: a counter
+  and a tracking event, no I/O); ``stage`` is the command being answered.
 * ``_reset_timeout``: one timer per connection that re-arms itself to the latest deadline,
   instead of cancelling and creating a timer for every command.
 """
@@ -116,6 +120,8 @@ class ConnectionTracker:
 # RFC 2920 section 3.1: commands that can only be the last of a pipelined group (TURN is not
 # implemented; QUIT ends the session anyway; HELO because it never offers PIPELINING).
 _GROUP_ENDERS = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "NOOP"})
+# Hooks whose refusals the handler tracks and counts itself (the rest is the protocol's).
+_SELF_TRACKED = frozenset({"MAIL", "RCPT", "DATA"})
 
 
 class _CommandTable(dict[str, Command]):
@@ -175,6 +181,10 @@ class IngressSMTP(PreparedSMTP):
         self._early_talker = False
         self._refused = False
         self._client_ip = ""
+        self.stage = "CONNECT"  # the command being answered (known verbs, or UNKNOWN)
+        self.session_id: str | None = None  # made by the handler on the first refusal
+        self.ended_txn: Any = None  # see _create_envelope
+        self._hook_reply: object = None  # the last MAIL/RCPT/DATA hook reply (tracked there)
         self.busy = False  # inside DATA or delivery: stop() lets it finish
         self.closing = False  # the server is stopping: close after the current transaction
         self._held: list[bytes] = []  # replies not sent yet (pipelining, see push)
@@ -191,6 +201,7 @@ class IngressSMTP(PreparedSMTP):
             if refusal is not None:
                 self._refused = True
                 self._tracker.protocols.discard(self)
+                self.event_handler.protocol_refusal(self, refusal)
                 transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
@@ -210,6 +221,9 @@ class IngressSMTP(PreparedSMTP):
         super().data_received(data)
 
     def _create_envelope(self) -> IngressEnvelope:
+        # The transaction just ended, until the next command: DATA's reply is pushed after
+        # the reset, and a refusal there belongs to that transaction.
+        self.ended_txn = getattr(self.envelope, "txn", None)
         return IngressEnvelope()
 
     async def _handle_client(self) -> None:
@@ -227,6 +241,7 @@ class IngressSMTP(PreparedSMTP):
     def _close_with(self, reply: str) -> None:
         transport: Any = self.transport
         held, self._held = self._held, []
+        self.event_handler.protocol_refusal(self, reply)
         # A transport already closing cannot take the reply (a closed TLS transport has even
         # dropped its protocol, and write() raises AttributeError: seen at server stop).
         if transport is not None and not transport.is_closing():
@@ -273,8 +288,13 @@ class IngressSMTP(PreparedSMTP):
             held, self._held = self._held, []
             self._writer.write(b"".join(held) if len(held) > 1 else held[0])
             await self._writer.drain()
-        if text[:1] == "5":
-            self.note_junk()
+        if text and text[:1] in "45":
+            if status is self._hook_reply:
+                self._hook_reply = None  # the handler recorded its own refusal
+            else:
+                self.event_handler.protocol_refusal(self, text, status)
+            if text[:1] == "5":
+                self.note_junk()
 
     async def _holding(
         self, method: Callable[[SMTP, str | None], Awaitable[None]], arg: str | None
@@ -294,8 +314,20 @@ class IngressSMTP(PreparedSMTP):
     async def smtp_RSET(self, arg: str) -> None:
         await self._holding(SMTP.smtp_RSET, arg)
 
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        status = await super()._call_handler_hook(command, *args)
+        if command in _SELF_TRACKED:
+            self._hook_reply = status
+        return status
+
+    @property
+    def client_ip(self) -> str:
+        return self._client_ip
+
     def _out_of_sync(self, command: str) -> bool:
         """Whether ``command`` (just read) breaks the pipelining rules (module docstring)."""
+        self.stage = command if command in self._smtp_methods else "UNKNOWN"
+        self.ended_txn = None
         if self._sent_ahead:
             return True
         reader: Any = self._reader

@@ -304,16 +304,11 @@ class DeliveryAgent:
                 continue
             for item in job.items:
                 with self.factory() as s:
-                    kind, reply = deliver_local(
-                        s,
-                        store=self.store,
-                        hostname=self.settings.hostname,
-                        item=item,
-                        data=data,
-                        now=now,
-                        postmaster_address=self.settings.postmaster_address,
+                    outcome = deliver_local(
+                        s, store=self.store, settings=self.settings, item=item, data=data, now=now
                     )
-                results.append(Result(item, kind, reply))
+                self.tracking.record_all(outcome.stored)  # the copies are on disk already
+                results.append(Result(item, outcome.kind, outcome.reply))
         return results
 
     # ------------------------------------------------------------------ recording

@@ -1,5 +1,6 @@
-"""The figures behind the portal's charts: hourly traffic, storage per customer (daily
-snapshots) and a customer's mailboxes and storage per month, the numbers billing uses."""
+"""The figures behind the portal's charts: hourly traffic, the outbound queue's history
+(periodic samples), storage per customer (daily snapshots) and a customer's mailboxes and
+storage per month, the numbers billing uses."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.hourly import METRICS, hour_of
-from app.models import CustomerStorageDaily, HourlyStat, utcnow
+from app.models import CustomerStorageDaily, HourlyStat, QueueSample, utcnow
 from app.services import billing
 
 
@@ -45,6 +46,98 @@ def hourly_traffic(
     return rows
 
 
+def sample_slot(moment: dt.datetime, seconds: float) -> dt.datetime:
+    """The start of the sampling slot ``moment`` falls in (slots of ``seconds`` from the
+    epoch, UTC): every process sampling in one slot names the same row."""
+    stamp = moment.timestamp()
+    return dt.datetime.fromtimestamp(stamp - stamp % seconds, dt.UTC)
+
+
+def record_queue_sample(
+    session: Session,
+    *,
+    slot: dt.datetime,
+    depth: Mapping[str, int],
+    oldest_age_seconds: float,
+) -> bool:
+    """Store the queue figures of ``slot``; False (and nothing written) when that slot has a
+    sample already (another worker or host took it first)."""
+    values = {
+        "sampled_at": slot,
+        "queued": int(depth.get("queued", 0)),
+        "deferred": int(depth.get("deferred", 0)),
+        "held": int(depth.get("held", 0)),
+        "oldest_age_seconds": float(oldest_age_seconds),
+    }
+    keys = [QueueSample.sampled_at]
+    # RETURNING says whether the row went in (rowcount is not reliable for ON CONFLICT DO
+    # NOTHING with every driver: psycopg reported 1 for a skipped row).
+    if session.get_bind().dialect.name == "postgresql":
+        pg = (
+            postgresql.insert(QueueSample)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=keys)
+        )
+        result = session.execute(pg.returning(QueueSample.sampled_at))
+    else:
+        lite = sqlite.insert(QueueSample).values(values).on_conflict_do_nothing(index_elements=keys)
+        result = session.execute(lite.returning(QueueSample.sampled_at))
+    return result.first() is not None
+
+
+def prune_queue_samples(session: Session, *, older_than: dt.datetime) -> int:
+    """Delete samples older than ``older_than`` (a few hundred rows a day: one statement)."""
+    result = session.execute(delete(QueueSample).where(QueueSample.sampled_at < older_than))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueHour:
+    """The highest figures the samples of one UTC hour saw; ``samples`` 0: none was taken
+    (nothing ran the periodic jobs then), the figures are then None, not zero."""
+
+    hour: dt.datetime
+    samples: int
+    queued: int | None
+    deferred: int | None
+    held: int | None
+    oldest_age_seconds: float | None
+
+
+def queue_history(
+    session: Session, *, hours: int = 48, now: dt.datetime | None = None
+) -> list[QueueHour]:
+    """One row per UTC hour, oldest first, ending with the current hour."""
+    last = hour_of(now or utcnow())
+    first = last - dt.timedelta(hours=hours - 1)
+    found: dict[dt.datetime, list[QueueSample]] = {}
+    for sample in session.scalars(
+        select(QueueSample).where(
+            QueueSample.sampled_at >= first,
+            QueueSample.sampled_at < last + dt.timedelta(hours=1),
+        )
+    ):
+        found.setdefault(hour_of(sample.sampled_at), []).append(sample)
+    rows = []
+    for i in range(hours):
+        hour = first + dt.timedelta(hours=i)
+        samples = found.get(hour, [])
+        if not samples:
+            rows.append(QueueHour(hour, 0, None, None, None, None))
+            continue
+        rows.append(
+            QueueHour(
+                hour,
+                len(samples),
+                max(s.queued for s in samples),
+                max(s.deferred for s in samples),
+                max(s.held for s in samples),
+                max(s.oldest_age_seconds for s in samples),
+            )
+        )
+    return rows
+
+
 @dataclass(frozen=True, slots=True)
 class StorageFigure:
     bytes: int
@@ -55,7 +148,7 @@ class StorageFigure:
 def record_storage_snapshot(
     session: Session, *, day: dt.date, per_customer: Mapping[int, StorageFigure]
 ) -> None:
-    """Today's storage per customer (the last scan of the day wins)."""
+    """The storage per customer of ``day`` (the last scan of the day wins)."""
     for customer_id, figure in per_customer.items():
         values = {
             "day": day,
@@ -74,12 +167,18 @@ def record_storage_snapshot(
             session.execute(lite.on_conflict_do_update(index_elements=keys, set_=update))
 
 
+def has_storage_snapshot(session: Session, *, day: dt.date) -> bool:
+    """Whether a scan already wrote the snapshot of ``day``."""
+    return bool(session.scalar(select(exists().where(CustomerStorageDaily.day == day))))
+
+
 @dataclass(frozen=True, slots=True)
 class MonthRow:
     month: str  # "2026-11"
     mailboxes: int  # at the month's end (or now, for the running month), as billed
     peak_mailboxes: int
-    storage_bytes: int | None  # the month's last daily snapshot; None before the first
+    storage_bytes: int | None  # the month's last daily snapshot; None: the month has none
+    storage_day: dt.date | None = None  # the day of that snapshot (days without one are gaps)
 
 
 def _month_start(day: dt.date, back: int) -> dt.date:
@@ -101,8 +200,8 @@ def customer_history(
             session, start=start, end=end, customer_id=customer_id, now=moment
         )
         usage = next((c for c in report.customers if c.customer_id == customer_id), None)
-        storage = session.scalar(
-            select(CustomerStorageDaily.bytes)
+        snapshot = session.execute(
+            select(CustomerStorageDaily.bytes, CustomerStorageDaily.day)
             .where(
                 CustomerStorageDaily.customer_id == customer_id,
                 CustomerStorageDaily.day >= start,
@@ -110,7 +209,7 @@ def customer_history(
             )
             .order_by(CustomerStorageDaily.day.desc())
             .limit(1)
-        )
+        ).first()
         rows.append(
             MonthRow(
                 month=f"{start.year:04d}-{start.month:02d}",
@@ -118,7 +217,8 @@ def customer_history(
                 if usage
                 else 0,
                 peak_mailboxes=usage.peak_mailboxes if usage else 0,
-                storage_bytes=int(storage) if storage is not None else None,
+                storage_bytes=int(snapshot[0]) if snapshot is not None else None,
+                storage_day=snapshot[1] if snapshot is not None else None,
             )
         )
     return rows

@@ -19,7 +19,8 @@ from app import hourly
 from app.db import transaction
 from app.maildir import MailboxRef, MaildirStore
 from app.models import CustomerStorageDaily, Domain
-from app.services import charts
+from app.periodic import PeriodicJobs
+from app.services import charts, queue
 from tests.factories import seed_mailbox
 from tests.protocol.conftest import smtp_start  # noqa: F401  (fixture)
 from tests.protocol.smtp_helpers import IngressThread
@@ -119,6 +120,7 @@ def test_storage_per_customer_snapshot_near_quota_and_customer_history(
 
     queue = _section(html, "queue-depth")
     assert '<tr><td>queued</td><td class="num">0</td></tr>' in queue
+    assert queue.count('<tr class="no-sample">') == 48  # nothing sampled the queue yet
 
     page = admin.get(f"/customers/{customer_id}").text
     history = _section(page, "history")
@@ -126,13 +128,70 @@ def test_storage_per_customer_snapshot_near_quota_and_customer_history(
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
     assert re.search(
         rf'<tr><td>{month}</td><td class="num">1</td><td class="num">1</td>'
-        rf'<td class="num">900[^<]*</td></tr>',
+        rf'<td class="num">900[^<]*</td><td class="nowrap">{snapshot.day.isoformat()}</td></tr>',
         history,
     ), history
+    assert '"nowrap">no snapshot</td>' in history
     csv_rows = _rows(admin.get(f"/customers/{customer_id}/history.csv").text)
-    assert csv_rows[0] == ["month", "mailboxes_at_end", "peak_mailboxes", "storage_bytes"]
-    assert len(csv_rows) == 13 and csv_rows[-1] == [month, "1", "1", "900"]
+    assert csv_rows[0] == [
+        "month",
+        "mailboxes_at_end",
+        "peak_mailboxes",
+        "storage_bytes",
+        "storage_day",
+    ]
+    assert len(csv_rows) == 13
+    assert csv_rows[-1] == [month, "1", "1", "900", snapshot.day.isoformat()]
+    assert csv_rows[-2][3:] == ["", ""]  # last month: no snapshot, none invented
     with transaction(session_factory) as session:
         months = charts.customer_history(session, customer_id=customer_id)
     assert [m.month for m in months][-1] == month and len(months) == 12
     assert admin.get("/customers/999999/history.csv").status_code == 404
+
+
+def test_queue_history_from_the_periodic_samples_is_charted_tabled_and_in_csv(
+    admin: PortalClient, settings: Any, session_factory: sessionmaker[Session], store: MaildirStore
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    with transaction(session_factory) as session:
+        queue.enqueue(
+            session,
+            spool_id="a" * 32,
+            size=10,
+            sender="a@hosted.example",
+            recipients=["r1@remote.example", "r2@remote.example"],
+            origin="submission",
+            now=now - dt.timedelta(seconds=90),
+        )
+    PeriodicJobs(settings, session_factory, store).sample_queue(now)
+    with transaction(session_factory) as session:  # two hours ago, from another sampler
+        charts.record_queue_sample(
+            session,
+            slot=now - dt.timedelta(hours=2),
+            depth={"queued": 0, "deferred": 7, "held": 1},
+            oldest_age_seconds=3600.0,
+        )
+    hour = hourly.hour_of(now)
+    earlier = hour - dt.timedelta(hours=2)
+
+    queue_html = _section(admin.get("/").text, "queue-depth")
+    assert "<svg" in queue_html and "<script" not in queue_html
+    assert "deferred 7</title>" in queue_html  # the bar of two hours ago
+    assert (
+        f'<tr><td>{hour.strftime("%Y-%m-%d %H:00")}</td><td class="num">1</td>'
+        f'<td class="num">2</td><td class="num">0</td><td class="num">0</td>'
+        f'<td class="num">90</td></tr>'
+    ) in queue_html
+    assert (
+        f'<tr><td>{earlier.strftime("%Y-%m-%d %H:00")}</td><td class="num">1</td>'
+        f'<td class="num">0</td><td class="num">7</td><td class="num">1</td>'
+        f'<td class="num">3600</td></tr>'
+    ) in queue_html
+    assert queue_html.count('<tr class="no-sample">') == 46
+
+    rows = _rows(admin.get("/dashboard/queue.csv").text)
+    assert rows[0] == ["hour_utc", "samples", "queued", "deferred", "held", "oldest_age_seconds"]
+    assert len(rows) == 1 + 48
+    assert rows[-1] == [hour.isoformat(), "1", "2", "0", "0", "90"]
+    assert rows[-3] == [earlier.isoformat(), "1", "0", "7", "1", "3600"]
+    assert rows[-2] == [(hour - dt.timedelta(hours=1)).isoformat(), "0", "", "", "", ""]

@@ -58,7 +58,8 @@ def _storage_rows(session: Session, totals: StorageTotals | None) -> list[tuple[
 
 
 def dashboard_charts(session: Session, totals: StorageTotals | None) -> dict[str, Any]:
-    """The dashboard's chart context: traffic per hour (48 h), storage per customer, queue."""
+    """The dashboard's chart context: traffic per hour (48 h), storage per customer, the
+    queue now and its history per hour (48 h, from the periodic samples)."""
     traffic = chart_data.hourly_traffic(session, hours=48)
     labels = [row.hour.strftime("%H:00") for row in traffic]
     traffic_svg = bar_chart(
@@ -79,10 +80,17 @@ def dashboard_charts(session: Session, totals: StorageTotals | None) -> dict[str
         unit=" MiB",
     )
     queue = metrics.queue_figures(session)
+    queue_history = chart_data.queue_history(session, hours=48)
     queue_svg = bar_chart(
-        title="Outbound queue: recipients still to deliver, by state",
-        labels=list(queue.depth),
-        series=[Series("recipients", list(queue.depth.values()))],
+        title="Outbound queue: recipients still to deliver, highest sample per hour, "
+        "last 48 hours (UTC)",
+        labels=[row.hour.strftime("%H:00") for row in queue_history],
+        series=[
+            Series("queued", [r.queued or 0 for r in queue_history]),
+            Series("deferred", [r.deferred or 0 for r in queue_history]),
+            Series("held", [r.held or 0 for r in queue_history]),
+        ],
+        label_every=6,
     )
     return {
         "traffic": traffic,
@@ -90,6 +98,7 @@ def dashboard_charts(session: Session, totals: StorageTotals | None) -> dict[str
         "storage_rows": storage,
         "storage_svg": storage_svg,
         "queue": queue,
+        "queue_history": queue_history,
         "queue_svg": queue_svg,
         "near_quota": totals.near_quota if totals else (),
     }
@@ -146,11 +155,27 @@ def storage_csv(request: Request, session: SessionDep, auth: AuthDep) -> Respons
 
 @router.get("/dashboard/queue.csv")
 def queue_csv(session: SessionDep, auth: AuthDep) -> Response:
-    queue = metrics.queue_figures(session)
+    """The queue's history: per UTC hour the highest sampled figures (empty cells: no
+    sample was taken in that hour)."""
+    rows = chart_data.queue_history(session, hours=48)
+
+    def cell(value: float | None) -> object:
+        return "" if value is None else value
+
     return _csv(
         "queue.csv",
-        ["state", "recipients"],
-        list(queue.depth.items()),
+        ["hour_utc", "samples", "queued", "deferred", "held", "oldest_age_seconds"],
+        (
+            (
+                r.hour.isoformat(),
+                r.samples,
+                cell(r.queued),
+                cell(r.deferred),
+                cell(r.held),
+                cell(None if r.oldest_age_seconds is None else round(r.oldest_age_seconds)),
+            )
+            for r in rows
+        ),
     )
 
 
@@ -160,13 +185,14 @@ def customer_history_csv(session: SessionDep, auth: AuthDep, customer_id: Id) ->
     history = chart_data.customer_history(session, customer_id=customer_id)
     return _csv(
         f"customer-{customer_id}-history.csv",
-        ["month", "mailboxes_at_end", "peak_mailboxes", "storage_bytes"],
+        ["month", "mailboxes_at_end", "peak_mailboxes", "storage_bytes", "storage_day"],
         (
             (
                 r.month,
                 r.mailboxes,
                 r.peak_mailboxes,
                 "" if r.storage_bytes is None else r.storage_bytes,
+                "" if r.storage_day is None else r.storage_day.isoformat(),
             )
             for r in history
         ),
