@@ -258,18 +258,21 @@ class DeliveryRules:
         recipients: Sequence[Recipient],
         traces: Sequence[bytes],
         body: Callable[[], Iterable[bytes]],
+        head: bytes | None = None,
     ) -> Plan:
         """Load the rules and write the forwards' spool files (blocking: a worker thread).
 
         ``traces[i]`` is the header the edge puts before recipient ``i``'s copy; its
         ``Return-Path:`` line (a final delivery's field, RFC 5321 section 4.4) is dropped for
-        a forward. ``body`` yields the message (may be called more than once)."""
+        a forward. ``body`` yields the message (may be called more than once). ``head`` is
+        the message's header section as it arrived when ``body`` no longer starts with it (a
+        scan rewrote it into each copy's trace): loop checks and auto-replies read it."""
         plan = Plan(self, sender, list(recipients))
         with _read_connection(factory) as connection:
             plan.rules = self.load(connection, mailbox_ids=[r.mailbox_id for r in recipients])
         if not plan.rules:
             return plan
-        plan.head = head_of(body())
+        plan.head = head_of([head]) if head else head_of(body())
         if not any(rules.forward_to for rules in plan.rules.values()):
             return plan
         seen = _delivered_to(plan.head)

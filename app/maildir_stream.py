@@ -56,6 +56,9 @@ class SpooledBody:
         self._path: Path | None = None
         self._written = 0
         self._head_cut = 0  # octets at the start of the spill file not delivered (cut_head)
+        # The header section cut_head left out: the message's own head as it arrived, for
+        # readers that need it (forwarding loops, auto-replies) once the body lacks it.
+        self.removed_head = b""
         self._discarded = False
         self._delivering = False  # deliver_spooled owns the body (and its cleanup) now
         self._lock = threading.Lock()
@@ -124,6 +127,7 @@ class SpooledBody:
             self._head_cut += len(head)
         self.size -= len(head)
         self.lines -= head.count(b"\n")
+        self.removed_head += head
 
     def read_chunks(self) -> Iterator[bytes]:
         """The body so far (LF line endings): the spill file's octets, then what is still
@@ -162,7 +166,8 @@ class SpooledBody:
             if self._discarded:
                 raise MaildirError("the message body was discarded")
             if self._fd is not None:
-                for offset in range(0, self._written, chunk):
+                # Past the octets a scan rewrote into the copy's own header (cut_head).
+                for offset in range(self._head_cut, self._written, chunk):
                     write(os.pread(self._fd, min(chunk, self._written - offset), offset))
             for piece in self._chunks:
                 write(piece)

@@ -157,6 +157,7 @@ class DeliveryJob(HandlerCore):
             recipients=recipients,
             traces=[header for _, header in copies],
             body=body.read_chunks,
+            head=body.removed_head or None,
         )
         return plan if plan.rules else None
 

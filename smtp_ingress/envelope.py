@@ -54,9 +54,11 @@ class Transaction:
     srs: list[tuple[str, str]] = field(default_factory=list)
     # Resolutions are cached per transaction: the same RCPT twice asks the database once.
     cache: dict[str, Resolution] = field(default_factory=dict)
-    # With scanning on: mailbox id -> its domain's scan rules and whether the sender is on
-    # that domain's allow list (smtp_ingress/scanning.py).
+    # Mailbox id -> its domain's scan rules and whether the sender is on that domain's allow
+    # list (smtp_ingress/scanning.py, filled at RCPT whether or not scanning is on).
     scan_rules: dict[int, CopyRules] = field(default_factory=dict)
+    # The same for the relay recipients, by lower-cased address.
+    relay_rules: dict[str, CopyRules] = field(default_factory=dict)
 
 
 class IngressEnvelope(Envelope):

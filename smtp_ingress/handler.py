@@ -45,7 +45,7 @@ from smtp_ingress import replies
 from smtp_ingress.envelope import IngressEnvelope, ServerLike, Transaction
 from smtp_ingress.relay import RelayDesk
 from smtp_ingress.relay_data import RelayData
-from smtp_ingress.scanning import ScanGlue, ScanStep, StoredHeaders
+from smtp_ingress.scanning import ScanGlue, Scanned, ScanStep, StoredHeaders
 from smtp_ingress.srs_bounce import SRS_SEPARATELY, SrsBounces
 
 # The small parts live in smtp_ingress/support.py; re-exported here for the modules and tests
@@ -252,7 +252,7 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
             self._log_reject(session, txn, address, SRS_SEPARATELY)
             return SRS_SEPARATELY
         if resolution.verdict is Verdict.UNKNOWN_DOMAIN:
-            relay_reply = await self._relay_rcpt(txn, address)
+            relay_reply = await self._relay_rcpt(session, txn, address)
             if relay_reply is not None:
                 if relay_reply[:1] != "2":
                     self._log_reject(session, txn, address, relay_reply)
@@ -264,12 +264,13 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
         if resolution.verdict is not Verdict.OK or not resolution.targets:
             self._log_reject(session, txn, address, reply)
             return reply if resolution.verdict is not Verdict.OK else replies.TEMPFAIL
-        if self.scan_step is not None:
-            refusal = await self._list_check(session, txn, resolution.targets)
-            if refusal is not None:
-                self._log_reject(session, txn, address, refusal)
-                self._record_rejection(session, txn, resolution.targets[0], address, None)
-                return refusal
+        # The recipient domains' block and allow lists apply with scanning on or off.
+        refusal = await self._list_check(session, txn, resolution.targets)
+        if refusal is not None:
+            self._log_reject(session, txn, address, refusal)
+            domain = resolution.targets[0].ref.domain
+            self._record_rejection(session, txn, domain, address, None)
+            return refusal
         for target in resolution.targets:
             copy_key = (target.mailbox_id, key) if target.via_catchall else target.mailbox_id
             txn.targets.setdefault(copy_key, (target, address))
@@ -337,19 +338,21 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
             metrics.refused("smtp", "data", relay_edge.LOOP_REFUSED)
             hourly.add("refused")
             return relay_edge.LOOP_REFUSED
-        if txn.srs:
+        if txn.srs:  # a bounce on its way back to the original sender: not scanned
             return await self._data_with_srs(server, session, txn, body)
-        if txn.relay:
-            return await self._data_with_relay(server, session, txn, body)
         targets = [target for target, _ in txn.targets.values()]
         scanned: list[StoredHeaders | None] = [None] * len(targets)
         decision: Decision | None = None
-        if self.scan_step is not None:
-            outcome = await self._scan(session, txn, body)
-            if isinstance(outcome, str):
-                return outcome
-            decision, stored = outcome
-            scanned = list(stored)
+        outcome: Scanned | None = None
+        if self.scan_step is not None:  # hosted and relay recipients alike
+            scan = await self._scan(session, txn, body)
+            if isinstance(scan, str):
+                return scan
+            outcome = scan
+            decision = outcome.decision
+            scanned = list(outcome.hosted)
+        if txn.relay:
+            return await self._data_with_relay(server, session, txn, body, outcome)
         reply = replies.delivered(txn.queue_id)
         # What each stored copy's event says, taken here on the loop (the session is ours).
         stored_event = Event(
@@ -361,7 +364,7 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
             sender=txn.sender,
             stage="DATA",
             reply=reply,
-            detail=f"size={body.size}",
+            detail=f"size={body.size}" + (f" {decision.log_fields()}" if decision else ""),
         )
         tracked = (stored_event, [rcpt for _, rcpt in txn.targets.values()])
         copies = [

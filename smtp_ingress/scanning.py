@@ -20,7 +20,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics
+from app import hourly, metrics
 from app.db import transaction
 from app.maildir_stream import SpooledBody
 from app.scanning import headers
@@ -65,6 +65,17 @@ def scanner_verdict(action: Action, outcome: str) -> tuple[str, str]:
     if outcome in ("unscanned", "deferred"):
         return "rspamd", "error"
     return "rspamd", "clean"
+
+
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    """A message the scan lets through: the decision, what each hosted copy gets (in the
+    order of ``Transaction.targets``) and what the relay queue copy gets (None without
+    relay recipients)."""
+
+    decision: Decision
+    hosted: list[StoredHeaders]
+    relay: StoredHeaders | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +150,8 @@ def cut(body: SpooledBody, old_head: bytes) -> None:
 
 class ScanGlue(HandlerCore):
     """The handler's scan room (mixed into ``IngressHandler``): the recipient domains' lists
-    at RCPT (with a small cache of their rules), the scan after the final dot, and the
+    at RCPT (with a small cache of their rules; applied whether or not scanners are
+    configured), the scan after the final dot (hosted and relay recipients alike), and the
     counting of its outcome (``StatsBatcher.add_scan`` and ``app.metrics.scanner_verdict``)."""
 
     scan_step: ScanStep | None
@@ -160,6 +172,33 @@ class ScanGlue(HandlerCore):
                 return BLOCKED
             txn.scan_rules[target.mailbox_id] = CopyRules(rules.policy, verdict == "allow")
         return None
+
+    async def _relay_list_check(
+        self, session: SmtpSession, txn: Transaction, domain: str, address: str
+    ) -> str | None:
+        """The same for a relay domain's recipient (the relay domain's own lists and policy):
+        a block refuses it (and is recorded as a rejection), else its rules are noted."""
+        rules = await self._domain_rules(domain)
+        verdict = rules.verdict(sender=txn.sender, client_ip=_peer_ip(session))
+        if verdict == "block":
+            self._record_rejection(session, txn, domain, address, None)
+            return BLOCKED
+        txn.relay_rules[address.lower()] = CopyRules(rules.policy, verdict == "allow")
+        return None
+
+    def _relay_copy_rules(self, txn: Transaction) -> CopyRules | None:
+        """The rules of the one queue copy all relay recipients share: the most lenient of
+        their domains' policies (tagged only at the highest tag threshold), allow-listed only
+        when every relay recipient is."""
+        if not txn.relay:
+            return None
+        rules = [
+            txn.relay_rules.get(address.lower(), CopyRules(self.scan_policy))
+            for address, _ in txn.relay
+        ]
+        policy = most_lenient([r.policy for r in rules])
+        policy = dataclasses.replace(policy, tag_score=max(r.policy.tag_score for r in rules))
+        return CopyRules(policy, all(r.allowed for r in rules))
 
     async def _domain_rules(self, domain: str) -> DomainScanRules:
         now = time.monotonic()
@@ -182,15 +221,19 @@ class ScanGlue(HandlerCore):
 
     async def _scan(
         self, session: SmtpSession, txn: Transaction, body: SpooledBody
-    ) -> str | tuple[Decision, list[StoredHeaders]]:
-        """Scan the body (smtp_ingress/scanning.py): a refusal, or what to add when storing."""
+    ) -> str | Scanned:
+        """Scan the body (smtp_ingress/scanning.py): a refusal, or what to add when storing.
+        Relay recipients are scanned with their relay domains' policies, before their queue
+        rows are committed; the relay queue copy is the last of the copies tagged."""
         step = self.scan_step
         assert step is not None
         content = await self._blocking(body.read_all) if body.spilled else body.read_all()
-        copies = [
+        hosted = [
             txn.scan_rules.get(target.mailbox_id, CopyRules(self.scan_policy))
             for target, _ in txn.targets.values()
         ]
+        relay_copy = self._relay_copy_rules(txn)
+        copies = hosted + ([relay_copy] if relay_copy is not None else [])
         checked = [copy.policy for copy in copies if not copy.allowed]
         # An allow-listed recipient counts as "never reject"; only when every copy is
         # allow-listed is rspamd not asked at all (clamd still is).
@@ -211,6 +254,10 @@ class ScanGlue(HandlerCore):
             line = self._transaction_line(session, txn, body.size, refusal[:9], decision)
             if line is not None:
                 line.write()
+            # Support sees why: the verdict goes with the refusal's tracking event.
+            self._track_refusal(session, txn, "DATA", refusal, detail=decision.log_fields())
+            metrics.refused("smtp", "data", refusal)
+            hourly.add("refused")
             return refusal
         stored, old_head = step.stored_headers(
             content, decision, copies, sender=txn.sender, helo=session.host_name
@@ -220,7 +267,11 @@ class ScanGlue(HandlerCore):
                 await self._blocking(body.cut_head, old_head)
             else:
                 body.cut_head(old_head)
-        return decision, stored
+        return Scanned(
+            decision,
+            stored[: len(hosted)],
+            stored[len(hosted)] if relay_copy is not None else None,
+        )
 
     def _count_scan(self, session: SmtpSession, txn: Transaction, decision: Decision) -> None:
         outcome = {
@@ -232,13 +283,11 @@ class ScanGlue(HandlerCore):
         }.get(decision.action, "clean")
         score = decision.score
         # Tagged if any copy's own domain tags at this score.
+        every = [*txn.scan_rules.values(), *txn.relay_rules.values()]
         if (
             outcome == "clean"
             and score is not None
-            and any(
-                not rules.allowed and score >= rules.policy.tag_score
-                for rules in txn.scan_rules.values()
-            )
+            and any(not rules.allowed and score >= rules.policy.tag_score for rules in every)
         ):
             outcome = "tagged"
         metrics.scanner_verdict(*scanner_verdict(decision.action, outcome))
@@ -246,19 +295,21 @@ class ScanGlue(HandlerCore):
             self.stats.add_scan(outcome)
             return
         for target, rcpt in txn.targets.values():
-            self._record_rejection(session, txn, target, rcpt, decision)
+            self._record_rejection(session, txn, target.ref.domain, rcpt, decision)
+        for address, info in txn.relay:
+            self._record_rejection(session, txn, info.name, address, decision)
 
     def _record_rejection(
         self,
         session: SmtpSession,
         txn: Transaction,
-        target: Target,
+        domain: str,
         rcpt: str,
         decision: Decision | None,
     ) -> None:
         """One rejection row per recipient domain's view (the dashboard counts messages)."""
         record = RejectionRecord(
-            domain=target.ref.domain,
+            domain=domain,
             queue_id=txn.queue_id,
             client_ip=_peer_ip(session),
             sender=txn.sender,

@@ -339,6 +339,7 @@ class HandlerCore:
         *,
         sender: str | None = None,
         rcpt: str | None = None,
+        detail: str | None = None,
     ) -> None:
         self.tracking.record(
             Event(
@@ -351,6 +352,7 @@ class HandlerCore:
                 recipient=rcpt,
                 stage=stage,
                 reply=reply,
+                detail=detail,
             )
         )
 

@@ -6,6 +6,14 @@ and the modules that would reach the Internet (fuzzy_check, rbl's and whitelist'
 phishing feeds, the freemail maps, url_redirector) disabled. Its compiled Hyperscan regexps
 are kept in a cache directory between runs (a cold start compiles for about 20 s).
 
+Greylisting (rspamd's greylist module) keeps its records in the Redis on 127.0.0.1:6379 when
+one answers there at start-up: under a key prefix unique to this rspamd instance (parallel runs
+never share records), with a greylisting timeout of ``GREYLIST_TIMEOUT`` seconds; ``stop``
+deletes that prefix's keys and no others. No other rspamd module is given a Redis. A test rule,
+``MAILHOST_TEST_SUSPECT``, scores ``SUSPECT_SCORE`` for a message carrying ``SUSPECT_HEADER``:
+above rspamd's greylist action threshold (4) and below our default tag threshold (6), the
+kind of message rspamd greylists (its module never greylists mail scoring "no action").
+
 clamd gets a signature database the test writes: one ``.ndb`` body signature for the EICAR
 test string (the signature downloads cannot run here). Neither uses the system services the
 Debian packages install; those may be stopped or absent.
@@ -13,8 +21,10 @@ Debian packages install; those may be stopped or absent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -26,6 +36,10 @@ EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 EICAR_SIGNATURE = "Mailhost.Test.EICAR"
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 START_DEADLINE = 180.0  # a cold rspamd compiles its regexps first
+GREYLIST_TIMEOUT = 3.0  # seconds before a greylisted triplet may retry
+SUSPECT_HEADER = "X-Mailhost-Test: suspect"
+SUSPECT_SCORE = 5.0
+REDIS = ("127.0.0.1", 6379)
 # Modules whose defaults fetch maps or query servers on the Internet.
 _OFFLINE_MODULES = ("fuzzy_check", "rbl", "whitelist", "phishing", "multimap", "url_redirector")
 
@@ -61,8 +75,78 @@ def _tail(log: Path) -> str:
         return "(no log)"
 
 
+def redis_command(*args: str, address: tuple[str, int] = REDIS) -> object:
+    """One command to Redis in RESP (no client library: the tests need PING, SCAN and DEL).
+    Raises OSError when no Redis answers."""
+    request = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(arg.encode())}\r\n".encode() + arg.encode() + b"\r\n" for arg in args
+    )
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(request)
+        reader = sock.makefile("rb")
+        return _resp(reader)
+
+
+def _resp(reader: object) -> object:
+    line = reader.readline()  # type: ignore[attr-defined]
+    if not line:
+        raise OSError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise OSError(f"redis: {rest.decode()}")
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = reader.read(size + 2)  # type: ignore[attr-defined]
+        return data[:-2].decode()
+    if kind == b"*":
+        return [_resp(reader) for _ in range(int(rest))]
+    raise OSError(f"redis answered {line!r}")
+
+
+def redis_up() -> bool:
+    try:
+        return redis_command("PING") == "PONG"
+    except OSError:
+        return False
+
+
+def redis_keys(prefix: str) -> list[str]:
+    """Every key under ``prefix`` (SCAN, never KEYS: the Redis may be shared)."""
+    keys: list[str] = []
+    cursor = "0"
+    while True:
+        answer = redis_command("SCAN", cursor, "MATCH", prefix + "*", "COUNT", "1000")
+        assert isinstance(answer, list)
+        cursor, found = answer
+        keys += found
+        if cursor == "0":
+            return keys
+
+
+def redis_forget(prefix: str) -> None:
+    """Delete the keys under ``prefix`` only."""
+    keys = redis_keys(prefix)
+    for start in range(0, len(keys), 500):
+        redis_command("DEL", *keys[start : start + 500])
+
+
 class Rspamd:
-    def __init__(self, root: Path, *, dns_port: int, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        dns_port: int,
+        cache_dir: Path,
+        local_d: dict[str, str] | None = None,
+    ) -> None:
+        """``local_d``: more ``local.d/`` files (name -> content), e.g. bench/scan_antivirus.py's
+        antivirus module pointed at a clamd."""
         binary = shutil.which("rspamd")
         if binary is None:
             raise ScannerMissing("rspamd is not installed (apt-get install rspamd)")
@@ -89,6 +173,29 @@ class Rspamd:
             + "local_addrs = [];\ncheck_local = true;\n"
         )
         (local / "local.d" / "dkim.conf").write_text("check_local = true;\n")
+        # Greylisting with a Redis of its own key prefix (see the module docstring).
+        self.greylist_prefix: str | None = None
+        if redis_up():
+            self.greylist_prefix = f"mhtest{os.getpid()}{secrets.token_hex(4)}"
+            (local / "local.d" / "greylist.conf").write_text(
+                f'servers = "{REDIS[0]}:{REDIS[1]}";\n'
+                f'key_prefix = "{self.greylist_prefix}";\n'
+                f"timeout = {GREYLIST_TIMEOUT}s;\nexpire = 1h;\n"
+            )
+        else:
+            (local / "override.d" / "greylist.conf").write_text("enabled = false;\n")
+        for file_name, content in (local_d or {}).items():
+            (local / "local.d" / file_name).write_text(content)
+        name, _, value = SUSPECT_HEADER.partition(": ")
+        (local / "rspamd.local.lua").write_text(
+            "rspamd_config.MAILHOST_TEST_SUSPECT = {\n"
+            "  callback = function(task)\n"
+            f"    return task:get_header('{name}') == '{value}'\n"
+            "  end,\n"
+            f"  score = {SUSPECT_SCORE},\n"
+            "  description = 'Mailhost tests: a message made to look suspect',\n"
+            "}\n"
+        )
         (root / "rspamd.conf").write_text(
             '.include "$CONFDIR/common.conf"\n'
             "options {\n"
@@ -128,6 +235,10 @@ class Rspamd:
 
     def stop(self) -> None:
         _stop(self.process)
+        if self.greylist_prefix is not None:
+            # Redis gone away: it keeps nothing on disk here, and the keys expire in an hour.
+            with contextlib.suppress(OSError):
+                redis_forget(self.greylist_prefix)
 
 
 class Clamd:

@@ -11,9 +11,11 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import dkim, metrics
 from app.maildir import MaildirStore
+from app.services import tracking
 from tests.dnsserver import TestDNSServer
 from tests.protocol.smtp_helpers import ADDRESSES, IngressThread, all_message_files, new_messages
 from tests.scanners import EICAR, EICAR_SIGNATURE, GTUBE
@@ -25,7 +27,12 @@ AUTHSERV = "mx.mailhost.test"
 
 @pytest.fixture(scope="module", autouse=True)
 def sender_domain(scan_dns: TestDNSServer) -> None:
-    """sender.example publishes SPF allowing 127.0.0.1 (where the tests send from)."""
+    """sender.example publishes SPF allowing 127.0.0.1 (where the tests send from). Once per
+    DNS server: the modules that import this fixture run it again, and a second DMARC record
+    would make every DMARC result a permerror (RFC 7489 section 6.6.3)."""
+    if getattr(scan_dns, "sender_example_published", False):
+        return
+    scan_dns.sender_example_published = True  # type: ignore[attr-defined]
     scan_dns.zone.txt("sender.example", "v=spf1 ip4:127.0.0.1 -all")
     scan_dns.zone.txt("_dmarc.sender.example", "v=DMARC1; p=reject")
     scan_dns.zone.a("client.sender.example", "127.0.0.1")
@@ -278,3 +285,26 @@ def test_tampered_dkim_signed_message_verifies_as_fail(
     assert code == 250
     head = head_of(stored(store)[0])
     assert "dkim=fail header.d=sender.example" in head
+
+
+def test_scan_verdicts_are_in_the_tracking_events_support_searches(
+    scan_start: Callable[..., IngressThread], session_factory: sessionmaker[Session]
+) -> None:
+    """Why was this refused?  the GTUBE refusal's event carries the verdict and its
+    symbols; a clean message's stored event carries its verdict too."""
+    server = scan_start()
+    code, _ = send(server, message(GTUBE.decode() + "\r\n"))
+    assert code == 550
+    code, _ = send(server, message())
+    assert code == 250
+    server.stop()  # writes the buffered events
+    with session_factory() as session:
+        events = list(
+            tracking.search(session, query=tracking.normalise_query(address=SENDER), limit=50)
+        )
+    refused = [e for e in events if e.kind == "refused"]
+    assert [(e.stage, (e.reply or "")[:3]) for e in refused] == [("DATA", "550")]
+    assert "scan=rejected" in (refused[0].detail or "")
+    assert "GTUBE" in (refused[0].detail or "")
+    stored_events = [e for e in events if e.kind == "stored"]
+    assert stored_events and all("scan=clean" in (e.detail or "") for e in stored_events)

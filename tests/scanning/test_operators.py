@@ -78,3 +78,40 @@ def test_policy_and_lists_edited_in_the_portal(
     removed = admin.post(f"{url}/list/remove", {"list": "block", "value": "198.51.100.0/24"})
     assert removed.status_code == 303
     assert "No entries." in admin.get(url).text
+
+
+def test_customer_scan_policy_in_the_portal(
+    session_factory: sessionmaker[Session],
+    admin: PortalClient,  # noqa: F811
+) -> None:
+    from tests.factories import make_customer, make_domain
+
+    with transaction(session_factory) as s:
+        customer = make_customer(s, "Policy Customer")
+        domain_id = make_domain(s, "policy.example", customer=customer).id
+        customer_id = customer.id
+    url = f"/customers/{customer_id}/scanning"
+    assert 'id="customer-scanning-link"' in admin.get(f"/customers/{customer_id}").text
+    saved = admin.post(
+        url, {"reject_score": "10", "tag_score": "3", "subject_tag": "", "greylisting": "off"}
+    )
+    assert saved.status_code == 303, saved.text
+    domain_page = admin.get(f"/domains/{domain_id}/scanning").text
+    assert 'id="eff-reject">10.0 (inherited)<' in domain_page
+    for form, error in (
+        ({"reject_score": "10", "tag_score": "11"}, "tag_score must be below reject_score"),
+        ({"reject_score": "nan"}, "enter a finite number"),
+        ({"reject_score": "2000"}, "reject_score must be between"),
+        ({"greylisting": "maybe"}, "choose on, off or inherit"),
+    ):
+        bad = admin.post(url, {"subject_tag": "", "greylisting": "", **form})
+        assert bad.status_code == 422 and error in bad.text, (form, bad.status_code)
+    with transaction(session_factory) as s:
+        kept = scan_policy.own_override(s, scope="customer", scope_id=customer_id)
+    assert kept == {
+        "reject_score": 10.0,
+        "tag_score": 3.0,
+        "subject_tag": None,
+        "greylisting": False,
+    }
+    assert admin.get("/customers/999999/scanning").status_code == 404

@@ -1,5 +1,7 @@
-"""The domain's scanning page: its policy (own values, the rest inherited), its allow and
-block lists, and its latest rejections with their reason ("why was this refused?")."""
+"""The scanning pages: a domain's (its policy, own values and the rest inherited, its allow
+and block lists, its latest rejections with their reason: "why was this refused?") and a
+customer's (its policy, the defaults of its domains, and what each of its domains ends up
+with)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ from fastapi.responses import HTMLResponse, Response
 
 from app.config import Settings
 from app.errors import ValidationError
-from app.services import domains, scan_log
+from app.services import customers, domains, scan_log
 from app.services import scan_policy as policies
 from app.services.scan_policy import PolicyChange
 from web.deps import SessionDep
 from web.params import Id
 from web.portal.auth import AdminDep, AuthDep, FormDep
 from web.portal.common import redirect
-from web.portal.forms import FormState, saving
+from web.portal.forms import FormState, PostForm, saving
 from web.portal.render import render
 
 router = APIRouter()
@@ -39,6 +41,28 @@ def _score(text: str, field: str) -> float | None:
     return value
 
 
+def _own_values(own: dict[str, object]) -> dict[str, str]:
+    values = {k: "" if v is None else str(v) for k, v in own.items()}
+    values["greylisting"] = {None: "", True: "on", False: "off"}[own["greylisting"]]  # type: ignore[index]
+    return values
+
+
+def _change(data: PostForm) -> PolicyChange:
+    """The policy form's fields (empty: inherit); ValidationError names the bad field."""
+    tag_text = data.text("subject_tag")
+    greylisting: bool | None | EllipsisType = {"": None, "on": True, "off": False}.get(
+        data.text("greylisting"), ...
+    )
+    if greylisting is ...:
+        raise ValidationError("choose on, off or inherit", field="greylisting")
+    return PolicyChange(
+        reject_score=_score(data.text("reject_score"), "reject_score"),
+        tag_score=_score(data.text("tag_score"), "tag_score"),
+        subject_tag=tag_text if tag_text.strip() else None,
+        greylisting=greylisting,
+    )
+
+
 def _page(
     request: Request,
     session: SessionDep,
@@ -55,9 +79,7 @@ def _page(
     )
     own = policies.own_override(session, scope="domain", scope_id=domain_id)
     if policy_form is None:
-        values = {k: "" if v is None else str(v) for k, v in own.items()}
-        values["greylisting"] = {None: "", True: "on", False: "off"}[own["greylisting"]]  # type: ignore[index]
-        policy_form = FormState(values=values, fields=POLICY_FIELDS)
+        policy_form = FormState(values=_own_values(own), fields=POLICY_FIELDS)
     return render(
         request,
         "domains/scanning.html",
@@ -89,28 +111,78 @@ def domain_scanning_save(
     domains.get_domain(session, domain_id=domain_id)
     form = FormState(values=data.values(), fields=POLICY_FIELDS)
     with saving(session, form, default_field="reject_score"):
-        tag_text = data.text("subject_tag")
-        grey_text = data.text("greylisting")
-        greylisting: bool | None | EllipsisType = {"": None, "on": True, "off": False}.get(
-            grey_text, ...
-        )
-        if greylisting is ...:
-            raise ValidationError("choose on, off or inherit", field="greylisting")
         policies.set_override(
-            session,
-            actor=auth.actor,
-            scope="domain",
-            scope_id=domain_id,
-            change=PolicyChange(
-                reject_score=_score(data.text("reject_score"), "reject_score"),
-                tag_score=_score(data.text("tag_score"), "tag_score"),
-                subject_tag=tag_text if tag_text.strip() else None,
-                greylisting=greylisting,
-            ),
+            session, actor=auth.actor, scope="domain", scope_id=domain_id, change=_change(data)
         )
     if not form.ok:
         return _page(request, session, domain_id, policy_form=form, status=422)
     return redirect(f"/domains/{domain_id}/scanning?done=saved")
+
+
+def _customer_page(
+    request: Request,
+    session: SessionDep,
+    customer_id: int,
+    *,
+    policy_form: FormState | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    settings: Settings = request.app.state.settings
+    customer = customers.get_customer(session, customer_id=customer_id)
+    defaults = policies.defaults_from(settings)
+    own = policies.own_override(session, scope="customer", scope_id=customer_id)
+    if policy_form is None:
+        policy_form = FormState(values=_own_values(own), fields=POLICY_FIELDS)
+    rows = []
+    for domain in domains.list_domains(session, customer_id=customer_id, limit=500):
+        domain_own = policies.own_override(session, scope="domain", scope_id=domain.id)
+        effective = policies.domain_policy(session, domain_id=domain.id, defaults=defaults)
+        overrides = [name for name, value in domain_own.items() if value is not None]
+        rows.append((domain, effective, overrides))
+    return render(
+        request,
+        "customers/scanning.html",
+        {
+            "customer": customer,
+            "platform": defaults,
+            "effective": policies.customer_policy(
+                session, customer_id=customer_id, defaults=defaults
+            ),
+            "own": own,
+            "policy_form": policy_form,
+            "domain_rows": rows,
+            "scanning_on": bool(settings.scan_rspamd_address or settings.scan_clamd_address),
+        },
+        status=status,
+    )
+
+
+@router.get("/customers/{customer_id}/scanning")
+def customer_scanning(
+    request: Request, session: SessionDep, auth: AuthDep, customer_id: Id
+) -> HTMLResponse:
+    return _customer_page(request, session, customer_id)
+
+
+@router.post("/customers/{customer_id}/scanning", response_model=None)
+def customer_scanning_save(
+    request: Request, session: SessionDep, auth: AdminDep, data: FormDep, customer_id: Id
+) -> Response:
+    """Save the customer's own policy: the defaults of every domain of it that does not set
+    the field itself. A bad value is a form error (422) and nothing is saved."""
+    customers.get_customer(session, customer_id=customer_id)
+    form = FormState(values=data.values(), fields=POLICY_FIELDS)
+    with saving(session, form, default_field="reject_score"):
+        policies.set_override(
+            session,
+            actor=auth.actor,
+            scope="customer",
+            scope_id=customer_id,
+            change=_change(data),
+        )
+    if not form.ok:
+        return _customer_page(request, session, customer_id, policy_form=form, status=422)
+    return redirect(f"/customers/{customer_id}/scanning?done=saved")
 
 
 @router.post("/domains/{domain_id}/scanning/list", response_model=None)
