@@ -124,6 +124,10 @@ class EventWriter:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # Events recorded since the last batch was taken. The thread wakes early for these,
+        # never for events put back to wait for a queue id: with a batch of those in the
+        # buffer it would otherwise flush in a busy loop until they age out.
+        self._fresh = 0
         self.dropped = 0
         self.written = 0
         self._dropped_logged = 0
@@ -154,7 +158,8 @@ class EventWriter:
                 self.dropped += 1
                 return
             self._buffer.append(event)
-            if len(self._buffer) == self._batch_size:
+            self._fresh += 1
+            if self._fresh == self._batch_size:
                 self._cond.notify()
 
     def record_all(self, events: list[Event]) -> None:
@@ -190,12 +195,12 @@ class EventWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._stopping and len(self._buffer) < self._batch_size:
+                if not self._stopping and self._fresh < self._batch_size:
                     self._cond.wait(self._flush_seconds)
                 if self._stopping:
                     return
             try:
-                while self.flush() >= self._batch_size:
+                while self.flush() >= self._batch_size and self._fresh:
                     pass
             except Exception:  # never let the thread die; the next round tries again
                 log.exception("writing message events failed")
@@ -208,6 +213,7 @@ class EventWriter:
         with self._cond:
             count = min(len(self._buffer), self._batch_size)
             batch = [self._buffer.popleft() for _ in range(count)]
+            self._fresh = max(0, self._fresh - count)
             dropped = self.dropped
         if dropped != self._dropped_logged:
             log.warning("message tracking dropped %d event(s) so far (buffer full)", dropped)

@@ -110,6 +110,50 @@ def test_a_failed_insert_goes_back_to_the_buffer(session_factory: sessionmaker[S
     assert _count(session_factory) == 1
 
 
+def test_events_waiting_for_a_queue_id_do_not_make_the_thread_spin(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A full batch of POP3 events whose "stored" event is not (yet) written waits in the
+    buffer; the thread must then sleep its flush interval between tries, not flush in a loop
+    (it did: 64 % of a POP3 worker's samples in the issue-16 profile)."""
+    writer = EventWriter(session_factory, batch_size=4, flush_seconds=0.2)
+    flushes = 0
+    real_flush = writer.flush
+
+    def counting_flush() -> int:
+        nonlocal flushes
+        flushes += 1
+        return real_flush()
+
+    writer.flush = counting_flush  # type: ignore[method-assign]
+    now = dt.datetime.now(dt.UTC)
+    writer.record_all(
+        [
+            Event(kind="retrieved", service="pop3", message_key=f"unknown-{n}", occurred_at=now)
+            for n in range(8)
+        ]
+    )
+    writer.start()
+    time.sleep(1.0)
+    writer._stopping = True  # end the thread without the final flush of stop()
+    with writer._cond:
+        writer._cond.notify()
+    assert writer._thread is not None
+    writer._thread.join(5)
+    assert 1 <= flushes <= 12, flushes  # about one try per 0.2 s (it was tens of thousands)
+    assert writer.pending == 8 and _count(session_factory) == 0
+    # A full batch of fresh events still wakes the thread at once.
+    writer._thread, writer._stopping, flushes = None, False, 0
+    writer.start()
+    time.sleep(0.3)  # the thread is asleep again
+    started = time.monotonic()
+    writer.record_all([Event(kind="refused", service="mx", queue_id=f"Q{n}") for n in range(4)])
+    while _count(session_factory) < 4 and time.monotonic() - started < 5:
+        time.sleep(0.01)
+    assert _count(session_factory) == 4
+    writer.stop()
+
+
 def test_disabled_writer_records_nothing(session_factory: sessionmaker[Session]) -> None:
     writer = EventWriter(session_factory, enabled=False)
     writer.start()
