@@ -63,6 +63,18 @@ def _change(data: PostForm) -> PolicyChange:
     )
 
 
+def _save_policy(
+    session: SessionDep, auth: AdminDep, data: FormDep, *, scope: policies.Scope, scope_id: int
+) -> FormState:
+    """Save a customer's or a domain's own policy; a bad value is a form error, nothing saved."""
+    form = FormState(values=data.values(), fields=POLICY_FIELDS)
+    with saving(session, form, default_field="reject_score"):
+        policies.set_override(
+            session, actor=auth.actor, scope=scope, scope_id=scope_id, change=_change(data)
+        )
+    return form
+
+
 def _page(
     request: Request,
     session: SessionDep,
@@ -109,11 +121,7 @@ def domain_scanning_save(
     request: Request, session: SessionDep, auth: AdminDep, data: FormDep, domain_id: Id
 ) -> Response:
     domains.get_domain(session, domain_id=domain_id)
-    form = FormState(values=data.values(), fields=POLICY_FIELDS)
-    with saving(session, form, default_field="reject_score"):
-        policies.set_override(
-            session, actor=auth.actor, scope="domain", scope_id=domain_id, change=_change(data)
-        )
+    form = _save_policy(session, auth, data, scope="domain", scope_id=domain_id)
     if not form.ok:
         return _page(request, session, domain_id, policy_form=form, status=422)
     return redirect(f"/domains/{domain_id}/scanning?done=saved")
@@ -171,15 +179,7 @@ def customer_scanning_save(
     """Save the customer's own policy: the defaults of every domain of it that does not set
     the field itself. A bad value is a form error (422) and nothing is saved."""
     customers.get_customer(session, customer_id=customer_id)
-    form = FormState(values=data.values(), fields=POLICY_FIELDS)
-    with saving(session, form, default_field="reject_score"):
-        policies.set_override(
-            session,
-            actor=auth.actor,
-            scope="customer",
-            scope_id=customer_id,
-            change=_change(data),
-        )
+    form = _save_policy(session, auth, data, scope="customer", scope_id=customer_id)
     if not form.ok:
         return _customer_page(request, session, customer_id, policy_form=form, status=422)
     return redirect(f"/customers/{customer_id}/scanning?done=saved")
