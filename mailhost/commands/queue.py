@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from app.logsetup import start_logging
 from app.models import RCPT_STATES, OutboundMessage, utcnow
 from app.services import queue_admin
 from app.services.audit import CLI_ACTOR
@@ -113,6 +114,8 @@ def deliver(ctx: Context, args: argparse.Namespace) -> int:
     from smtp_outbound.agent import DeliveryAgent
 
     if not args.once:
+        # A long-running service logs like the others (serve, smtp, ...): at MAILHOST_LOG_LEVEL.
+        start_logging(ctx.settings.log_level, stream=ctx.stderr)
         asyncio.run(serve(ctx.settings))
         return 0
     agent = DeliveryAgent(
