@@ -305,14 +305,19 @@ def _metrics_dir(settings: Settings, kinds: Sequence[str]) -> Path:
 
 def _metrics_server(settings: Settings, kinds: Sequence[str], factory: Any) -> MetricsServer:
     """Start the metrics listener; queue figures only where the portal or delivery runs
-    (they are platform-wide: one scrape target for them is enough)."""
+    (they are platform-wide: one scrape target for them is enough), scanner readiness where
+    mail is scanned (the MX, submission) or shown (the portal)."""
+    from app import health
+
     assert settings.metrics_port is not None
+    scans = bool({"smtp", "submission", "web"} & set(kinds))
     server = MetricsServer(
         settings.metrics_host,
         settings.metrics_port,
         session_factory=factory,
         maildir_root=settings.maildir_root,
         queue=bool({"web", "delivery"} & set(kinds)),
+        scanners=health.scanner_checks(settings) if scans else (),
     )
     server.start()
     return server
