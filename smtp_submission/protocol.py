@@ -13,9 +13,10 @@ What this subclass changes, and why:
   client address the client gets ``421 4.7.0`` and the connection is closed, as at the MX.
 * Refusals the protocol layer makes itself (every 4xx/5xx pushed that no MAIL/RCPT/DATA hook
   returned: syntax errors, ``530`` TLS or AUTH first, ``535``/``454`` AUTH, ``552`` too big,
-  aiosmtpd's ``502`` after too many unknown commands, the ``421`` of the connection limits)
-  are counted and tracked as at the MX (app/protocol_refusals.py); ``stage`` is the command
-  being answered, noted by the command table at each lookup.
+  aiosmtpd's ``502`` after too many unknown commands, the ``421`` of the connection limits
+  and of the idle timeout, which aiosmtpd would close without a reply) are counted and
+  tracked as at the MX (app/protocol_refusals.py); ``stage`` is the command being answered,
+  noted by the command table at each lookup.
 """
 
 from __future__ import annotations
@@ -123,6 +124,15 @@ class SubmissionSMTP(SMTP):
         super().connection_made(transport)
         if self.implicit_tls and self.session is not None:
             self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
+
+    def _timeout_cb(self) -> None:
+        """The idle timer fired: answer ``421 4.4.2`` (tracked like any refusal of this layer)
+        before aiosmtpd closes the connection, instead of closing without a word."""
+        transport: Any = self.transport
+        if transport is not None and not transport.is_closing():
+            self._track_refusal(replies.IDLE_TIMEOUT)
+            transport.write(replies.IDLE_TIMEOUT.encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:

@@ -17,6 +17,7 @@ SMTP_PRIVATE = {
     "_create_envelope": "overridden: SubmissionEnvelope",
     "_smtp_methods": "wrapped by our command table (the stage of a protocol refusal)",
     "_call_handler_hook": "overridden: notes the MAIL/RCPT/DATA hook reply (tracked there)",
+    "_timeout_cb": "overridden: the idle timer's 421 before aiosmtpd closes",
 }
 # Public-looking names our overrides depend on by contract with aiosmtpd's AUTH machinery.
 SMTP_PUBLIC = ("challenge_auth", "auth_PLAIN", "auth_LOGIN", "AuthLoginUsernameChallenge")

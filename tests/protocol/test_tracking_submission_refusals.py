@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
@@ -162,3 +163,27 @@ def test_submission_protocol_refusals_are_tracked_and_counted(
     assert grew("help", "5xx") == 1
     assert grew("data", "5xx") == 1
     assert grew("connect", "4xx") == 1
+
+
+def test_an_idle_session_is_told_421_before_it_is_closed_and_that_is_tracked(
+    smtp_world: None,
+    submission_start: Callable[..., SubmissionThread],
+    session_factory: sessionmaker[Session],
+    tls_files: tuple[Path, Path],
+) -> None:
+    server = submission_start(smtp_idle_timeout=0.5)
+    client = smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT)
+    client.starttls(context=client_tls(tls_files[0]))  # also through TLS
+    assert client.ehlo("client.test")[0] == 250
+    code, text = client.getreply()  # nothing sent: the server speaks first, then closes
+    assert (code, text[:5]) == (421, b"4.4.2"), text
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        client.noop()
+    server.stop()
+    [event] = [e for e in _events(session_factory, client_ip="127.0.0.1") if e.kind == "refused"]
+    assert (event.stage, event.reply, event.service) == (
+        "EHLO",
+        "421 4.4.2 Idle timeout, closing connection",
+        "submission",
+    )
+    assert event.queue_id is not None and event.queue_id.startswith("S")
