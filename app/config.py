@@ -218,7 +218,7 @@ class Settings(BaseSettings):
     tracking_buffer_events: int = Field(default=50_000, ge=1)
     tracking_batch_size: int = Field(default=500, ge=1)
     tracking_flush_seconds: float = Field(default=0.5, gt=0)
-    # How often `serve` and the web process prune events past the retention (seconds).
+    # How often the periodic jobs prune events past the retention (seconds).
     tracking_prune_interval_seconds: float = Field(default=3600.0, gt=0)
     # The outbound queue's depth and oldest age are sampled this often (seconds) for the
     # dashboard's 48-hour queue chart (app/periodic.py; kept as long as tracking events).

@@ -9,6 +9,7 @@ check has a name, ``ok`` and, when not ok, a one-line ``error`` a person can act
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -18,6 +19,10 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.scanning.clients import ClamdClient, RspamdClient
+from app.scanning.scanner import Scanner
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +78,40 @@ def check_writable(name: str, root: Path) -> Check:
     return Check(name, True)
 
 
-# A scanner check: a callable answering a Check (the scanning work registers its own).
+# A scanner check: a callable answering a Check (``scanner_checks`` makes them).
 ScannerCheck = Callable[[], Check]
+# A scanner that has not answered its PING within this long is not ready.
+SCANNER_PING_SECONDS = 5.0
+
+
+def _ping_check(name: str, client: RspamdClient | ClamdClient, timeout: float) -> ScannerCheck:
+    async def ping() -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                return await client.ping()
+        except TimeoutError:
+            return False
+
+    def check() -> Check:
+        # Called from a thread of its own (the listener's, or the portal's threadpool).
+        if asyncio.run(ping()):
+            return Check(name, True)
+        return Check(name, False, f"{client.host}:{client.port} does not answer its PING")
+
+    return check
+
+
+def scanner_checks(settings: Settings) -> list[ScannerCheck]:
+    """One readiness check per configured content scanner (none with scanning off)."""
+    scanner = Scanner.from_settings(settings)
+    if scanner is None:
+        return []
+    timeout = min(scanner.timeout, SCANNER_PING_SECONDS)
+    return [
+        _ping_check(name, client, timeout)
+        for name, client in (("rspamd", scanner.rspamd), ("clamd", scanner.clamd))
+        if client is not None
+    ]
 
 
 def readiness(

@@ -1,9 +1,12 @@
 """The platform's periodic jobs: queue samples, the daily storage snapshot, pruning.
 
-Theory of operation. One ``PeriodicJobs`` runs in one process per host: the web process of
-``mailhost serve``, or worker 0 of ``mailhost web --workers N`` (mailhost/serve.py), never
-one per worker. The service entry calls ``tick()`` off the event loop every
-``TICK_SECONDS``; each tick runs what is due:
+Theory of operation. The candidates are the portal's process (``mailhost serve``, worker 0
+of ``mailhost web --workers N``) and every delivery agent (``mailhost deliver``, the agent
+of ``serve``), so a deployment of split services without the portal still samples its
+queue. Each candidate runs ``start()``: a task that calls ``tick()`` off the event loop
+every ``TICK_SECONDS`` (or every queue sampling interval, if shorter). A tick first asks
+the lock (app/periodic_lock.py): one candidate per database holds it and runs the jobs, the
+others do nothing until the holder stops or dies. Each tick runs what is due:
 
 * every ``MAILHOST_QUEUE_SAMPLE_SECONDS``: the outbound queue's depth by state and its oldest
   message's age into ``queue_samples``, keyed by the sampling slot's start, so a second host
@@ -20,9 +23,11 @@ A job that fails is logged and tried again at its next turn; it never stops the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +36,7 @@ from app.config import Settings
 from app.db import transaction
 from app.maildir import MaildirStore
 from app.models import utcnow
+from app.periodic_lock import PeriodicLock
 from app.services import charts
 from app.storage_usage import compute_totals
 from app.tracking import prune, retention_cutoff
@@ -51,16 +57,25 @@ class PeriodicJobs:
         store: MaildirStore,
         *,
         clock: Callable[[], dt.datetime] = utcnow,
+        lock: PeriodicLock | None = None,
     ) -> None:
         self.settings = settings
         self._factory = session_factory
         self._store = store
         self._clock = clock
+        self._lock = lock  # None: run at every tick (a test, or `mailhost` by hand)
         self._next_sample: dt.datetime | None = None
         self._next_prune: dt.datetime | None = None
         self._snapshot_day: dt.date | None = None  # the last day known to have a snapshot
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        """Run what is due, if this process holds the lock; whether it did."""
+        try:
+            if self._lock is not None and not self._lock.acquire():
+                return False
+        except Exception:
+            log.exception("periodic jobs: the lock could not be checked")
+            return False
         now = self._clock()
         for name, job in (
             ("sampling the outbound queue", self.sample_queue),
@@ -71,6 +86,7 @@ class PeriodicJobs:
                 job(now)
             except Exception:
                 log.exception("periodic job failed: %s", name)
+        return True
 
     def sample_queue(self, now: dt.datetime) -> bool:
         """Sample the queue when a new slot began; True when this call wrote the sample."""
@@ -125,3 +141,27 @@ class PeriodicJobs:
         if removed:
             log.info("pruned %d message event(s) and queue sample(s) past the retention", removed)
         return removed
+
+
+def start(
+    settings: Settings, session_factory: sessionmaker[Session], store: MaildirStore
+) -> Callable[[], Awaitable[None]]:
+    """Be a candidate for the periodic jobs in this process (a task on the running loop,
+    each tick off the loop); returns the stopper, which gives the lock up."""
+    lock = PeriodicLock(settings)
+    jobs = PeriodicJobs(settings, session_factory, store, lock=lock)
+
+    async def loop_forever() -> None:
+        while True:
+            await asyncio.to_thread(jobs.tick)  # logs its own failures
+            await asyncio.sleep(min(TICK_SECONDS, settings.queue_sample_seconds))
+
+    task = asyncio.create_task(loop_forever(), name="periodic-jobs")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(lock.release)
+
+    return stop

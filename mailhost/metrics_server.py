@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,8 +39,10 @@ class MetricsServer:
         session_factory: sessionmaker[Session],
         maildir_root: Path,
         queue: bool,
+        scanners: Sequence[health.ScannerCheck] = (),
     ) -> None:
         self._host, self._port = host, port
+        self._scanners = tuple(scanners)
         self._factory = session_factory
         self._maildir_root = maildir_root
         self._exposition = metrics.Exposition(session_factory=session_factory if queue else None)
@@ -69,7 +72,9 @@ class MetricsServer:
                     self._json(200, {"status": "ok"})
                 elif path == "/readyz":
                     report = health.readiness(
-                        session_factory=owner._factory, maildir_root=owner._maildir_root
+                        session_factory=owner._factory,
+                        maildir_root=owner._maildir_root,
+                        scanners=owner._scanners,
                     )
                     self._json(200 if report.ok else 503, report.as_json())
                 else:

@@ -126,8 +126,9 @@ async def run_services(
     """Run the edges in ``kinds`` until SIGINT/SIGTERM; returns the exit status.
 
     ``metrics_listener``: also serve MAILHOST_METRICS_PORT (when set) from this process; a
-    prefork worker leaves that to its supervisor. ``periodic``: where the portal runs, also
-    run the periodic jobs (app/periodic.py); of N web workers only worker 0 does."""
+    prefork worker leaves that to its supervisor. ``periodic``: where the portal or a
+    delivery agent runs, be a candidate for the periodic jobs (app/periodic.py); of N web
+    workers only worker 0 is."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -237,8 +238,11 @@ async def run_services(
 
             stoppers.append(stop_web)
             named["web"] = {"web": web_port}
-            if periodic:
-                stoppers.append(_start_periodic_jobs(settings, factory, store))
+        if periodic and {"web", "delivery"} & set(kinds):
+            # A candidate: one process per database runs them (app/periodic_lock.py).
+            from app import periodic as periodic_jobs
+
+            stoppers.append(periodic_jobs.start(settings, factory, store))
 
         listening = {kind: list(ports.values()) for kind, ports in named.items()}
         _announce(settings, kinds, named)
@@ -268,30 +272,6 @@ async def run_services(
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return status
-
-
-def _start_periodic_jobs(
-    settings: Settings, factory: Any, store: MaildirStore
-) -> Callable[[], Awaitable[None]]:
-    """Queue samples, the daily storage snapshot and pruning (app/periodic.py), each tick off
-    the loop; returns the stopper. One runner per host: the caller decides where."""
-    from app.periodic import TICK_SECONDS, PeriodicJobs
-
-    jobs = PeriodicJobs(settings, factory, store)
-
-    async def loop_forever() -> None:
-        while True:
-            await asyncio.to_thread(jobs.tick)  # logs its own failures
-            await asyncio.sleep(min(TICK_SECONDS, settings.queue_sample_seconds))
-
-    task = asyncio.create_task(loop_forever(), name="periodic-jobs")
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return stop
 
 
 def _announce(settings: Settings, kinds: Sequence[str], named: dict[str, dict[str, int]]) -> None:
@@ -325,14 +305,19 @@ def _metrics_dir(settings: Settings, kinds: Sequence[str]) -> Path:
 
 def _metrics_server(settings: Settings, kinds: Sequence[str], factory: Any) -> MetricsServer:
     """Start the metrics listener; queue figures only where the portal or delivery runs
-    (they are platform-wide: one scrape target for them is enough)."""
+    (they are platform-wide: one scrape target for them is enough), scanner readiness where
+    mail is scanned (the MX, submission) or shown (the portal)."""
+    from app import health
+
     assert settings.metrics_port is not None
+    scans = bool({"smtp", "submission", "web"} & set(kinds))
     server = MetricsServer(
         settings.metrics_host,
         settings.metrics_port,
         session_factory=factory,
         maildir_root=settings.maildir_root,
         queue=bool({"web", "delivery"} & set(kinds)),
+        scanners=health.scanner_checks(settings) if scans else (),
     )
     server.start()
     return server

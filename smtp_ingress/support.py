@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics
+from app import protocol_refusals
 from app.config import Settings
 from app.db import transaction
 from app.scanning.decision import Decision
@@ -274,17 +274,6 @@ class LoopCompletions:
                 future.set_result(result)
 
 
-# Replies aiosmtpd makes before it looks the command up (an empty or undecodable line, a
-# line too long): the command verb is unknown then, so the stage is "COMMAND".
-_BEFORE_DISPATCH = frozenset(
-    {
-        "500 Error: bad syntax",
-        "500 Command line too long",
-        "500 Error: strict ASCII mode",
-    }
-)
-
-
 class HandlerCore:
     """What every room of ``IngressHandler`` shares: its settings, the tracking writer, the
     executor bridge (``_blocking``) and the refusal / transaction records."""
@@ -302,26 +291,22 @@ class HandlerCore:
         ``refused`` event under the transaction's queue id or, before MAIL, the session's
         id (``S`` + a queue id, made on the session's first refusal). Memory only: a
         counter and the tracking buffer, no database round trip."""
-        stage = "COMMAND" if original in _BEFORE_DISPATCH else server.stage
-        metrics.protocol_refused("smtp", stage.lower(), reply)
-        if not self.tracking.enabled:
-            return
-        if server.session_id is None:
-            server.session_id = "S" + self.queue_ids.next()
         session = server.session
         txn = getattr(server.envelope, "txn", None) or server.ended_txn
-        self.tracking.record(
-            Event(
-                kind="refused",
-                service="mx",
-                queue_id=txn.queue_id if txn is not None else server.session_id,
+        server.session_id = protocol_refusals.record(
+            self.tracking,
+            protocol_refusals.Refusal(
+                stage=protocol_refusals.stage_of(server.stage, original),
+                reply=reply,
                 client_ip=server.client_ip,
                 helo=session.host_name if session is not None else None,
+                queue_id=txn.queue_id if txn is not None else None,
                 sender=txn.sender if txn is not None else None,
-                stage=stage,
-                reply=reply,
-                detail=f"protocol; session {server.session_id}",
-            )
+            ),
+            service="mx",
+            metrics_service="smtp",
+            session_id=server.session_id,
+            new_id=self.queue_ids.next,
         )
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from app import periodic
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.logsetup import start_logging
@@ -14,21 +15,24 @@ from smtp_outbound.agent import DeliveryAgent
 
 
 async def serve(settings: Settings) -> None:
-    """Run one agent until SIGTERM or SIGINT; the round in progress is finished first."""
+    """Run one agent until SIGTERM or SIGINT; the round in progress is finished first. The
+    process is also a candidate for the periodic jobs (app/periodic.py: queue samples, the
+    daily storage snapshot, pruning), so a deployment without the portal still has them."""
     engine = make_engine(settings)
+    stop_periodic = None
     try:
-        agent = DeliveryAgent(
-            settings,
-            make_session_factory(engine),
-            spool=SpoolStore(settings.spool_root),
-            store=MaildirStore(settings.maildir_root, hostname=settings.hostname),
-        )
+        factory = make_session_factory(engine)
+        store = MaildirStore(settings.maildir_root, hostname=settings.hostname)
+        agent = DeliveryAgent(settings, factory, spool=SpoolStore(settings.spool_root), store=store)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        stop_periodic = periodic.start(settings, factory, store)
         await agent.run(stop)
     finally:
+        if stop_periodic is not None:
+            await stop_periodic()
         engine.dispose()
 
 

@@ -11,6 +11,12 @@ What this subclass changes, and why:
 * ``push`` gives every reply an enhanced status code (``replies.with_enhanced_code``).
 * ``connection_made`` counts the connection (``app.connlimit``): past the limit in all or per
   client address the client gets ``421 4.7.0`` and the connection is closed, as at the MX.
+* Refusals the protocol layer makes itself (every 4xx/5xx pushed that no MAIL/RCPT/DATA hook
+  returned: syntax errors, ``530`` TLS or AUTH first, ``535``/``454`` AUTH, ``552`` too big,
+  aiosmtpd's ``502`` after too many unknown commands, the ``421`` of the connection limits
+  and of the idle timeout, which aiosmtpd would close without a reply) are counted and
+  tracked as at the MX (app/protocol_refusals.py); ``stage`` is the command being answered,
+  noted by the command table at each lookup.
 """
 
 from __future__ import annotations
@@ -20,19 +26,43 @@ import binascii
 import logging
 import warnings
 from base64 import b64decode
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
-from app import metrics
+from app import metrics, protocol_refusals
 from app.connlimit import TOTAL, ConnectionCounter
+from app.services.queue import new_queue_id
 from smtp_submission import replies
+from smtp_submission import tracking as tracked
 from smtp_submission.handler import AuthFailed, SubmissionEnvelope, SubmissionHandler
 
 log = logging.getLogger("smtp_submission")
 
 # Commands that open or continue a mail transaction: they need TLS first on port 587.
 _NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "VRFY", "EXPN"})
+# Hooks whose refusals the handler tracks itself (smtp_submission/handler.py).
+_SELF_TRACKED = frozenset({"MAIL", "RCPT", "DATA"})
+
+Command = Callable[[str | None], Awaitable[None]]
+
+
+class _CommandTable(dict[str, Command]):
+    """aiosmtpd's command table; each lookup of the command read notes its verb (or
+    ``UNKNOWN``) as the stage a refusal is recorded under. HELP looks its argument up in the
+    same table: ``paused`` keeps the stage HELP then."""
+
+    def __init__(self, methods: dict[str, Command], protocol: SubmissionSMTP) -> None:
+        super().__init__(methods)
+        self._protocol = protocol
+        self.paused = False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        method = super().get(key, default)
+        if not self.paused:
+            self._protocol.stage = key if method is not None else "UNKNOWN"
+        return method
 
 
 class SubmissionSMTP(SMTP):
@@ -63,6 +93,12 @@ class SubmissionSMTP(SMTP):
         self._connections = connections
         self._client_ip: str | None = None  # set once the connection is counted
         self._refused = False
+        self._commands = _CommandTable(self._smtp_methods, self)
+        self._smtp_methods = self._commands
+        self.stage = "CONNECT"  # the command being answered (see _CommandTable)
+        self.session_id: str | None = None  # made on the session's first refusal
+        self._hook_reply: object = None  # the last MAIL/RCPT/DATA hook reply (tracked there)
+        self._login_tried: str | None = None  # the login name of the AUTH being answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and self._connections is not None:  # not the STARTTLS call
@@ -77,6 +113,7 @@ class SubmissionSMTP(SMTP):
                     if refused == TOTAL
                     else replies.TOO_MANY_CONNECTIONS_IP
                 )
+                self._track_refusal(reply, client_ip=ip)
                 transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
@@ -87,6 +124,15 @@ class SubmissionSMTP(SMTP):
         super().connection_made(transport)
         if self.implicit_tls and self.session is not None:
             self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
+
+    def _timeout_cb(self) -> None:
+        """The idle timer fired: answer ``421 4.4.2`` (tracked like any refusal of this layer)
+        before aiosmtpd closes the connection, instead of closing without a word."""
+        transport: Any = self.transport
+        if transport is not None and not transport.is_closing():
+            self._track_refusal(replies.IDLE_TIMEOUT)
+            transport.write(replies.IDLE_TIMEOUT.encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -107,8 +153,53 @@ class SubmissionSMTP(SMTP):
         return self.implicit_tls or self._tls_protocol is not None
 
     async def push(self, status: str | bytes) -> None:
-        text = status.decode() if isinstance(status, bytes) else status
-        await super().push(replies.with_enhanced_code(text, hostname=self.hostname))
+        original = status.decode() if isinstance(status, bytes) else status
+        text = replies.with_enhanced_code(original, hostname=self.hostname)
+        await super().push(text)
+        hook_reply, self._hook_reply = self._hook_reply, None
+        if text[:1] in ("4", "5") and status is not hook_reply:
+            self._track_refusal(text, original=original)
+        if text[:1] != "3":  # AUTH answered (334 is a challenge: the exchange goes on)
+            self._login_tried = None
+
+    def _track_refusal(
+        self, reply: str, *, original: str | None = None, client_ip: str | None = None
+    ) -> None:
+        """Count and track a refusal this layer made (module docstring); no I/O."""
+        session = self.session
+        peer = session.peer if session is not None else None
+        ip = client_ip or (str(peer[0]) if isinstance(peer, tuple) and peer else "unknown")
+        envelope = self.envelope if isinstance(self.envelope, SubmissionEnvelope) else None
+        refusal = tracked.protocol_refusal(
+            session,
+            envelope,
+            stage=protocol_refusals.stage_of(self.stage, original),
+            reply=reply,
+            client_ip=ip,
+            login_tried=self._login_tried,
+        )
+        self.session_id = protocol_refusals.record(
+            self.submission.tracking,
+            refusal,
+            service="submission",
+            metrics_service="submission",
+            session_id=self.session_id,
+            new_id=new_queue_id,
+        )
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        status = await super()._call_handler_hook(command, *args)
+        if command in _SELF_TRACKED:
+            self._hook_reply = status
+        return status
+
+    @syntax("HELP [command]")  # aiosmtpd's own text: HELP lists and explains itself as before
+    async def smtp_HELP(self, arg: str) -> None:
+        self._commands.paused = True  # its argument is looked up in the command table
+        try:
+            await super().smtp_HELP(arg)
+        finally:
+            self._commands.paused = False
 
     async def _tls_first(self) -> bool:
         if self.encrypted:
@@ -133,6 +224,7 @@ class SubmissionSMTP(SMTP):
 
     # ------------------------------------------------------------------ AUTH (RFC 4954)
     async def _verify(self, login: bytes, password: bytes) -> AuthResult:
+        self._login_tried = login.decode("utf-8", errors="replace")
         peer = self.session.peer if self.session is not None else None
         peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         try:

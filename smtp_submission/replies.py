@@ -45,6 +45,9 @@ TOO_MANY_CONNECTIONS_IP = "421 4.7.0 Too many connections from your address, try
 MAIL_SYSTEM_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+# RFC 5321 section 4.5.3.2 lets the server close an idle session; saying so first (as the MX
+# and Postfix do) tells the client it was a timeout, not a network fault.
+IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 EXPN_REPLY = "502 5.5.1 EXPN not available"
 VRFY_REPLY = "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"

@@ -1,4 +1,5 @@
-"""The message events of a submission transaction (what app.tracking records for it)."""
+"""The message events of submission (what app.tracking records): a transaction's, and the
+refusals its protocol layer makes itself (app/protocol_refusals.py counts and records them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Protocol
 
 from aiosmtpd.smtp import Session as SmtpSession
 
+from app.protocol_refusals import Refusal
 from app.services.resolution import Target
 from app.tracking import Event
 
@@ -98,3 +100,36 @@ def accepted(
     for rcpt in envelope.remote:
         events.append(Event(kind="queued", recipient=rcpt, reply=reply, **common))  # type: ignore[arg-type]
     return events
+
+
+def _login_name(tried: str | None) -> str | None:
+    """The login name a failed AUTH tried, when it has the form of an address (a search by
+    that address then shows why the user cannot send); anything else (a password typed in
+    the wrong field, say) is not recorded."""
+    if tried is None or len(tried) > 320 or tried.count("@") != 1:
+        return None
+    return tried if tried.isprintable() and " " not in tried else None
+
+
+def protocol_refusal(
+    session: SmtpSession | None,
+    envelope: SubmissionEnvelope | None,
+    *,
+    stage: str,
+    reply: str,
+    client_ip: str,
+    login_tried: str | None = None,
+) -> Refusal:
+    """What a refusal of submission's protocol layer records: the transaction's queue id and
+    sender while one is open, who is logged in (or, at AUTH, the address tried)."""
+    queue_id = envelope.queue_id if envelope is not None and envelope.queue_id else None
+    user = _user(session) if session is not None else None
+    return Refusal(
+        stage=stage,
+        reply=reply,
+        client_ip=client_ip,
+        helo=session.host_name if session is not None else None,
+        queue_id=queue_id,
+        sender=envelope.mail_from if envelope is not None and queue_id else None,
+        mailbox=user or (_login_name(login_tried) if stage == "AUTH" else None),
+    )

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from app import health
 from app.config import Settings
 from app.maildir import MaildirStore
 from app.scanning.scanner import Scanner
@@ -42,6 +43,7 @@ def create_app(
     app.state.secret_key = load_secret_key(settings)
 
     scanner = Scanner.from_settings(settings)
+    app.state.scanner_checks = health.scanner_checks(settings)  # for /readyz
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> JSONResponse:

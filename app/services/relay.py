@@ -254,9 +254,10 @@ def convert_to_relay(
     return domain
 
 
-def get_relay(session: Session, *, domain_id: int) -> RelayDomain:
-    """The relay settings of a domain; NotFoundError if it is not a relay domain."""
-    domain = get_domain(session, domain_id=domain_id)
+def get_relay(session: Session, *, domain_id: int, actor: Actor | None = None) -> RelayDomain:
+    """The relay settings of a domain; NotFoundError if it is not a relay domain (or, for a
+    customer's ``actor``, another customer's: ``tenancy``)."""
+    domain = get_domain(session, domain_id=domain_id, actor=actor)
     if domain.kind != DOMAIN_RELAY or domain.relay is None:
         raise NotFoundError(f"{domain.name} is not a relay domain", field="domain_id")
     return domain.relay
@@ -382,8 +383,11 @@ def list_recipients(
     search: str | None = None,
     after_id: int | None = None,
     limit: int = 1000,
+    actor: Actor | None = None,
 ) -> list[RelayRecipient]:
-    get_relay(session, domain_id=domain_id)
+    """The listed recipients. Readable by the domain's own customer administrators too (they
+    see, never change, them: README "Customer administrators"); another customer's is 404."""
+    get_relay(session, domain_id=domain_id, actor=actor)
     query = (
         select(RelayRecipient)
         .where(RelayRecipient.domain_id == domain_id)

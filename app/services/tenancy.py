@@ -12,11 +12,12 @@ platform tokens, the CLI and the system have no ``customer_id`` and see everythi
 
 ISP-only use cases (operators, DKIM, sending limits, scanning policy, the queue, relay
 domains, customers and domain changes) refuse a customer actor here too, not only at the
-edges: ``isp_only`` marks such a service function, and a customer actor gets
-``PermissionDeniedError`` before anything is read or written (each edge maps it once: 403 in
-the API, the portal's error page). The edges still keep their own doors shut (the portal has
-no operator session for a customer administrator; the API gate is deny-by-default), so the
-service check is the rule and the edge check a second lock.
+edges (a customer may read its own relay domains' recipients: ``relay.list_recipients``
+takes the actor like any lookup): ``isp_only`` marks such a service function, and a customer
+actor gets ``PermissionDeniedError`` before anything is read or written (each edge maps it
+once: 403 in the API, the portal's error page). The edges still keep their own doors shut
+(the portal has no operator session for a customer administrator; the API gate is
+deny-by-default), so the service check is the rule and the edge check a second lock.
 """
 
 from __future__ import annotations

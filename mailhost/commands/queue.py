@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from app.logsetup import start_logging
 from app.models import RCPT_STATES, OutboundMessage, utcnow
 from app.services import queue_admin
 from app.services.audit import CLI_ACTOR
@@ -108,13 +109,18 @@ def queue_delete(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def deliver(ctx: Context, args: argparse.Namespace) -> int:
-    """Run one delivery worker in the foreground (``--once``: one round, for cron or tests)."""
-    from smtp_outbound.__main__ import serve
+    """Run one delivery worker in the foreground (``--once``: one round, for cron or tests).
+
+    Without ``--once`` it is a service like ``mailhost smtp``: logging at MAILHOST_LOG_LEVEL,
+    its metrics (multiprocess directory ``delivery``, the listener on MAILHOST_METRICS_PORT),
+    the ready line, and a candidate for the periodic jobs (mailhost/serve.py)."""
     from smtp_outbound.agent import DeliveryAgent
 
     if not args.once:
-        asyncio.run(serve(ctx.settings))
-        return 0
+        from mailhost.serve import run
+
+        start_logging(ctx.settings.log_level, stream=ctx.stderr)
+        return run(ctx.settings, ("delivery",))
     agent = DeliveryAgent(
         ctx.settings,
         ctx.session_factory,

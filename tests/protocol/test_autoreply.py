@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import transaction
 from app.maildir import MailboxRef, MaildirStore
-from app.models import OutboundMessage, OutboundRecipient
+from app.models import AutoReplySent, OutboundMessage, OutboundRecipient
 from app.services import selfservice
 from app.services.audit import CLI_ACTOR
 from app.spool import SpoolStore
@@ -186,3 +186,27 @@ def test_a_hosted_sender_gets_the_reply_in_its_mailbox(
         text = f.read()
     assert b"Return-Path: <>" in text
     assert b"Auto-Submitted: auto-replied" in text
+
+
+def test_the_same_sender_is_answered_again_once_the_interval_has_passed(
+    mx: IngressThread, session_factory: sessionmaker[Session], settings: Settings
+) -> None:
+    # RFC 3834 section 2: at most once per sender per MAILHOST_AUTOREPLY_INTERVAL_DAYS (7):
+    # within it nothing more, past it the next message is answered again.
+    _send(mx, "dora@origin.example", USER, TO_USER)
+    assert len(_replies(session_factory, "dora@origin.example")) == 1
+    days = settings.autoreply_interval_days
+    with transaction(session_factory) as s:
+        [sent] = s.scalars(
+            select(AutoReplySent).where(AutoReplySent.sender == "dora@origin.example")
+        )
+        sent.sent_at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days) + dt.timedelta(hours=1)
+    _send(mx, "dora@origin.example", USER, TO_USER)  # an hour short of the interval: none
+    assert len(_replies(session_factory, "dora@origin.example")) == 1
+    with transaction(session_factory) as s:
+        [sent] = s.scalars(
+            select(AutoReplySent).where(AutoReplySent.sender == "dora@origin.example")
+        )
+        sent.sent_at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days, hours=1)
+    _send(mx, "dora@origin.example", USER, TO_USER)
+    assert len(_replies(session_factory, "dora@origin.example")) == 2

@@ -15,6 +15,9 @@ import smtp_submission
 SMTP_PRIVATE = {
     "_tls_protocol": "read: None until STARTTLS completed (the 530 / 538 rules on 587)",
     "_create_envelope": "overridden: SubmissionEnvelope",
+    "_smtp_methods": "wrapped by our command table (the stage of a protocol refusal)",
+    "_call_handler_hook": "overridden: notes the MAIL/RCPT/DATA hook reply (tracked there)",
+    "_timeout_cb": "overridden: the idle timer's 421 before aiosmtpd closes",
 }
 # Public-looking names our overrides depend on by contract with aiosmtpd's AUTH machinery.
 SMTP_PUBLIC = ("challenge_auth", "auth_PLAIN", "auth_LOGIN", "AuthLoginUsernameChallenge")
@@ -36,6 +39,7 @@ def test_private_names_exist_on_a_live_session() -> None:
     for name in SMTP_PRIVATE:
         assert hasattr(stock, name), name
     assert stock._tls_protocol is None
+    assert isinstance(stock._smtp_methods, dict) and "MAIL" in stock._smtp_methods
     for name in SMTP_PUBLIC:
         assert hasattr(SMTP, name), name
 

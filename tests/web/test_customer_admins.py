@@ -123,13 +123,33 @@ def test_customer_admins_create_each_other_but_not_themselves_away(
     tenants: tuple[Tenant, Tenant],  # noqa: F811
     portal_app: Any,  # noqa: F811
 ) -> None:
-    a, _ = tenants
+    a, b = tenants
     assert (
         acme.post("/my/admins/new", {"username": "acme-two", "password": "long enough"}).status_code
         == 303
     )
     page = acme.get("/my/admins").text
     assert "acme-two" in page
+    # The new administrator is of the same customer (never another's), can log in, and the
+    # creation is audited under the creator's name and shown in their customer's audit view.
+    with TestClient(portal_app) as client:
+        two = PortalClient(client)
+        assert two.login("acme-two", "long enough").status_code == 303
+        mine = two.get("/my").text
+        assert a.domain in mine and b.domain not in mine
+    with transaction(portal_app.state.session_factory) as session:
+        [made] = session.scalars(
+            select(AuditEntry).where(
+                AuditEntry.action == "customer_admin.create",
+                AuditEntry.object_name == "acme-two",
+            )
+        ).all()
+        assert (made.actor_type, made.actor, made.customer_id) == (
+            "customer_admin",
+            a.admin,
+            a.customer_id,
+        )
+    assert "customer_admin.create" in acme.get("/my/audit").text
     own = acme.post(f"/my/admins/{a.admin_id}/delete")
     assert own.status_code == 400  # cannot delete yourself
     other = re.search(r'action="/my/admins/(\d+)/delete"', page)

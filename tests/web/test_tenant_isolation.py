@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy import select
 
+from app.models import AuditEntry, Mailbox
 from tests.web.portal_helpers import PortalClient, portal_app  # noqa: F401
 from tests.web.tenant_helpers import Tenant, acme, tenants  # noqa: F401
 from tests.web.test_route_table import Route, _is_int, _methods, _routes
@@ -179,3 +181,45 @@ def test_the_api_does_not_accept_a_customer_administrators_session(
             if response.status_code != 401:
                 failures.append(f"{method} {url}: {response.status_code}")
     assert not failures, "\n".join(failures)
+
+
+def test_audit_entries_events_usage_exports_and_import_previews_with_foreign_ids(
+    acme: PortalClient,  # noqa: F811
+    tenants: tuple[Tenant, Tenant],  # noqa: F811
+    portal_app: FastAPI,  # noqa: F811
+) -> None:
+    """The objects of issue 15's list that have no id route of their own: their ISP views
+    answer 404 to a customer administrator with another customer's ids in the query (never
+    the page, never 403), and the own audit view paged from a foreign entry shows none of it."""
+    a, b = tenants
+    with portal_app.state.session_factory() as session:
+        foreign = session.scalars(
+            select(AuditEntry.id).where(AuditEntry.customer_id == b.customer_id)
+        ).all()
+    assert foreign  # B's administrator suspended B's mailbox (tenant_helpers)
+    csv = f"address,password\r\nnew@{b.domain},long enough pw\r\n"
+    calls = [
+        ("GET", f"/audit?object_type=mailbox&object={b.mailbox_id}"),  # audit entries
+        ("GET", f"/audit?actor={b.admin}&before={max(foreign) + 1}"),
+        ("GET", f"/tracking?address=staff@{b.domain}"),  # message events
+        ("GET", "/dashboard/storage.csv"),  # usage
+        ("GET", f"/customers/{b.customer_id}/history.csv"),
+        ("POST", "/dashboard/refresh-usage"),
+        ("GET", f"/export.csv?domain={b.domain_id}"),  # export
+        ("POST", "/import/preview"),  # import preview and its confirmation
+        ("POST", "/import/confirm"),
+    ]
+    failures = []
+    for method, url in calls:
+        if method == "GET":
+            response = acme.get(url, follow_redirects=False)
+        else:
+            response = acme.post(url, {"csv_text": csv})
+        if response.status_code != 404 or b.domain in response.text:
+            failures.append(f"{method} {url}: {response.status_code}")
+    assert not failures, "\n".join(failures)
+    own = acme.get(f"/my/audit?after={max(foreign) + 1}")
+    assert own.status_code == 200
+    assert a.admin in own.text and b.admin not in own.text and b.domain not in own.text
+    with portal_app.state.session_factory() as session:  # nothing was imported into B
+        assert session.scalars(select(Mailbox).where(Mailbox.local_part == "new")).all() == []

@@ -144,3 +144,28 @@ def test_the_setting_sends_admins_to_enrolment_first(
     with TestClient(app) as client:  # support operators are not admins: not required
         PortalClient(client).login("sue")
         assert client.get("/customers", follow_redirects=False).status_code == 200
+
+
+def test_code_guesses_spend_an_account_budget_a_right_password_does_not_renew(
+    settings: Settings, session_factory: Any, store: Any
+) -> None:
+    # Like passwords: a guesser with many addresses meets the account's budget (its own key,
+    # 2fa:<name>), and entering the right password again buys no fresh guesses; over budget
+    # even the right code is refused without being looked at.
+    app = create_app(
+        settings.model_copy(update={"login_address_budget": 100, "login_account_budget": 3}),
+        session_factory=session_factory,
+        store=store,
+    )
+    add_operator(session_factory, "tim")
+    with TestClient(app) as client:
+        portal = PortalClient(client)
+        portal.login("tim")
+        secret, _ = _enrol(portal)
+    with TestClient(app) as client:
+        assert _password_step(client, "tim").headers["location"] == "/login/totp"
+        assert [_code_step(client, "000000").status_code for _ in range(3)] == [400] * 3
+        assert _password_step(client, "tim").headers["location"] == "/login/totp"
+        right = _code_step(client, pyotp.TOTP(secret).at(time.time() + 30))
+        assert right.status_code == 429 and int(right.headers["retry-after"]) > 0
+        assert client.get("/", follow_redirects=False).status_code == 303  # not logged in

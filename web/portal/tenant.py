@@ -1,5 +1,6 @@
 """A customer administrator's own pages, under ``/my``: their customer's domains, mailboxes,
-aliases, catch-alls, usage and billing preview, their audit view and their administrators.
+aliases, catch-alls, relay-domain recipients (to see), usage and billing preview, their
+audit view and their administrators.
 
 Every lookup passes ``auth.actor`` (which carries the customer) to the services, which check
 it in one place (app/services/tenancy.py): another customer's id is "not found" (404). The
@@ -18,8 +19,17 @@ from sqlalchemy.orm import Session
 
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore
-from app.models import AuditEntry, Domain, Mailbox, utcnow
-from app.services import aliases, billing, customer_admins, customers, domains, mailboxes, removal
+from app.models import DOMAIN_RELAY, AuditEntry, Domain, Mailbox, utcnow
+from app.services import (
+    aliases,
+    billing,
+    customer_admins,
+    customers,
+    domains,
+    mailboxes,
+    relay,
+    removal,
+)
 from web.deps import SessionDep, StoreDep
 from web.params import Id, SearchText
 from web.portal.auth import SESSION_COOKIE
@@ -33,6 +43,7 @@ router = APIRouter(prefix="/my")
 MAILBOX_FIELDS = ("address", "password", "quota_bytes", "pop3_enabled")
 ALIAS_FIELDS = ("address", "targets")
 ADMIN_FIELDS = ("username", "password")
+RELAY_PAGE = 500  # relay recipients shown at once (a search narrows them)
 
 
 def _targets(text: str) -> list[str]:
@@ -77,15 +88,21 @@ def home(request: Request, session: SessionDep, store: StoreDep, auth: TenantDep
 
 @router.get("/domains/{domain_id}")
 def domain_detail(
-    request: Request, session: SessionDep, auth: TenantDep, domain_id: Id
+    request: Request, session: SessionDep, auth: TenantDep, domain_id: Id, q: SearchText = ""
 ) -> HTMLResponse:
     domain = domains.get_domain(session, domain_id=domain_id, actor=auth.actor)
     count, quota_sum = domains.usage_of(session, domain.id)
-    return render(
-        request,
-        "my/domain.html",
-        {"domain": domain, "mailbox_count": count, "quota_sum": quota_sum},
-    )
+    context: dict[str, object] = {"domain": domain, "mailbox_count": count, "quota_sum": quota_sum}
+    if domain.kind == DOMAIN_RELAY:
+        # Read-only: the ISP manages relay domains (tenancy.isp_only), the customer sees
+        # which recipients its own mail server is relayed mail for.
+        context["relay"] = relay.get_relay(session, domain_id=domain.id, actor=auth.actor)
+        context["recipients"] = relay.list_recipients(
+            session, domain_id=domain.id, actor=auth.actor, search=q or None, limit=RELAY_PAGE
+        )
+        context["recipient_count"] = relay.count_recipients(session, domain_id=domain.id)
+        context["q"] = q
+    return render(request, "my/domain.html", context)
 
 
 # ------------------------------------------------------------------------------ mailboxes
