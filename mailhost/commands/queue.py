@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from app import event_loop
 from app.models import RCPT_STATES, OutboundMessage, utcnow
 from app.services import queue_admin
 from app.services.audit import CLI_ACTOR
@@ -113,7 +114,7 @@ def deliver(ctx: Context, args: argparse.Namespace) -> int:
     from smtp_outbound.agent import DeliveryAgent
 
     if not args.once:
-        asyncio.run(serve(ctx.settings))
+        event_loop.run(serve(ctx.settings), choice=ctx.settings.event_loop)
         return 0
     agent = DeliveryAgent(
         ctx.settings,
