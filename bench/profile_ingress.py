@@ -30,6 +30,14 @@ from bench.anchors import SMTP_SOURCE, ensure_package, free_port  # noqa: E402
 from bench.smtp_ingest import seed  # noqa: E402
 
 
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=3000)
@@ -42,6 +50,10 @@ def main() -> None:
         default="loop",
         choices=("loop", "all"),
         help="loop: the event loop thread only (it bounds throughput); all: the I/O threads too",
+    )
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks here")
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (Python CPU)"
     )
     parser.add_argument(
         "--event-loop",
@@ -104,6 +116,7 @@ def main() -> None:
                 str(raw),
                 "-p",
                 str(server.pid),
+                *(["--gil"] if args.gil else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -116,10 +129,13 @@ def main() -> None:
             check=True,
         )
         elapsed = time.perf_counter() - start
+        user, system = _cpu_split(server.pid)
         spy.send_signal(2)  # SIGINT: py-spy writes the profile and exits
         spy.wait(60)
         server.terminate()
         server.wait(30)
+        if args.raw is not None:
+            shutil.copyfile(raw, args.raw)
         inclusive: collections.Counter[str] = collections.Counter()
         own: collections.Counter[str] = collections.Counter()
         total = 0
@@ -141,6 +157,10 @@ def main() -> None:
             f" {args.messages / elapsed:.0f} msg/s (1 worker on {args.event_loop}, profiled);"
             f" {total} samples"
             " of the event loop thread (the I/O threads are left out; idle time is not sampled)"
+        )
+        print(
+            f"worker CPU over the run: user {user:.2f} s, system {system:.2f} s"
+            f" ({1000 * (user + system) / args.messages:.2f} ms per message)"
         )
         print("inclusive:")
         for frame, count in inclusive.most_common(args.top):
