@@ -52,7 +52,7 @@ from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_session_factory, transaction  # noqa: E402
 from app.models import Customer, Domain, Mailbox  # noqa: E402
 from bench.anchors import SMTP_SOURCE, PostfixAnchor, tree_cpu_seconds  # noqa: E402
-from bench.mailhost_targets import Running, parse_targets, stamp_head, start  # noqa: E402
+from bench.mailhost_targets import Running, Target, parse_targets, stamp_head, start  # noqa: E402
 from bench.smtp_ingest import (  # noqa: E402
     DOMAIN,
     LeanClient,
@@ -321,6 +321,12 @@ def main() -> None:
         " (mailhost smtp --workers N), serve (mailhost serve); each with :uvloop or :asyncio"
         " (bench/mailhost_targets.py)",
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also run another checkout's code as a workers target"
+        " (git archive main | tar -x -C DIR)",
+    )
     args = parser.parse_args()
     quick = args.quick
     rounds = args.rounds or (2 if quick else 5)
@@ -358,6 +364,8 @@ def main() -> None:
 
         (root / "plain").mkdir()
         targets = parse_targets(args.targets)
+        if args.baseline_tree is not None:
+            targets.append(Target("workers", "auto", args.baseline_tree.resolve()))
         if any(t.shape == "serve" for t in targets):
             stamp_head(settings)
         ours: list[Running] = []

@@ -35,10 +35,12 @@ START_TIMEOUT = 120.0
 class Target:
     shape: str
     loop: str
+    tree: Path = REPO  # the checkout whose code runs (--baseline-tree: another one)
 
     @property
     def label(self) -> str:
-        return self.shape if self.loop == "auto" else f"{self.shape}-{self.loop}"
+        label = self.shape if self.loop == "auto" else f"{self.shape}-{self.loop}"
+        return label if self.tree == REPO else f"base-{label}"
 
 
 def parse_targets(text: str) -> list[Target]:
@@ -75,7 +77,7 @@ class Running:
 def _env(settings: Settings, target: Target, port: int) -> dict[str, str]:
     return {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(target.tree),
         "MAILHOST_DATABASE_URL": settings.database_url,
         "MAILHOST_MAILDIR_ROOT": str(settings.maildir_root),
         "MAILHOST_HOSTNAME": "mx.bench.example",

@@ -37,6 +37,7 @@ from app.maildir import MaildirStore
 from app.maildir_stream import SpooledBody, spool_body
 from app.scanning.decision import Decision, ScanPolicy
 from app.services.resolution import POSTMASTER, Resolution, Verdict, resolve_recipient
+from app.services.scan_policy import DomainScanRules
 from app.spool import SpoolStore
 from app.spool_body import SpoolSpilledBody
 from app.tracking import Event, EventWriter
@@ -232,13 +233,15 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
         resolution = txn.cache.get(key) or self.resolutions.get(key)
         if resolution is None:
             try:
-                resolution = await self._blocking(self._resolve, address)
+                resolved, rules = await self._blocking(self._resolve, address)
             except (SQLAlchemyError, TemporaryError, OSError):
                 # Database unreachable or similar: always temporary, never a 5xx.
                 log.warning("recipient lookup failed for %s", address, exc_info=True)
                 self._track_refusal(session, txn, "RCPT", replies.TEMPFAIL, rcpt=address)
                 return replies.TEMPFAIL
+            resolution = resolved
             self.resolutions.put(key, resolution)
+            self._keep_rules(rules)
         txn.cache[key] = resolution
         srs_reply = self.srs_rcpt(txn, address, resolution.verdict)
         if srs_reply is not None:
@@ -294,10 +297,11 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
         )
         return reply
 
-    def _resolve(self, address: str) -> Resolution:
-        # A Core connection, not a Session: resolution only SELECTs, and a Session's unit of
-        # work and ORM execution layer cost more Python time per RCPT than the query itself
-        # (bench/resolution.py prints both).
+    def _resolve(self, address: str) -> tuple[Resolution, dict[str, DomainScanRules]]:
+        """The resolution, and the scan rules of its target domains (one job, one
+        connection). A Core connection, not a Session: resolution only SELECTs, and a
+        Session's unit of work and ORM layer cost more Python time per RCPT than the query
+        itself (bench/resolution.py prints both)."""
         if self.engine is None:  # a stand-in session factory (tests): through a Session
             with transaction(self.session_factory) as session:
                 return resolve_recipient(
@@ -305,14 +309,15 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
                     address=address,
                     store=self.store,
                     postmaster_address=self.settings.postmaster_address,
-                )
+                ), {}
         with self.engine.connect() as connection:
-            return resolve_recipient(
+            resolution = resolve_recipient(
                 connection,
                 address=address,
                 store=self.store,
                 postmaster_address=self.settings.postmaster_address,
             )
+            return resolution, self._rules_along(connection, resolution.targets)
 
     # ------------------------------------------------------------------ delivery
     def open_body(self, envelope: IngressEnvelope) -> SpooledBody:
