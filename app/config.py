@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     smtp_max_connections_per_ip: int = 50
     smtp_idle_timeout: float = 300.0
     smtp_data_timeout: float = 600.0
+    # The event loop of every server process (app/event_loop.py): "auto" is uvloop when it
+    # can be imported, else asyncio's own; "uvloop" insists; "asyncio" for comparison/debugging.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     smtp_max_junk_commands: int = 20
     # NOOP, RSET and VRFY without a delivered message in between: a limit of their own, high
     # enough for big senders that RSET between many transactions (Postfix's

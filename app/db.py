@@ -74,6 +74,14 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def engine_of(factory: sessionmaker[Session]) -> Engine | None:
+    """The engine a session factory binds to (for read paths that use a Core Connection);
+    None for anything else that makes sessions (a test's stand-in factory)."""
+    kw = getattr(factory, "kw", None)
+    bind = kw.get("bind") if isinstance(kw, dict) else None
+    return bind if isinstance(bind, Engine) else None
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception. Edges own this."""

@@ -11,6 +11,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import event_loop
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.logsetup import start_logging
@@ -58,7 +59,11 @@ def run_edge(
     build: Callable[[Settings, sessionmaker[Session], MaildirStore], S],
     listeners: Callable[[S], list[tuple[str, str, int]]],
 ) -> None:
-    """``main()`` of an edge: settings from the environment, logging, the loop."""
+    """``main()`` of an edge: settings from the environment, logging, the loop
+    (MAILHOST_EVENT_LOOP)."""
     settings = Settings()
     start_logging(settings.log_level)
-    asyncio.run(serve_edge(settings, service=service, build=build, listeners=listeners))
+    event_loop.run(
+        serve_edge(settings, service=service, build=build, listeners=listeners),
+        choice=settings.event_loop,
+    )

@@ -204,6 +204,21 @@ class SpooledBody:
                 return
             self._discard_locked()
 
+    def discard_if_in_memory(self) -> bool:
+        """``discard`` without blocking, when there is no spill file to remove (nothing was
+        spilled and no flush holds the lock): True if done; False leaves it to ``discard``
+        on a worker thread. The common case of a small message: no thread hand-off."""
+        if not self._lock.acquire(blocking=False):
+            return False  # a flush (file I/O) in progress
+        try:
+            if self._fd is not None or self._path is not None:
+                return False
+            if not self._delivering:
+                self._discard_locked()  # no descriptor, no path: memory only
+            return True
+        finally:
+            self._lock.release()
+
     def _release(self) -> None:
         with self._lock:
             self._delivering = False

@@ -111,8 +111,10 @@ def _write_level(fd: int, level: int) -> None:
 
 def check_mailbox(store: MaildirStore, settings: Settings, receiver: Receiver) -> int | None:
     """Warn ``receiver`` if it crossed a threshold upwards; the threshold warned, or None."""
-    usage = store.usage(receiver.ref)
-    level = level_for(usage.bytes, receiver.quota_bytes, settings.quota_warning_thresholds)
+    # Without a quota there is nothing to warn about: no usage read at all (most mailboxes of
+    # an ISP; reading it costs a stat of the index, and a scan when the index is stale).
+    used = store.usage(receiver.ref).bytes if receiver.quota_bytes > 0 else 0
+    level = level_for(used, receiver.quota_bytes, settings.quota_warning_thresholds)
     state = store.mailbox_path(receiver.ref) / STATE_FILE
     if level == 0 and not state.exists():
         return None  # the common case: one stat
@@ -126,7 +128,7 @@ def check_mailbox(store: MaildirStore, settings: Settings, receiver: Receiver) -
             data = build_warning(
                 settings,
                 address=receiver.address,
-                used=usage.bytes,
+                used=used,
                 quota=receiver.quota_bytes,
                 percent=level,
             )

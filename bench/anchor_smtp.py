@@ -24,7 +24,7 @@ Usage: make bench BENCH=bench/anchor_smtp.py
        .venv/bin/python bench/anchor_smtp.py [--quick] [--rounds 5] [--messages 1000]
            [--workers 2] [--sizes 4096,102400] [--concurrency 1,8,32]
            [--rcpt-mailboxes 100000] [--rcpt-samples 2000] [--full-messages 50000]
-           [--cells source,pipelined,rcpt,cross]
+           [--cells source,pipelined,rcpt,cross] [--targets split:uvloop,split:asyncio,serve]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_session_factory, transaction  # noqa: E402
 from app.models import Customer, Domain, Mailbox  # noqa: E402
 from bench.anchors import SMTP_SOURCE, PostfixAnchor, tree_cpu_seconds  # noqa: E402
+from bench.mailhost_targets import Running, Target, parse_targets, stamp_head, start  # noqa: E402
 from bench.smtp_ingest import (  # noqa: E402
     DOMAIN,
     LeanClient,
@@ -59,7 +60,6 @@ from bench.smtp_ingest import (  # noqa: E402
     run_load,
     seed,
     start_baseline,
-    start_ours,
 )
 
 RCPT_PER_CONNECTION = 50
@@ -95,21 +95,27 @@ def fmt(values: list[float], digits: int) -> str:
     return f"{med:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def _ours(names: list[str]) -> list[str]:
+    return [n for n in names if n.startswith(("mailhost", "mh:"))]
+
+
 def print_cell(cell: Cell, names: list[str], higher_is_better: bool = True) -> None:
     digits = 0 if cell.unit == "msg/s" else 2
     parts = [f"{n}: {fmt(cell.values[n], digits)}" for n in names if n in cell.values]
     line = f"{cell.title:<34} {cell.unit:<6} " + "  ".join(parts)
-    if "postfix" in cell.values and "mailhost" in cell.values:
-        pairs = zip(cell.values["mailhost"], cell.values["postfix"], strict=True)
-        ratio = statistics.median((m / p if higher_is_better else p / m) for m, p in pairs)
-        line += f"  mailhost/postfix {ratio:.2f}x"
+    for ours in _ours(names):
+        if "postfix" in cell.values and ours in cell.values:
+            pairs = zip(cell.values[ours], cell.values["postfix"], strict=True)
+            ratio = statistics.median((m / p if higher_is_better else p / m) for m, p in pairs)
+            line += f"  {ours}/postfix {ratio:.2f}x"
     print(line, flush=True)
     if cell.cpu:
         parts = [f"{n}: {fmt(cell.cpu[n], 2)}" for n in names if n in cell.cpu]
         line = f"{'  server CPU per message':<34} {'ms':<6} " + "  ".join(parts)
-        if "postfix" in cell.cpu and "mailhost" in cell.cpu:
-            ratio = statistics.median(cell.cpu["mailhost"]) / statistics.median(cell.cpu["postfix"])
-            line += f"  mailhost/postfix {ratio:.2f}x the CPU"
+        for ours in _ours(names):
+            if "postfix" in cell.cpu and ours in cell.cpu:
+                ratio = statistics.median(cell.cpu[ours]) / statistics.median(cell.cpu["postfix"])
+                line += f"  {ours}/postfix {ratio:.2f}x the CPU"
         print(line + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
 
 
@@ -308,6 +314,19 @@ def main() -> None:
     parser.add_argument("--rcpt-samples", type=int, help="RCPTs per server and round")
     parser.add_argument("--full-messages", type=int, help="messages in the full mailbox")
     parser.add_argument("--cells", default="source,pipelined,rcpt,cross")
+    parser.add_argument(
+        "--targets",
+        default="workers",
+        help="how Mailhost runs, comma-separated: workers (N python -m smtp_ingress), split"
+        " (mailhost smtp --workers N), serve (mailhost serve); each with :uvloop or :asyncio"
+        " (bench/mailhost_targets.py)",
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also run another checkout's code as a workers target"
+        " (git archive main | tar -x -C DIR)",
+    )
     args = parser.parse_args()
     quick = args.quick
     rounds = args.rounds or (2 if quick else 5)
@@ -344,17 +363,30 @@ def main() -> None:
         print(f"seeded in {time.perf_counter() - t0:.1f}s", flush=True)
 
         (root / "plain").mkdir()
-        ours, ours_port = start_ours(settings, args.workers, root)
-        base, base_port = start_baseline(root / "plain", 1)
-        servers = [
-            Server("mailhost", ours_port, lambda: sum(tree_cpu_seconds(p.pid) for p in ours)),
-            Server("naive", base_port, lambda: sum(tree_cpu_seconds(p.pid) for p in base)),
-        ]
+        targets = parse_targets(args.targets)
+        if args.baseline_tree is not None:
+            targets.append(Target("workers", "auto", args.baseline_tree.resolve()))
+        if any(t.shape == "serve" for t in targets):
+            stamp_head(settings)
+        ours: list[Running] = []
+        base: list[subprocess.Popen[str]] = []
+        servers = []
         try:
+            for target in targets:
+                running = start(target, settings, args.workers, root)
+                ours.append(running)
+                name = "mailhost" if len(targets) == 1 else f"mh:{target.label}"
+                servers.append(Server(name, running.port, running.cpu_seconds))
+            base, base_port = start_baseline(root / "plain", 1)
+            servers.append(
+                Server("naive", base_port, lambda: sum(tree_cpu_seconds(p.pid) for p in base))
+            )
             if postfix is not None:
                 postfix.start()
         except BaseException:
-            for proc in ours + base:
+            for running in ours:
+                running.stop()
+            for proc in base:
                 proc.terminate()
             raise
         if postfix is not None:
@@ -369,7 +401,8 @@ def main() -> None:
             )
         names = [s.name for s in servers]
         print(
-            f"servers: {', '.join(names)} (mailhost: {args.workers} worker(s), greet delay 0;"
+            f"servers: {', '.join(names)} (mailhost: {args.targets}, {args.workers} worker(s),"
+            " greet delay 0;"
             f" naive: 1 process); cpus={os.cpu_count()}; {rounds} alternating rounds of"
             f" {messages} messages; medians (min-max); load average {os.getloadavg()[0]:.1f}",
             flush=True,
@@ -422,9 +455,11 @@ def main() -> None:
         finally:
             if postfix is not None:
                 postfix.stop()
-            for proc in ours + base:
+            for running in ours:
+                running.stop()
+            for proc in base:
                 proc.terminate()
-            for proc in ours + base:
+            for proc in base:
                 proc.wait(30)
     print(
         "mailhost/postfix: median of per-round ratios (for ms: postfix/mailhost, >1 = faster);"

@@ -7,7 +7,7 @@ greet delay 0, INFO logging to a file as in production. Needs ``py-spy``
 installs postfix when missing).
 
 Usage: .venv/bin/python bench/profile_ingress.py [--messages 3000] [--size 4096] [-c 8]
-       [--top 25] [--repo PATH: profile another checkout's code]
+       [--top 25] [--repo PATH: profile another checkout's code] [--event-loop uvloop]
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ from bench.anchors import SMTP_SOURCE, ensure_package, free_port  # noqa: E402
 from bench.smtp_ingest import seed  # noqa: E402
 
 
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=3000)
@@ -37,6 +45,22 @@ def main() -> None:
     parser.add_argument("-c", type=int, default=8)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--repo", type=Path, default=REPO)
+    parser.add_argument(
+        "--threads",
+        default="loop",
+        choices=("loop", "all"),
+        help="loop: the event loop thread only (it bounds throughput); all: the I/O threads too",
+    )
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks here")
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (Python CPU)"
+    )
+    parser.add_argument(
+        "--event-loop",
+        default="asyncio",
+        choices=("auto", "asyncio", "uvloop"),
+        help="MAILHOST_EVENT_LOOP of the profiled worker (uvloop's own frames are C: not seen)",
+    )
     args = parser.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(pyspy):
@@ -65,6 +89,7 @@ def main() -> None:
             "MAILHOST_SMTP_GREET_DELAY": "0",
             "MAILHOST_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
             "MAILHOST_LOG_LEVEL": "INFO",
+            "MAILHOST_EVENT_LOOP": args.event_loop,
         }
         raw = root / "profile.txt"
         with open(root / "ingress.log", "w") as log:
@@ -91,6 +116,7 @@ def main() -> None:
                 str(raw),
                 "-p",
                 str(server.pid),
+                *(["--gil"] if args.gil else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -103,10 +129,13 @@ def main() -> None:
             check=True,
         )
         elapsed = time.perf_counter() - start
+        user, system = _cpu_split(server.pid)
         spy.send_signal(2)  # SIGINT: py-spy writes the profile and exits
         spy.wait(60)
         server.terminate()
         server.wait(30)
+        if args.raw is not None:
+            shutil.copyfile(raw, args.raw)
         inclusive: collections.Counter[str] = collections.Counter()
         own: collections.Counter[str] = collections.Counter()
         total = 0
@@ -117,16 +146,21 @@ def main() -> None:
                 f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
                 for f in stack.split(";")
             ]
-            if not any("run_forever" in f for f in frames):
-                continue  # only the event loop thread: it bounds throughput (GIL, one loop)
+            if args.threads == "loop" and any("_bootstrap (threading.py)" in f for f in frames):
+                continue  # only the event loop (main) thread: it bounds throughput (one loop)
             total += count
             for frame in set(frames):
                 inclusive[frame] += count
             own[frames[-1]] += count
         print(
             f"{args.messages} messages of {args.size} B, C={args.c}, new connection per message:"
-            f" {args.messages / elapsed:.0f} msg/s (1 worker, profiled); {total} samples"
+            f" {args.messages / elapsed:.0f} msg/s (1 worker on {args.event_loop}, profiled);"
+            f" {total} samples"
             " of the event loop thread (the I/O threads are left out; idle time is not sampled)"
+        )
+        print(
+            f"worker CPU over the run: user {user:.2f} s, system {system:.2f} s"
+            f" ({1000 * (user + system) / args.messages:.2f} ms per message)"
         )
         print("inclusive:")
         for frame, count in inclusive.most_common(args.top):

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from app import hourly, metrics
+from app import event_loop, hourly, metrics
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.maildir import MaildirStore
@@ -326,7 +326,9 @@ def _metrics_server(settings: Settings, kinds: Sequence[str], factory: Any) -> M
 def run(settings: Settings, kinds: Sequence[str]) -> int:
     """Run ``kinds`` in this process until a signal; the exit status."""
     metrics.enable_multiprocess(_metrics_dir(settings, kinds))
-    return asyncio.run(run_services(settings, kinds, metrics_listener=True))
+    return event_loop.run(
+        run_services(settings, kinds, metrics_listener=True), choice=settings.event_loop
+    )
 
 
 # ---------------------------------------------------------------------------- prefork
@@ -364,7 +366,10 @@ def _worker_main(
     # The supervisor has already reset the inherited signal handlers (see Supervisor).
     # Periodic jobs in one worker only (slot 0; its replacement keeps the slot).
     sys.exit(
-        asyncio.run(run_services(settings, (kind,), web_socket=web_socket, periodic=slot == 0))
+        event_loop.run(
+            run_services(settings, (kind,), web_socket=web_socket, periodic=slot == 0),
+            choice=settings.event_loop,
+        )
     )
 
 

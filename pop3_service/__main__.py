@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from app import event_loop
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.logsetup import start_logging
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     start_logging(settings.log_level)
-    asyncio.run(_run(settings, args.lease_seconds))
+    event_loop.run(_run(settings, args.lease_seconds), choice=settings.event_loop)
     return 0
 
 

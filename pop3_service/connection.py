@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import typing
 from collections import Counter
 from collections.abc import Callable
 
@@ -99,7 +100,7 @@ class Pop3Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = typing.cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         peer = transport.get_extra_info("peername")

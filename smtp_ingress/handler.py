@@ -30,13 +30,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import hourly, metrics
 from app.config import Settings
-from app.db import transaction
+from app.db import engine_of, transaction
 from app.delivery_rules import DeliveryRules, Recipient
 from app.errors import TemporaryError
 from app.maildir import MaildirStore
 from app.maildir_stream import SpooledBody, spool_body
 from app.scanning.decision import Decision, ScanPolicy
 from app.services.resolution import POSTMASTER, Resolution, Verdict, resolve_recipient
+from app.services.scan_policy import DomainScanRules
 from app.spool import SpoolStore
 from app.spool_body import SpoolSpilledBody
 from app.tracking import Event, EventWriter
@@ -106,6 +107,7 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
         # Scan rules per hosted domain, reused as briefly as recipient resolutions.
         self._rules_cache = {}
         self.session_factory = session_factory
+        self.engine = engine_of(session_factory)
         self.store = store
         self.executor = executor
         self.stats = stats_batcher
@@ -231,13 +233,15 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
         resolution = txn.cache.get(key) or self.resolutions.get(key)
         if resolution is None:
             try:
-                resolution = await self._blocking(self._resolve, address)
+                resolved, rules = await self._blocking(self._resolve, address)
             except (SQLAlchemyError, TemporaryError, OSError):
                 # Database unreachable or similar: always temporary, never a 5xx.
                 log.warning("recipient lookup failed for %s", address, exc_info=True)
                 self._track_refusal(session, txn, "RCPT", replies.TEMPFAIL, rcpt=address)
                 return replies.TEMPFAIL
+            resolution = resolved
             self.resolutions.put(key, resolution)
+            self._keep_rules(rules)
         txn.cache[key] = resolution
         srs_reply = self.srs_rcpt(txn, address, resolution.verdict)
         if srs_reply is not None:
@@ -293,14 +297,27 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
         )
         return reply
 
-    def _resolve(self, address: str) -> Resolution:
-        with transaction(self.session_factory) as session:
-            return resolve_recipient(
-                session,
+    def _resolve(self, address: str) -> tuple[Resolution, dict[str, DomainScanRules]]:
+        """The resolution, and the scan rules of its target domains (one job, one
+        connection). A Core connection, not a Session: resolution only SELECTs, and a
+        Session's unit of work and ORM layer cost more Python time per RCPT than the query
+        itself (bench/resolution.py prints both)."""
+        if self.engine is None:  # a stand-in session factory (tests): through a Session
+            with transaction(self.session_factory) as session:
+                return resolve_recipient(
+                    session,
+                    address=address,
+                    store=self.store,
+                    postmaster_address=self.settings.postmaster_address,
+                ), {}
+        with self.engine.connect() as connection:
+            resolution = resolve_recipient(
+                connection,
                 address=address,
                 store=self.store,
                 postmaster_address=self.settings.postmaster_address,
             )
+            return resolution, self._rules_along(connection, resolution.targets)
 
     # ------------------------------------------------------------------ delivery
     def open_body(self, envelope: IngressEnvelope) -> SpooledBody:
@@ -319,7 +336,11 @@ class IngressHandler(RelayData, ScanGlue, SrsBounces):
 
     def discard_body(self, body: SpooledBody) -> None:
         """Drop the body and its spill file, off the loop and without waiting: this runs in
-        ``finally`` blocks of cancelled coroutines too (connection lost, deadline)."""
+        ``finally`` blocks of cancelled coroutines too (connection lost, deadline). A body
+        that never spilled is only memory: dropped here, with no job for a worker thread
+        (one executor hand-off per message less: bench/profile_ingress.py)."""
+        if body.discard_if_in_memory():
+            return
         try:
             self.executor.submit(body.discard)
         except RuntimeError:  # executor shut down (server stopping): cheap enough inline

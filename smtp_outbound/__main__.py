@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from app import periodic
+from app import event_loop, periodic
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.logsetup import start_logging
@@ -39,7 +39,7 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     start_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings), choice=settings.event_loop)
 
 
 if __name__ == "__main__":

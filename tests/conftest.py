@@ -8,6 +8,7 @@ tests; on SQLite each test gets its own database file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,12 @@ from app.maildir import MaildirStore
 from tests.dnsserver import TestDNSServer
 
 PG_URL_ENV = "MAILHOST_TEST_DATABASE_URL"
+# MAILHOST_TEST_EVENT_LOOP=uvloop: every loop the tests make (asyncio.new_event_loop in the
+# server threads) is a uvloop one, to run the suite on the loop production uses by default.
+if os.environ.get("MAILHOST_TEST_EVENT_LOOP") == "uvloop":
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def pg_url() -> str | None:

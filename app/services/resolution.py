@@ -172,10 +172,15 @@ def _pair_params(keys: Iterable[tuple[int, str]]) -> dict[str, Any]:
     return params
 
 
+# What a resolution reads through: a Session, or (cheaper: no unit of work, no ORM execution
+# layer) a Core Connection; the SMTP edge uses the latter for every RCPT.
+Reader = Session | Connection
+
+
 class _Resolver:
     """One resolution; caches domain lookups across the levels of the expansion."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Reader) -> None:
         self.session = session
         self.domains: dict[str, _DomainInfo | None] = {}
 
@@ -213,13 +218,14 @@ def _target(mailbox_id: int, local: str, domain: str, quota: int) -> Target:
 
 
 def resolve_recipient(
-    session: Session,
+    session: Reader,
     *,
     address: str,
     store: MaildirStore | None = None,
     postmaster_address: str | None = None,
 ) -> Resolution:
-    """Resolve ``address`` (as given after RCPT TO, brackets removed).
+    """Resolve ``address`` (as given after RCPT TO, brackets removed), reading through a
+    Session or a Core Connection (``session``; only SELECTs, no ORM objects either way).
 
     Follows aliases (possibly chained), domain aliases and the domain's catch-all, loop-safe
     (a cycle or depth > 10 ends that branch), case-insensitive on the domain (and local part).
@@ -323,7 +329,7 @@ _DOT_STRING_OUTSIDE_OURS = re.compile(
 )
 
 
-def _unhostable_local_part(session: Session, address: str) -> Resolution:
+def _unhostable_local_part(session: Reader, address: str) -> Resolution:
     """An address our grammar refuses: a valid Dot-string local part at a hosted domain can
     never be a mailbox here, so it is an unknown user there (550 5.1.1), never a relay
     attempt; anything else stays INVALID_ADDRESS."""
@@ -354,7 +360,7 @@ def _fallback(resolver: _Resolver, domain: _DomainInfo, local: str) -> list[tupl
 
 
 def _platform_postmaster(
-    session: Session, postmaster_address: str | None, store: MaildirStore | None
+    session: Reader, postmaster_address: str | None, store: MaildirStore | None
 ) -> Resolution:
     """The platform postmaster's resolution, or NO_POSTMASTER when it is unset or does not
     name a deliverable hosted address (then "no such user" or "relay denied" would mislead).

@@ -185,3 +185,28 @@ def test_copy_falls_back_where_copy_file_range_cannot(
     body = _stream(mstore, pieces, memory_limit=256 * 1024)
     [info] = deliver_spooled(mstore, [(BOB, b"B\n")], body)
     assert info.path.read_bytes() == b"B\n" + b"".join(pieces)
+
+
+def test_discard_if_in_memory_only_takes_the_cheap_case(mstore: MaildirStore) -> None:
+    # What the SMTP edge drops on the event loop without a worker thread: a body that never
+    # spilled. A spilled one, or one whose flush holds the lock, is left to discard().
+    small = _stream(mstore, _body_pieces(10_000), memory_limit=64 * 1024)
+    assert not small.spilled
+    assert small.discard_if_in_memory() is True
+    with pytest.raises(MaildirError, match="discarded"):
+        small.flush()
+
+    big = _stream(mstore, _body_pieces(500_000), memory_limit=64 * 1024)
+    tmp = mstore.mailbox_path(ALICE) / "tmp"
+    assert big.discard_if_in_memory() is False
+    assert len(_files(tmp)) == 1  # untouched
+    big.flush()  # still usable
+    big.discard()
+    assert _files(tmp) == []
+
+    busy = _stream(mstore, _body_pieces(10_000), memory_limit=64 * 1024)
+    with busy._lock:  # a flush in progress on a worker thread
+        assert busy.discard_if_in_memory() is False
+    busy.flush()  # not discarded
+    assert busy.spilled
+    busy.discard()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app.config import Settings
@@ -52,3 +54,27 @@ def test_state_file_warns_once_per_crossing_and_rearms(
     assert check_mailbox(store, settings, receiver) == 90  # jumped two: one warning, the higher
     warnings = [m for m in store.list_messages(ref) if b"Quota-Warning" in m.path.read_bytes()]
     assert len(warnings) == 1
+
+
+class _CountingStore(MaildirStore):
+    """The real store, counting its usage reads."""
+
+    usage_reads = 0
+
+    def usage(self, ref: MailboxRef) -> Any:
+        self.usage_reads += 1
+        return super().usage(ref)
+
+
+def test_mailbox_without_quota_is_not_measured(settings: Settings, store: MaildirStore) -> None:
+    counting = _CountingStore(settings.maildir_root, hostname=settings.hostname)
+    ref = MailboxRef("hosted.example", "user")
+    _fill(counting, ref, 5_000)
+    assert check_mailbox(counting, settings, Receiver(ref, "user@hosted.example", 0)) is None
+    assert counting.usage_reads == 0
+    assert check_mailbox(counting, settings, Receiver(ref, "user@hosted.example", 5_000)) == 100
+    assert counting.usage_reads == 1
+    # The quota removed later: the recorded level is dropped (re-armed) without a usage read.
+    assert check_mailbox(counting, settings, Receiver(ref, "user@hosted.example", 0)) is None
+    assert counting.usage_reads == 1
+    assert not (counting.mailbox_path(ref) / STATE_FILE).exists()
