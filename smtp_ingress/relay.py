@@ -47,7 +47,7 @@ from app.models import (
     OutboundMessage,
     utcnow,
 )
-from app.services import queue, relay
+from app.services import queue, relay, relay_recipients
 from app.services.audit import Actor
 from app.services.relay import RelayInfo
 from app.services.relay_hop import HopUnresolved, async_resolver, hop_hosts, parse_next_hop
@@ -193,7 +193,7 @@ class RelayDesk:
 
     def _listed(self, domain_id: int, local: str) -> bool:
         with transaction(self.session_factory) as session:
-            return relay.is_listed(session, domain_id=domain_id, local_part=local)
+            return relay_recipients.is_listed(session, domain_id=domain_id, local_part=local)
 
     async def rcpt(self, info: RelayInfo, address: str) -> str:
         """The reply to ``RCPT TO:<address>`` for a relay domain."""

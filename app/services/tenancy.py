@@ -12,7 +12,7 @@ platform tokens, the CLI and the system have no ``customer_id`` and see everythi
 
 ISP-only use cases (operators, DKIM, sending limits, scanning policy, the queue, relay
 domains, customers and domain changes) refuse a customer actor here too, not only at the
-edges (a customer may read its own relay domains' recipients: ``relay.list_recipients``
+edges (a customer may read its own relay domains' recipients: ``relay_recipients.list_recipients``
 takes the actor like any lookup): ``isp_only`` marks such a service function, and a customer
 actor gets ``PermissionDeniedError`` before anything is read or written (each edge maps it
 once: 403 in the API, the portal's error page). The edges still keep their own doors shut

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import ValidationError
 from app.models import RELAY_MODES, RELAY_TLS_POLICIES, Domain, utcnow
-from app.services import customers, relay
+from app.services import customers, relay, relay_recipients
 from app.services.audit import CLI_ACTOR
 from app.services.relay_hop import hop_checker
 from app.spool import SpoolStore
@@ -44,7 +44,7 @@ def _record(session: Session, domain: Domain) -> dict[str, Any]:
         "next_hop": settings.next_hop,
         "tls_policy": settings.tls_policy,
         "recipient_mode": settings.recipient_mode,
-        "recipients_listed": relay.count_recipients(session, domain_id=domain.id),
+        "recipients_listed": relay_recipients.count_recipients(session, domain_id=domain.id),
         "callout_cache_seconds": settings.callout_cache_seconds,
         "max_queue_age_seconds": settings.max_queue_age,
         "flush_networks": settings.flush_network_list,
@@ -211,7 +211,9 @@ def recipients_add(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.transaction() as s:
         domain = _domain(s, args.domain)
         added = [
-            relay.add_recipient(s, actor=CLI_ACTOR, domain_id=domain.id, address=a).local_part
+            relay_recipients.add_recipient(
+                s, actor=CLI_ACTOR, domain_id=domain.id, address=a
+            ).local_part
             for a in args.address
         ]
         name = domain.name
@@ -224,7 +226,9 @@ def recipients_remove(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.transaction() as s:
         domain = _domain(s, args.domain)
         for address in args.address:
-            relay.remove_recipient(s, actor=CLI_ACTOR, domain_id=domain.id, address=address)
+            relay_recipients.remove_recipient(
+                s, actor=CLI_ACTOR, domain_id=domain.id, address=address
+            )
         name = domain.name
     ctx.print(f"{len(args.address)} recipient(s) of {name} removed")
     return 0
@@ -235,7 +239,7 @@ def recipients_list(ctx: Context, args: argparse.Namespace) -> int:
         domain = _domain(s, args.domain)
         rows = [
             {"address": f"{r.local_part}@{domain.name}", "created_at": iso(r.created_at)}
-            for r in relay.list_recipients(
+            for r in relay_recipients.list_recipients(
                 s, domain_id=domain.id, search=args.search, limit=1_000_000
             )
         ]
@@ -250,7 +254,7 @@ def recipients_import(ctx: Context, args: argparse.Namespace) -> int:
         raise ValidationError(f"cannot read {args.file}: {exc}", field="file") from exc
     with ctx.transaction() as s:
         domain = _domain(s, args.domain)
-        summary = relay.import_recipients(
+        summary = relay_recipients.import_recipients(
             s, actor=CLI_ACTOR, domain_id=domain.id, text=text, replace=args.replace
         )
     ctx.print(
@@ -261,7 +265,7 @@ def recipients_import(ctx: Context, args: argparse.Namespace) -> int:
 
 def recipients_export(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.transaction() as s:
-        text = relay.export_recipients_csv(s, domain_id=_domain(s, args.domain).id)
+        text = relay_recipients.export_recipients_csv(s, domain_id=_domain(s, args.domain).id)
     if args.file in (None, "-"):
         ctx.stdout.write(text)
         ctx.stdout.flush()

@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db import transaction
 from app.maildir import MailboxRef, MaildirStore
 from app.models import ORIGIN_BOUNCE, ORIGIN_RELAY, OutboundMessage, RelayDomain
-from app.services import queue, relay
+from app.services import queue, relay, relay_recipients
 from app.services.audit import CLI_ACTOR
 from app.spool import SpoolStore
 from tests.dnsserver import TestDNSServer
@@ -146,7 +146,7 @@ def test_down_then_up_delivers_in_order_and_etrn(
         flush_networks=["127.0.0.1"],
     )
     with transaction(session_factory) as s:
-        relay.add_recipient(s, actor=CLI_ACTOR, domain_id=domain_id, address="x")
+        relay_recipients.add_recipient(s, actor=CLI_ACTOR, domain_id=domain_id, address="x")
     ingress = mx()
     with client(ingress) as smtp:
         assert smtp.has_extn("etrn")
@@ -210,8 +210,8 @@ def test_rcpt_replies_per_mode(
     add_relay(session_factory, "down.example", f"{SINK_HOST}:{closed}", recipient_mode="verify")
     suspended = add_relay(session_factory, "frozen.example", f"{SINK_HOST}:{port}")
     with transaction(session_factory) as s:
-        relay.add_recipient(s, actor=CLI_ACTOR, domain_id=list_id, address="anna")
-        relay.add_recipient(s, actor=CLI_ACTOR, domain_id=suspended, address="anna")
+        relay_recipients.add_recipient(s, actor=CLI_ACTOR, domain_id=list_id, address="anna")
+        relay_recipients.add_recipient(s, actor=CLI_ACTOR, domain_id=suspended, address="anna")
         from app.services import domains
 
         domains.set_domain_status(s, actor=CLI_ACTOR, domain_id=suspended, status="suspended")

@@ -21,7 +21,7 @@ from app.models import (
     OutboundRecipient,
     RelayRecipient,
 )
-from app.services import queue, relay
+from app.services import queue, relay, relay_recipients
 from app.services.audit import CLI_ACTOR
 from app.services.relay_hop import HOP_HOST, HOP_MX, NextHop, parse_next_hop, self_check
 from app.services.resolution import Verdict, resolve_recipient
@@ -179,20 +179,26 @@ def test_update_is_audited(session: Session) -> None:
 
 def test_recipients_add_remove_import_export(session: Session) -> None:
     domain = _relay(session)
-    relay.add_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="Anna@Shop.Example")
+    relay_recipients.add_recipient(
+        session, actor=CLI_ACTOR, domain_id=domain.id, address="Anna@Shop.Example"
+    )
     with pytest.raises(ConflictError):
-        relay.add_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="anna")
+        relay_recipients.add_recipient(
+            session, actor=CLI_ACTOR, domain_id=domain.id, address="anna"
+        )
     with pytest.raises(ValidationError, match="not an address of shop.example"):
-        relay.add_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="a@x.example")
-    assert relay.is_listed(session, domain_id=domain.id, local_part="ANNA")
-    summary = relay.import_recipients(
+        relay_recipients.add_recipient(
+            session, actor=CLI_ACTOR, domain_id=domain.id, address="a@x.example"
+        )
+    assert relay_recipients.is_listed(session, domain_id=domain.id, local_part="ANNA")
+    summary = relay_recipients.import_recipients(
         session,
         actor=CLI_ACTOR,
         domain_id=domain.id,
         text="address\r\nanna@shop.example\r\n# comment\r\n\r\nbert\r\n=cmd@shop.example\r\n",
     )
-    assert summary == relay.ImportSummary(added=2, already_listed=1, removed=0)
-    exported = relay.export_recipients_csv(session, domain_id=domain.id)
+    assert summary == relay_recipients.ImportSummary(added=2, already_listed=1, removed=0)
+    exported = relay_recipients.export_recipients_csv(session, domain_id=domain.id)
     assert exported.splitlines() == [
         "address",
         "'=cmd@shop.example",
@@ -201,22 +207,26 @@ def test_recipients_add_remove_import_export(session: Session) -> None:
     ]
     # A bad file stores nothing and names every bad line.
     with pytest.raises(ValidationError) as info:
-        relay.import_recipients(
+        relay_recipients.import_recipients(
             session, actor=CLI_ACTOR, domain_id=domain.id, text="carl\nbad local\nx@other.example\n"
         )
     assert "line 2" in info.value.message and "line 3" in info.value.message
-    assert not relay.is_listed(session, domain_id=domain.id, local_part="carl")
-    again = relay.import_recipients(
+    assert not relay_recipients.is_listed(session, domain_id=domain.id, local_part="carl")
+    again = relay_recipients.import_recipients(
         session, actor=CLI_ACTOR, domain_id=domain.id, text=exported, replace=True
     )
-    assert again == relay.ImportSummary(added=0, already_listed=3, removed=0)
-    relay.import_recipients(
+    assert again == relay_recipients.ImportSummary(added=0, already_listed=3, removed=0)
+    relay_recipients.import_recipients(
         session, actor=CLI_ACTOR, domain_id=domain.id, text="bert", replace=True
     )
-    assert [r.local_part for r in relay.list_recipients(session, domain_id=domain.id)] == ["bert"]
-    relay.remove_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="bert")
+    assert [
+        r.local_part for r in relay_recipients.list_recipients(session, domain_id=domain.id)
+    ] == ["bert"]
+    relay_recipients.remove_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="bert")
     with pytest.raises(NotFoundError):
-        relay.remove_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="bert")
+        relay_recipients.remove_recipient(
+            session, actor=CLI_ACTOR, domain_id=domain.id, address="bert"
+        )
 
 
 def _states(session: Session) -> list[tuple[str, str]]:
@@ -261,7 +271,7 @@ def test_hold_release_flush_and_summary(session: Session) -> None:
 
 def test_delete_with_queued_mail_needs_discard(session: Session) -> None:
     domain = _relay(session)
-    relay.add_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="anna")
+    relay_recipients.add_recipient(session, actor=CLI_ACTOR, domain_id=domain.id, address="anna")
     _queue(session, "anna@shop.example", "b@elsewhere.example")
     _queue(session, "bert@shop.example")
     with pytest.raises(ConflictError, match="2 queued recipient"):

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.errors import NotFoundError, PermissionDeniedError
-from app.services import customer_admins, relay
+from app.services import customer_admins, relay, relay_recipients
 from app.services.audit import CLI_ACTOR
 from tests.web.portal_helpers import PortalClient, portal_app  # noqa: F401
 from tests.web.tenant_helpers import Tenant, acme, tenants  # noqa: F401
@@ -23,7 +23,7 @@ def _relay_domain(factory: sessionmaker[Session], customer_id: int, name: str) -
             s, actor=CLI_ACTOR, customer_id=customer_id, name=name, next_hop="mx.office.test:25"
         )
         for address in ("anna", "bert", "carla"):
-            relay.add_recipient(s, actor=CLI_ACTOR, domain_id=domain.id, address=address)
+            relay_recipients.add_recipient(s, actor=CLI_ACTOR, domain_id=domain.id, address=address)
         return domain.id
 
 
@@ -56,8 +56,8 @@ def test_customer_admin_sees_own_relay_recipients_and_not_anothers(
     with factory() as s:
         admin = customer_admins.get_customer_admin(s, admin_id=a.admin_id)
         actor = customer_admins.actor_of(admin, "127.0.0.1")
-        assert len(relay.list_recipients(s, domain_id=own, actor=actor)) == 3
+        assert len(relay_recipients.list_recipients(s, domain_id=own, actor=actor)) == 3
         with pytest.raises(NotFoundError):
-            relay.list_recipients(s, domain_id=foreign, actor=actor)
+            relay_recipients.list_recipients(s, domain_id=foreign, actor=actor)
         with pytest.raises(PermissionDeniedError):  # seeing, never changing
-            relay.add_recipient(s, actor=actor, domain_id=own, address="dora")
+            relay_recipients.add_recipient(s, actor=actor, domain_id=own, address="dora")

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.models import RCPT_DEFERRED, RCPT_HELD, RCPT_QUEUED, OutboundRecipient, RelayDomain
-from app.services import queue, relay
+from app.services import queue, relay, relay_recipients
 from app.services.audit import CLI_ACTOR
 from tests.factories import make_customer, make_domain
 from tests.web.portal_helpers import (  # noqa: F401  (fixtures)
@@ -183,7 +183,7 @@ def test_recipients_add_remove_import_export(
     assert r.status_code == 303
     assert admin.post(f"/relay/{shop}/recipients/remove", {"address": "carl"}).status_code == 303
     with transaction(session_factory) as s:
-        assert relay.count_recipients(s, domain_id=shop) == 0
+        assert relay_recipients.count_recipients(s, domain_id=shop) == 0
     empty = admin.post(
         f"/relay/{shop}/recipients/import", files={"file": ("r.csv", b"", "text/csv")}
     )

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import ConflictError
 from app.models import RELAY_MODE_ANY, RELAY_MODES, RELAY_TLS_POLICIES, Domain, utcnow
-from app.services import relay, relay_dns, relay_queue
+from app.services import relay, relay_dns, relay_queue, relay_recipients
 from app.services.addresses import domain_to_unicode
 from app.services.dkim import DnsPolicy
 from app.services.relay_hop import hop_checker
@@ -167,7 +167,9 @@ def _detail(
 ) -> HTMLResponse:
     r = relay.get_relay(session, domain_id=domain_id)
     domain = r.domain
-    recipients = relay.list_recipients(session, domain_id=domain_id, limit=RECIPIENTS_SHOWN)
+    recipients = relay_recipients.list_recipients(
+        session, domain_id=domain_id, limit=RECIPIENTS_SHOWN
+    )
     return render(
         request,
         "relay/detail.html",
@@ -179,7 +181,7 @@ def _detail(
                 "customer": domain.customer,
                 "queue": relay.queue_summary(session, domain_id=domain_id),
                 "recipients": recipients,
-                "recipient_count": relay.count_recipients(session, domain_id=domain_id),
+                "recipient_count": relay_recipients.count_recipients(session, domain_id=domain_id),
                 "recipients_shown": RECIPIENTS_SHOWN,
                 "mode_any": r.recipient_mode == RELAY_MODE_ANY,
                 "dns": relay_dns.mx_options(
@@ -228,7 +230,7 @@ def relay_recipient_add(
     relay.get_relay(session, domain_id=domain_id)
     form = FormState(values=data.values(), fields=("address",))
     with saving(session, form, default_field="address"):
-        relay.add_recipient(
+        relay_recipients.add_recipient(
             session, actor=auth.actor, domain_id=domain_id, address=data.text("address")
         )
     if not form.ok:
@@ -240,7 +242,7 @@ def relay_recipient_add(
 def relay_recipient_remove(
     session: SessionDep, auth: AdminDep, data: FormDep, domain_id: Id
 ) -> Response:
-    relay.remove_recipient(
+    relay_recipients.remove_recipient(
         session, actor=auth.actor, domain_id=domain_id, address=data.text("address")
     )
     session.commit()
@@ -266,7 +268,7 @@ def relay_recipient_import(
             form.error("file", "The file is not UTF-8 text.")
         else:
             with saving(session, form, default_field="file"):
-                relay.import_recipients(
+                relay_recipients.import_recipients(
                     session,
                     actor=auth.actor,
                     domain_id=domain_id,
@@ -281,7 +283,7 @@ def relay_recipient_import(
 @router.get("/relay/{domain_id}/recipients.csv")
 def relay_recipient_export(session: SessionDep, auth: AuthDep, domain_id: Id) -> Response:
     name = relay.get_relay(session, domain_id=domain_id).domain.name
-    text = relay.export_recipients_csv(session, domain_id=domain_id)
+    text = relay_recipients.export_recipients_csv(session, domain_id=domain_id)
     return Response(
         text,
         media_type="text/csv; charset=utf-8",

@@ -28,6 +28,7 @@ from app.services import (
     domains,
     mailboxes,
     relay,
+    relay_recipients,
     removal,
 )
 from web.deps import SessionDep, StoreDep
@@ -97,10 +98,10 @@ def domain_detail(
         # Read-only: the ISP manages relay domains (tenancy.isp_only), the customer sees
         # which recipients its own mail server is relayed mail for.
         context["relay"] = relay.get_relay(session, domain_id=domain.id, actor=auth.actor)
-        context["recipients"] = relay.list_recipients(
+        context["recipients"] = relay_recipients.list_recipients(
             session, domain_id=domain.id, actor=auth.actor, search=q or None, limit=RELAY_PAGE
         )
-        context["recipient_count"] = relay.count_recipients(session, domain_id=domain.id)
+        context["recipient_count"] = relay_recipients.count_recipients(session, domain_id=domain.id)
         context["q"] = q
     return render(request, "my/domain.html", context)
 

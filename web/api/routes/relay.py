@@ -27,7 +27,7 @@ from app.models import (
     RelayRecipient,
     utcnow,
 )
-from app.services import relay
+from app.services import relay, relay_recipients
 from app.services.relay_hop import hop_checker
 from app.services.relay_queue import RelayQueueSummary
 from app.spool import SpoolStore
@@ -316,7 +316,7 @@ def list_recipients(
         factory,
         cursor,
         limit,
-        lambda s, after, n: relay.list_recipients(
+        lambda s, after, n: relay_recipients.list_recipients(
             s, domain_id=domain_id, search=search, after_id=after, limit=n
         ),
         public,
@@ -338,7 +338,7 @@ def add_recipient(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     def action(s: Session) -> tuple[int, BaseModel, dict[str, str]]:
-        row = relay.add_recipient(
+        row = relay_recipients.add_recipient(
             s, actor=principal.actor, domain_id=domain_id, address=body.address
         )
         name = relay.get_relay(s, domain_id=domain_id).domain.name
@@ -353,7 +353,9 @@ def remove_recipient(
     domain_id: Id, address: Address, principal: Provisioner, factory: FactoryDep
 ) -> Response:
     with transaction(factory) as s:
-        relay.remove_recipient(s, actor=principal.actor, domain_id=domain_id, address=address)
+        relay_recipients.remove_recipient(
+            s, actor=principal.actor, domain_id=domain_id, address=address
+        )
     return no_content()
 
 
@@ -365,7 +367,7 @@ def remove_recipient(
 def export_recipients(domain_id: Id, _: Reader, factory: FactoryDep) -> Response:
     with transaction(factory) as s:
         name = relay.get_relay(s, domain_id=domain_id).domain.name
-        text = relay.export_recipients_csv(s, domain_id=domain_id)
+        text = relay_recipients.export_recipients_csv(s, domain_id=domain_id)
     return Response(
         text,
         media_type=f"{CSV_MEDIA_TYPE}; charset=utf-8",
@@ -407,7 +409,7 @@ async def _run_import(
 ) -> BaseModel:
     def work() -> ImportResult:
         with transaction(factory) as s:
-            summary = relay.import_recipients(
+            summary = relay_recipients.import_recipients(
                 s, actor=principal.actor, domain_id=domain_id, text=text, replace=replace
             )
             return ImportResult(
