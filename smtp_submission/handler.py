@@ -25,19 +25,16 @@ import logging
 import secrets
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiosmtpd.smtp import Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics, quota_warnings
+from app import metrics
 from app.config import Settings
 from app.db import transaction
-from app.delivery_rules import DeliveryRules, Plan, Recipient
-from app.dkim import sign_message
+from app.delivery_rules import DeliveryRules
 from app.errors import (
     MailhostError,
     SendingDisabled,
@@ -45,13 +42,12 @@ from app.errors import (
     TemporaryError,
     ValidationError,
 )
-from app.maildir import MailboxRef, MaildirStore, MessageInfo
+from app.maildir import MaildirStore
 from app.models import utcnow
 from app.scanning.scanner import Scanner
 from app.services import accounts, scan_log, sending, throttle
-from app.services import dkim as dkim_service
 from app.services import queue as queue_service
-from app.services.resolution import POSTMASTER, Target, Verdict, resolve_recipient
+from app.services.resolution import POSTMASTER, Verdict, resolve_recipient
 from app.services.scan_policy import defaults_from
 from app.services.sending import may_send_as
 from app.spool import SpoolStore
@@ -59,6 +55,8 @@ from app.tracking import EventWriter
 from smtp_submission import message as msg
 from smtp_submission import replies
 from smtp_submission import tracking as tracked
+from smtp_submission.delivery import SubmissionDelivery
+from smtp_submission.envelope import Identity, SubmissionEnvelope
 from smtp_submission.scanning import outbound_scan
 from smtp_submission.sender_policy import routing_trick
 
@@ -67,30 +65,6 @@ T = TypeVar("T")
 
 # RFC 4954 section 4: the decoded credentials are bounded by the 12288-octet AUTH line.
 MAX_CREDENTIAL = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who logged in (kept on the aiosmtpd session as ``auth_data``)."""
-
-    mailbox_id: int
-    address: str
-    customer_id: int
-
-
-@dataclass
-class SubmissionEnvelope(Envelope):
-    """aiosmtpd's envelope with the resolved recipients of the transaction."""
-
-    queue_id: str = ""
-    local: dict[int, tuple[Target, str]] = field(default_factory=dict)
-    remote: list[str] = field(default_factory=list)
-    # The limits and counters read at MAIL FROM: each RCPT is checked against them.
-    limits: sending.SendingSnapshot | None = None
-    stored_keys: list[str] = field(default_factory=list)  # Maildir names, for tracking
-
-    def __post_init__(self) -> None:
-        Envelope.__init__(self)
 
 
 class AuthFailed(Exception):
@@ -111,7 +85,7 @@ def identity_of(session: SmtpSession) -> Identity | None:
     return data if isinstance(data, Identity) and session.authenticated else None
 
 
-class SubmissionHandler:
+class SubmissionHandler(SubmissionDelivery):
     """aiosmtpd handler for authenticated users: AUTH check, MAIL / RCPT policy, DATA."""
 
     def __init__(
@@ -444,129 +418,3 @@ class SubmissionHandler:
             reply[:9],
         )
         return reply
-
-    def _deliver(
-        self,
-        identity: Identity,
-        envelope: SubmissionEnvelope,
-        from_addresses: tuple[str, ...],
-        prepared: bytes,
-    ) -> str:
-        """Check the header From, sign, store the local copies, spool, then queue the remote
-        rows and count the message: one executor job and ONE database transaction (its reads
-        first; its writes after the files are durable, committed before the 250).
-
-        Any failure before that commit takes back what was stored (the local copies, the
-        spool file): no 250, nothing kept; the client retries."""
-        kept = _Kept()
-        now = utcnow()
-        try:
-            with transaction(self.factory) as db:
-                reply = self._store_and_queue(
-                    db, identity, envelope, from_addresses, prepared, kept
-                )
-        except BaseException as exc:
-            # No 250: take everything back (no POP3 session has listed the local copies:
-            # a maildrop is listed at login, which needs the database too).
-            for ref, info in kept.local:
-                with contextlib.suppress(OSError):
-                    self.store.expunge(ref, [info])
-            if kept.spool_id is not None:
-                with contextlib.suppress(OSError):
-                    self.spool.remove(kept.spool_id)
-            if kept.plan is not None:
-                kept.plan.discard()
-            if isinstance(exc, SendLimitExceeded):
-                self._limit_hit(identity, exc, now)
-                return replies.limit_exceeded(exc.text)
-            if isinstance(exc, SendingDisabled):
-                return replies.sending_disabled(exc.text)
-            raise
-        if kept.plan is not None:
-            kept.plan.send_auto_replies(self.factory)
-        if reply.startswith("2"):
-            quota_warnings.after_delivery(
-                self.store,
-                self.settings,
-                (
-                    quota_warnings.Receiver(target.ref, target.address, target.quota_bytes)
-                    for target, _ in envelope.local.values()
-                ),
-            )
-        return reply
-
-    def _store_and_queue(
-        self,
-        db: Session,
-        identity: Identity,
-        envelope: SubmissionEnvelope,
-        from_addresses: tuple[str, ...],
-        prepared: bytes,
-        kept: _Kept,
-    ) -> str:
-        """The work of ``_deliver`` inside its transaction; ``kept`` says what was stored."""
-        sender = envelope.mail_from or ""
-        if not all(
-            may_send_as(db, mailbox_id=identity.mailbox_id, address=a) for a in from_addresses
-        ):
-            log.info("From refused user=%s from=%s", identity.address, from_addresses)
-            return replies.FROM_NOT_OWNED
-        key = dkim_service.signing_key_for(db, domain=from_addresses[0].rpartition("@")[2])
-        final = sign_message(prepared, key) if key is not None else prepared
-        if envelope.local:
-            lf = msg.to_lf(final)
-            local = list(envelope.local.values())
-            traces = [
-                f"Return-Path: <{sender}>\nDelivered-To: {target.address}\n".encode()
-                for target, _ in local
-            ]
-            # Forwarding and auto-replies of the hosted recipients (app/delivery_rules.py).
-            plan = kept.plan = self.rules.prepare(
-                self.factory,
-                sender=sender,
-                recipients=[Recipient(t.mailbox_id, t.address, r) for t, r in local],
-                traces=traces,
-                body=lambda: [lf],
-            )
-            copies: list[tuple[MailboxRef, list[bytes]]] = [
-                (target.ref, [trace, lf])
-                for (target, _), trace in zip(local, traces, strict=True)
-                if plan.keeps_copy(target.mailbox_id)
-            ]
-            infos = self.store.deliver(copies)
-            kept.local = [(ref, info) for (ref, _), info in zip(copies, infos, strict=True)]
-            envelope.stored_keys = [info.uid for info in infos]
-        now = utcnow()
-        if envelope.remote:
-            kept.spool_id = self.spool.write([final]).spool_id
-            queued = queue_service.enqueue(
-                db,
-                spool_id=kept.spool_id,
-                size=len(final),
-                sender=sender,
-                recipients=envelope.remote,
-                origin="submission",
-                now=now,
-                customer_id=identity.customer_id,
-            )
-            # One id for the client's 250, our log and `mailhost queue show`.
-            queued.queue_id = envelope.queue_id
-        if kept.plan is not None:
-            kept.plan.enqueue(db)
-        sending.consume_sending(
-            db,
-            mailbox_id=identity.mailbox_id,
-            recipients=len(envelope.rcpt_tos),
-            now=now,
-            limits=self.limits,
-        )
-        return replies.accepted(envelope.queue_id)
-
-
-@dataclass(slots=True)
-class _Kept:
-    """What a submission stored before its commit: taken back if the commit never comes."""
-
-    local: list[tuple[MailboxRef, MessageInfo]] = field(default_factory=list)
-    spool_id: str | None = None
-    plan: Plan | None = None  # forwards queued in the commit; auto-replies sent after it

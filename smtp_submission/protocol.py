@@ -36,7 +36,8 @@ from app.connlimit import TOTAL, ConnectionCounter
 from app.services.queue import new_queue_id
 from smtp_submission import replies
 from smtp_submission import tracking as tracked
-from smtp_submission.handler import AuthFailed, SubmissionEnvelope, SubmissionHandler
+from smtp_submission.envelope import SubmissionEnvelope
+from smtp_submission.handler import AuthFailed, SubmissionHandler
 
 log = logging.getLogger("smtp_submission")
 
