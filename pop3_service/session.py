@@ -133,6 +133,7 @@ class StartTls:
 @dataclass(frozen=True, slots=True)
 class Expunge:
     uids: tuple[str, ...]
+    indexes: tuple[int, ...] = ()  # 0-based positions in the snapshot, same order as uids
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,7 @@ class Pop3Session:
 
     def connection_lost(self) -> None:
         self.state = State.CLOSED
+        self._maildrop = None  # the snapshot is not needed any more: let it go
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -429,7 +431,8 @@ class Pop3Session:
         # RFC 1939 section 6: QUIT from TRANSACTION enters UPDATE and removes marked messages.
         self.state = State.UPDATE
         messages = self._messages()
-        uids = tuple(messages[i].uid for i in sorted(self._deleted))
+        indexes = tuple(sorted(self._deleted))
+        uids = tuple(messages[i].uid for i in indexes)
         if not uids:
             self.state = State.CLOSED
             return [
@@ -437,7 +440,7 @@ class Pop3Session:
                 Close("quit"),
             ]
         self.waiting = Waiting.EXPUNGE_RESULT
-        return [Expunge(uids)]
+        return [Expunge(uids, indexes)]
 
     # ------------------------------------------------------------------ TRANSACTION commands
     def _cmd_stat(self, args: list[bytes], rest: bytes) -> list[Event]:
