@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import os
 import time
 from array import array
@@ -134,9 +133,14 @@ class PackedListing:
         wires: array[int],
         mtimes: array[float],
     ) -> PackedListing:
+        # Found with bytes.find, not split: no object per name, even for a moment.
         ends = array("q")
         if subs:
-            ends = array("q", itertools.accumulate(len(part) + 1 for part in blob.split(b"\n")))
+            find, pos = blob.find, 0
+            while (newline := find(b"\n", pos)) >= 0:
+                pos = newline + 1
+                ends.append(pos)
+            ends.append(len(blob) + 1)
         return cls(blob, ends, subs, sizes, wires, mtimes)
 
     def __len__(self) -> int:

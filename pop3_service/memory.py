@@ -28,6 +28,26 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 _malloc_trim = _load_malloc_trim()
 
+# mallopt(3) parameter numbers (glibc's malloc.h).
+_M_MMAP_THRESHOLD = -3
+# Blocks this big or bigger get their own mapping, returned to the kernel when freed.  A fixed
+# value also turns off glibc's dynamic threshold, which after the first free of a big block
+# (an index file, a LIST reply) would keep every later one in the heap.  Above the 256 KiB
+# blocks of a streamed RETR, which are reused from the heap.
+MMAP_THRESHOLD = 1 << 20
+
+
+def tune_allocator() -> bool:
+    """Set glibc's mmap threshold (once per worker, at start); False where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
 
 def give_back() -> None:
     """Collect garbage, then hand free heap pages back to the kernel (blocking: call it in a

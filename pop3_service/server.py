@@ -112,6 +112,7 @@ class Pop3Server:
         )
 
     async def start(self) -> None:
+        memory.tune_allocator()
         loop = asyncio.get_running_loop()
         s = self.settings
         plain = await loop.create_server(

@@ -156,6 +156,8 @@ def _parse_number(arg: bytes) -> int | None:
 
 
 ERR_AUTH = "-ERR [AUTH] Authentication failed"
+# LIST and UIDL without an argument build their reply this many messages at a time.
+_LISTING_SLICE = 2048
 
 
 class Pop3Session:
@@ -460,12 +462,20 @@ class Pop3Session:
             return [Reply(_line(f"+OK {index + 1} {getattr(messages[index], value)}"))]
         count, octets = self._totals()
         head = f"+OK {count} messages ({octets} octets)\r\n"
-        body = [
-            f"{i + 1} {getattr(m, value)}\r\n"
-            for i, m in enumerate(messages)
-            if i not in self._deleted
-        ]
-        return [Reply((head + "".join(body) + ".\r\n").encode("utf-8"))]
+        # Encoded a slice at a time: a few thousand short strings alive at once, not one per
+        # message (50,000 of them would leave the allocator's arenas fragmented).
+        chunks = [head.encode("ascii")]
+        deleted = self._deleted
+        for start in range(0, len(messages), _LISTING_SLICE):
+            stop = min(start + _LISTING_SLICE, len(messages))
+            lines = [
+                f"{i + 1} {getattr(messages[i], value)}\r\n"
+                for i in range(start, stop)
+                if i not in deleted
+            ]
+            chunks.append("".join(lines).encode("utf-8"))
+        chunks.append(b".\r\n")
+        return [Reply(b"".join(chunks))]
 
     def _cmd_list(self, args: list[bytes], rest: bytes) -> list[Event]:
         return self._listing(args, "size")
