@@ -1,11 +1,11 @@
 """Profile one Mailhost POP3 worker under one cell of ``bench/anchor_pop3.py`` with py-spy and
 print the functions with the largest share of samples (inclusive, and self time).
 
-Cells (issue 16's profile cases): ``raw`` = 4 KiB x 1,000 RETR+DELE, raw client, 4 users;
-``poplib-foreign`` = the same with Python's ``poplib`` on files named as other MTAs write them
-(no ``S=``/``W=``).  Needs ``py-spy`` (``.venv/bin/pip install py-spy``).
+Cells (issue 16's profile cases): ``--cell raw`` = 4 KiB x 1,000 RETR+DELE, raw client, 4
+users; ``--cell poplib --foreign`` = the same with Python's ``poplib`` on files named as other
+MTAs write them (no ``S=``/``W=``).  Needs ``py-spy`` (``.venv/bin/pip install py-spy``).
 
-Usage: .venv/bin/python bench/profile_pop3.py [--cell raw|poplib-foreign] [--users 4]
+Usage: .venv/bin/python bench/profile_pop3.py [--cell raw|pipelined|poplib] [--foreign] [--users 4]
        [--messages 1000] [--runs 3] [--top 25] [--repo PATH: profile another checkout's code]
 """
 
@@ -61,7 +61,8 @@ def summarise(raw: Path, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", choices=("raw", "pipelined", "poplib-foreign"), default="raw")
+    parser.add_argument("--cell", choices=("raw", "pipelined", "poplib"), default="raw")
+    parser.add_argument("--foreign", action="store_true", help="files named as other MTAs do")
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
@@ -72,7 +73,7 @@ def main() -> None:
     if not spy.exists():
         print("note: py-spy is missing (.venv/bin/pip install py-spy); no profile taken")
         return
-    foreign = args.cell == "poplib-foreign"
+    foreign = args.foreign
     with tempfile.TemporaryDirectory(prefix="pop3-profile-") as tmp:
         scratch = Path(tmp)
         settings, addresses = pd.setup(scratch, f"sqlite:///{scratch / 'bench.db'}", users=4)
@@ -85,7 +86,7 @@ def main() -> None:
             for _ in range(args.runs):
                 anchor.fill_maildirs(settings.maildir_root, users, args.messages, 4096, foreign)
                 began = time.perf_counter()
-                if foreign:
+                if args.cell == "poplib":
                     anchor.run_poplib(port, users)
                     took = time.perf_counter() - began
                 else:
@@ -97,7 +98,8 @@ def main() -> None:
             for proc in procs:
                 proc.wait(60)
         print(
-            f"{args.cell}, 4 KiB x {args.messages}, {len(users)} user(s), {args.runs} runs,"
+            f"{args.cell}{', foreign names' if foreign else ''}, 4 KiB x {args.messages},"
+            f" {len(users)} user(s), {args.runs} runs,"
             f" profiled at 400 Hz: {', '.join(f'{r:.0f}' for r in rates)} msg/s"
             " (py-spy slows the worker; read shares, not rates)"
         )

@@ -29,12 +29,18 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 _malloc_trim = _load_malloc_trim()
 
 # mallopt(3) parameter numbers (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 # Blocks this big or bigger get their own mapping, returned to the kernel when freed.  A fixed
 # value also turns off glibc's dynamic threshold, which after the first free of a big block
-# (an index file, a LIST reply) would keep every later one in the heap.  Above the 256 KiB
-# blocks of a streamed RETR, which are reused from the heap.
-MMAP_THRESHOLD = 1 << 20
+# (an index file of 50,000 names) would keep every later one in the heap (to 32 MiB each).
+# Above the blocks of a streamed RETR (256 KiB) and the transport's write buffer (1 MiB and a
+# block), which are reused from the heap.
+MMAP_THRESHOLD = 4 << 20
+# Free memory at the top of the heap kept for reuse, as glibc's dynamic setting would have it
+# (twice the mmap threshold): trimming at every free would fault the same pages in again on
+# the next RETR of a large message.
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
 
 def tune_allocator() -> bool:
@@ -46,7 +52,9 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 def give_back() -> None:
