@@ -115,6 +115,11 @@ class MaildirMaildrop:
         """Open message ``index`` (0-based) of the snapshot; FileNotFoundError if gone."""
         return self._store.open_reader(self.messages.info(index))
 
+    def total_octets(self) -> int:
+        """Sum of the snapshot's wire sizes, from the array (no object per message: 50,000
+        entries made and summed one by one took 24 ms of the event loop at login)."""
+        return sum(self.messages.listing.wires)
+
     def read_whole(self, index: int) -> bytes:
         """The contents of message ``index`` in one read (small messages); FileNotFoundError
         if gone."""

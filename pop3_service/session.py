@@ -102,6 +102,10 @@ class Maildrop(Protocol):
     @property
     def messages(self) -> Sequence[SnapshotMessage]: ...
 
+    def total_octets(self) -> int:
+        """The sum of every message's size (the login reply and STAT answer from it)."""
+        ...
+
 
 # ------------------------------------------------------------------------------------ events
 @dataclass(frozen=True, slots=True)
@@ -225,7 +229,7 @@ class Pop3Session:
         self.username = username
         self._maildrop = maildrop
         self._deleted.clear()
-        self._all_octets = sum(m.size for m in maildrop.messages)
+        self._all_octets = maildrop.total_octets()
         self._deleted_octets = 0
         count, octets = self._totals()
         return [Reply(_line(f"+OK Logged in, maildrop has {count} messages ({octets} octets)"))]

@@ -42,6 +42,9 @@ class Drop:
         default_factory=lambda: [Msg("uid-1", 100), Msg("uid-2", 200), Msg("uid-3", 300)]
     )
 
+    def total_octets(self) -> int:
+        return sum(m.size for m in self.messages)
+
 
 @dataclass
 class Harness:
