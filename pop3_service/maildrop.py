@@ -1,7 +1,7 @@
 """Login -> maildrop lock -> snapshot: the maildrop object a POP3 session works on.
 
 As in Twisted's ``IMailbox``, the server never opens a message file itself: it asks the
-maildrop to ``open(i)`` a message of the snapshot, to ``expunge(uids)`` at QUIT and to
+maildrop to ``open(i)`` a message of the snapshot, to ``expunge(indexes)`` at QUIT and to
 ``release()`` the lock; each goes through ``MaildirStore``.  Every method here blocks
 (database, password hashing, file system): the server calls them through
 ``asyncio.to_thread``.
