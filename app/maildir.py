@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from app import maildir_index
-from app.maildir_index import Listing
+from app.maildir_index import SUBDIRS, Listing, PackedListing
 
 # Refuse path components that could escape the root or hide files; database values are
 # validated long before this, this is the last line of defence.
@@ -194,14 +194,21 @@ def _count_wire_size(path: Path | str) -> int:
     """Octets of a file once every bare LF is sent as CRLF (foreign files may hold CRLF)."""
     total = 0
     previous_ended_in_cr = False
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
+    # A plain descriptor and a first read of the file's size (plus one, to see the end): a
+    # buffered read(1 MiB) of a 4 KiB file allocates 1 MiB first; 24 -> 18 us per file.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        want = min(os.fstat(fd).st_size + 1, 1 << 20)
+        while block := os.read(fd, want):
             bare_lf = block.count(b"\n") - block.count(b"\r\n")
             # A CRLF split across two blocks is not a bare LF.
             if previous_ended_in_cr and block.startswith(b"\n"):
                 bare_lf -= 1
             total += len(block) + bare_lf
             previous_ended_in_cr = block.endswith(b"\r")
+            want = 1 << 20
+    finally:
+        os.close(fd)
     return total
 
 
@@ -439,19 +446,38 @@ class MaildirStore:
                     maildir, [(final.name, size, wire, self._clock() if stamp is None else stamp)]
                 )
 
-    def _unlink_noted(self, maildir: Path, files: Sequence[tuple[Path, int]]) -> list[Path]:
-        """Unlink these files of one Maildir and note them in its index; the ones removed."""
+    def _unlink_noted(
+        self, maildir: Path, files: Sequence[tuple[Path, int]], *, fsync: bool = False
+    ) -> list[Path]:
+        """Unlink these files of one Maildir under one index lock, note them in its index in
+        one log append and (``fsync``, when this store fsyncs) fsync each directory once;
+        the ones removed.
+
+        A file that cannot be removed (other than already gone) does not stop the others:
+        every removal that worked is noted and made durable, then the first error is raised.
+        """
         removed: list[Path] = []
+        failure: OSError | None = None
         with maildir_index.locked(maildir):
             for path, _ in files:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed.append(path)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    failure = failure or exc
+                    continue
+                removed.append(path)
             gone = set(removed)
             with contextlib.suppress(OSError):
                 maildir_index.note_removed(
                     maildir, [(p.name, size) for p, size in files if p in gone]
                 )
+            if fsync and self._fsync:
+                for directory in {path.parent for path in removed}:
+                    _fsync_dir(directory)
+        if failure is not None:
+            raise failure
         return removed
 
     def listing(self, mailbox: MailboxRef) -> tuple[Path, Listing]:
@@ -460,6 +486,13 @@ class MaildirStore:
         if not path.is_dir():
             return path, Listing.empty()
         return path, maildir_index.load(path, _parse_entry, clock=self._clock)
+
+    def packed_listing(self, mailbox: MailboxRef) -> tuple[Path, PackedListing]:
+        """Like ``listing``, packed to be kept for a session (POP3's snapshot)."""
+        path = self.mailbox_path(mailbox)
+        if not path.is_dir():
+            return path, PackedListing.pack(Listing.empty())
+        return path, maildir_index.load_packed(path, _parse_entry, clock=self._clock)
 
     # ---------------------------------------------------------------- reading
     def list_messages(self, mailbox: MailboxRef) -> list[MessageInfo]:
@@ -530,6 +563,29 @@ class MaildirStore:
         """Open a listed message for streaming reads (raises FileNotFoundError if gone)."""
         return MessageReader(self.open_message(message))
 
+    def read_listed(self, maildir: Path, listing: Listing | PackedListing, index: int) -> bytes:
+        """The whole contents of message ``index`` of a listing (FileNotFoundError if gone).
+
+        For small messages (POP3 RETR of a few KiB): one open, one read of the listed size
+        and one more to see the end, on a plain file descriptor, so no path object, no
+        ``MessageInfo`` and no buffered file object is made per message.  A file that grew
+        since it was listed is still read to its end.
+        """
+        path = f"{maildir}/{SUBDIRS[listing.subs[index] & 1]}/{listing.name(index)}"
+        self._check_inside(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            want = listing.sizes[index] + 1
+            data = os.read(fd, want)
+            if len(data) < want:
+                return data
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
     def usage(self, mailbox: MailboxRef) -> Usage:
         """Bytes and messages stored: the index's totals (same cost for any mailbox size)."""
         path = self.mailbox_path(mailbox)
@@ -542,9 +598,11 @@ class MaildirStore:
     def expunge(self, mailbox: MailboxRef, messages: Iterable[MessageInfo]) -> int:
         """Delete these listed messages; returns how many files were removed.
 
-        The listed paths are unlinked directly (no new listing on the hot path). A message
-        another reader renamed meanwhile (``new/`` to ``cur/``, flags changed) is found again
-        by its uid; one already gone counts as not removed.
+        The listed paths are unlinked directly (no new listing on the hot path), all of one
+        Maildir under one index lock, with one log append and one fsync per directory (not
+        one per file). A message another reader renamed meanwhile (``new/`` to ``cur/``,
+        flags changed) is found again by its uid; one already gone counts as not removed.
+        An unlink that fails raises after the others were removed, noted and fsync'd.
         """
         by_maildir: dict[Path, list[tuple[Path, int]]] = {}
         uids: dict[Path, str] = {}
@@ -556,16 +614,13 @@ class MaildirStore:
             uids[message.path] = message.uid
         removed: list[Path] = []
         for maildir, files in by_maildir.items():
-            removed += self._unlink_noted(maildir, files)
+            removed += self._unlink_noted(maildir, files, fsync=True)
         gone = set(removed)
         moved = {uid for path, uid in uids.items() if path not in gone}
         if moved:
             again = [(m.path, m.size) for m in self.scan_messages(mailbox) if m.uid in moved]
             if again:
-                removed += self._unlink_noted(again[0][0].parent.parent, again)
-        if self._fsync:
-            for directory in {path.parent for path in removed}:
-                _fsync_dir(directory)
+                removed += self._unlink_noted(again[0][0].parent.parent, again, fsync=True)
         return len(removed)
 
     def remove_mailbox(self, mailbox: MailboxRef) -> None:
@@ -608,7 +663,7 @@ class MaildirStore:
                     continue
         return removed
 
-    def _check_inside(self, path: Path) -> None:
+    def _check_inside(self, path: Path | str) -> None:
         # A lexical check (no syscalls: this runs on every POP3 RETR); symlinks are refused by
         # list_messages, which never lists them, and by O_NOFOLLOW in open_message.
         if not os.path.normpath(path).startswith(self._root_prefix):

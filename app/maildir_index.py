@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 BASE_NAME = "mailhost-index"
 LOG_NAME = "mailhost-index.log"
@@ -96,6 +98,58 @@ class Listing:
 
     def path(self, maildir: Path, i: int) -> Path:
         return maildir / SUBDIRS[self.subs[i] & 1] / self.names[i]
+
+    def name(self, i: int) -> str:
+        return self.names[i]
+
+    def foreign(self, i: int) -> bool:
+        return bool(self.subs[i] & FOREIGN)
+
+
+@dataclass(slots=True)
+class PackedListing:
+    """A listing kept for a whole session (POP3): the names in one bytes object with their
+    end offsets instead of one string per message.  Seven objects for any mailbox size, so a
+    session on 50,000 messages leaves no small objects behind that would pin the
+    allocator's arenas after logout; a name is decoded when asked for."""
+
+    blob: bytes  # the names, "\n"-separated, UTF-8 with surrogate escapes
+    ends: array[int]  # ends[i]: offset just past name i's separator
+    subs: bytearray
+    sizes: array[int]
+    wires: array[int]
+    mtimes: array[float]
+
+    @classmethod
+    def pack(cls, listing: Listing) -> PackedListing:
+        blob = "\n".join(listing.names).encode("utf-8", "surrogateescape")
+        return cls.of_blob(blob, listing.subs, listing.sizes, listing.wires, listing.mtimes)
+
+    @classmethod
+    def of_blob(
+        cls,
+        blob: bytes,
+        subs: bytearray,
+        sizes: array[int],
+        wires: array[int],
+        mtimes: array[float],
+    ) -> PackedListing:
+        ends = array("q")
+        if subs:
+            # The split's pieces are freed at once (nothing else is made meanwhile), so they
+            # leave no arena half full; 8 ms for 50,000 names, a find() loop took 10 ms.
+            ends = array("q", itertools.accumulate(len(part) + 1 for part in blob.split(b"\n")))
+        return cls(blob, ends, subs, sizes, wires, mtimes)
+
+    def __len__(self) -> int:
+        return len(self.subs)
+
+    def name(self, i: int) -> str:
+        start = self.ends[i - 1] if i else 0
+        return self.blob[start : self.ends[i] - 1].decode("utf-8", "surrogateescape")
+
+    def path(self, maildir: Path, i: int) -> Path:
+        return maildir / SUBDIRS[self.subs[i] & 1] / self.name(i)
 
     def foreign(self, i: int) -> bool:
         return bool(self.subs[i] & FOREIGN)
@@ -169,8 +223,14 @@ def _read_header(data: bytes) -> tuple[int, int, tuple[int, int], int, int, int,
     return gen, n, (m_new, m_cur), taken, total, names_len, len(line) + 1
 
 
-def _read_base(maildir: Path) -> _Base | None:
-    """The base, or None when missing or damaged (then it is rebuilt)."""
+_RawBase: TypeAlias = (
+    "tuple[int, tuple[int, int], int, array[int], array[int], array[float], bytearray, bytes]"
+)
+
+
+def _read_base_raw(maildir: Path) -> _RawBase | None:
+    """(generation, mtimes, taken, sizes, wires, stamps, subs, names blob) of the base, names
+    not decoded; None when missing or damaged (then it is rebuilt)."""
     try:
         data = (maildir / BASE_NAME).read_bytes()
     except FileNotFoundError:
@@ -187,9 +247,19 @@ def _read_base(maildir: Path) -> _Base | None:
     wires.frombytes(data[pos + 8 * n : pos + 16 * n])
     stamps.frombytes(data[pos + 16 * n : pos + 24 * n])
     subs = bytearray(data[pos + 24 * n : pos + 25 * n])
-    names = data[pos + 25 * n : end].decode("utf-8", "surrogateescape").split("\n") if n else []
-    if len(names) != n:
+    blob = data[pos + 25 * n : end]
+    if blob.count(b"\n") != max(n - 1, 0) or (not n and blob):
         return None
+    return gen, mtimes, taken, sizes, wires, stamps, subs, blob
+
+
+def _read_base(maildir: Path) -> _Base | None:
+    """The base, or None when missing or damaged (then it is rebuilt)."""
+    raw = _read_base_raw(maildir)
+    if raw is None:
+        return None
+    gen, mtimes, taken, sizes, wires, stamps, subs, blob = raw
+    names = blob.decode("utf-8", "surrogateescape").split("\n") if subs else []
     return _Base(gen, mtimes, taken, Listing(names, subs, sizes, wires, stamps))
 
 
@@ -360,17 +430,31 @@ def _rescan(maildir: Path, cached: Listing, parse: EntryParser) -> tuple[Listing
     return (out.sorted() if changed else cached), changed
 
 
+def _trusted(maildir: Path, generation: int, mtimes: tuple[int, int], taken_ns: int) -> bool:
+    """Whether a base may be used without reading the directories (see the module doc)."""
+    log = _read_log(maildir, generation)
+    recorded = log.last_mtimes or mtimes
+    settled = max(mtimes) < taken_ns - int(RACY_SECONDS * 1e9)
+    return not log.lines and recorded == _dir_mtimes(maildir) and settled
+
+
+def load_packed(
+    maildir: Path, parse: EntryParser, *, clock: Callable[[], float] = time.time
+) -> PackedListing:
+    """Like :func:`load`, packed for keeping; from a trusted base no name is decoded."""
+    raw = _read_base_raw(maildir)
+    if raw is not None and _trusted(maildir, raw[0], raw[1], raw[2]):
+        _gen, _mtimes, _taken, sizes, wires, stamps, subs, blob = raw
+        return PackedListing.of_blob(blob, subs, sizes, wires, stamps)
+    return PackedListing.pack(load(maildir, parse, clock=clock))
+
+
 def load(maildir: Path, parse: EntryParser, *, clock: Callable[[], float] = time.time) -> Listing:
     """Every message of the Maildir, exact: from the index when it can be trusted, else from
     the directory (reusing what the index knows), and then the index is brought up to date."""
     base = _read_base(maildir)
-    if base is not None:
-        log = _read_log(maildir, base.generation)
-        current = _dir_mtimes(maildir)
-        recorded = log.last_mtimes or base.mtimes
-        settled = max(base.mtimes) < base.taken_ns - int(RACY_SECONDS * 1e9)
-        if not log.lines and recorded == current and settled:
-            return base.listing
+    if base is not None and _trusted(maildir, base.generation, base.mtimes, base.taken_ns):
+        return base.listing
     with locked(maildir):
         # Again under the lock: a writer may have compacted meanwhile.
         base = _read_base(maildir)

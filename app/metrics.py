@@ -262,9 +262,10 @@ def pop3_login(result: str) -> None:
     instruments().pop3_logins.labels(result).inc()
 
 
-def pop3_retrieved(size: int) -> None:
+def pop3_retrieved(size: int, *, messages: int = 1) -> None:
+    """``messages`` retrieved, ``size`` octets in all (POP3 counts a session's at once)."""
     ins = instruments()
-    ins.pop3_retrieved.inc()
+    ins.pop3_retrieved.inc(messages)
     ins.pop3_retrieved_bytes.inc(size)
 
 

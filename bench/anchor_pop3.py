@@ -4,6 +4,7 @@
     .venv/bin/python bench/anchor_pop3.py --quick    # smaller counts, 1 round
     .venv/bin/python bench/anchor_pop3.py --baseline-tree /tmp/main-tree   # add main's code
     .venv/bin/python bench/anchor_pop3.py --only login --rounds 5
+    .venv/bin/python bench/anchor_pop3.py --workers 2   # both cores, as an operator would
 
 Dovecot (``dovecot-pop3d``, installed with apt-get when missing and run as root; otherwise
 the script says how and runs Mailhost alone) runs as a private instance in a scratch
@@ -334,6 +335,9 @@ def main() -> None:
     parser.add_argument(
         "--login-sizes", default=None, help="comma-separated mailbox sizes for the login cells"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Mailhost worker processes on one port (1)"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     small, large = (200, 20) if args.quick else (1000, 100)
@@ -353,7 +357,7 @@ def main() -> None:
         for label, tree in trees:  # noqa: B007
             saved = pd.REPO
             pd.REPO = tree  # PYTHONPATH of the worker
-            port, wprocs, pids = pd.start_workers(settings, 1, tree, None)
+            port, wprocs, pids = pd.start_workers(settings, args.workers, tree, None)
             pd.REPO = saved
             procs += wprocs
             servers[label] = (port, (lambda p=list(pids): p), lambda: None)
@@ -363,7 +367,10 @@ def main() -> None:
             dovecot.start()
             servers["dovecot"] = (dovecot.port, dovecot.pids, dovecot.forget_indexes)
         order = list(servers)
-        print(f"POP3 anchor: {', '.join(order)}; {rounds} round(s); load {os.getloadavg()}")
+        print(
+            f"POP3 anchor: {', '.join(order)}; {rounds} round(s); {args.workers} Mailhost"
+            f" worker(s); load {os.getloadavg()}"
+        )
         try:
             cells = []
             for users in (1, 4):
@@ -512,9 +519,12 @@ def memory(servers, order, root: Path, address: str, count: int, dovecot: Doveco
             ]
             retained = sum(rss_kib(p, "VmRSS") for p in workers) / 1024
         else:
-            [pid] = pids_of()
-            start = rss_kib(pid, "VmRSS") / 1024
-            Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM
+            # With several workers a session lands on any of them: peak of the biggest,
+            # retained summed over all.
+            pids = pids_of()
+            start = sum(rss_kib(pid, "VmRSS") for pid in pids) / 1024
+            for pid in pids:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM
             for _ in range(3):
                 client = pd.Client(port)
                 client.login(address)
@@ -526,8 +536,8 @@ def memory(servers, order, root: Path, address: str, count: int, dovecot: Doveco
                 client.multiline()
                 client.quit()
             time.sleep(0.2)
-            peak = rss_kib(pid, "VmHWM") / 1024
-            retained = rss_kib(pid, "VmRSS") / 1024
+            peak = max(rss_kib(pid, "VmHWM") for pid in pids) / 1024
+            retained = sum(rss_kib(pid, "VmRSS") for pid in pids) / 1024
             print(f"  {name}: worker RSS before {start:.1f}")
         print(f"  {name}: peak {peak:.1f} / retained {retained:.1f}", flush=True)
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,7 @@ from app.services import throttle
 from app.tls import server_context
 from app.tracking import Event as TrackedEvent
 from app.tracking import EventWriter
+from pop3_service import memory
 from pop3_service.connection import (
     FLUSH_THRESHOLD,
     TLS_HANDSHAKE_TIMEOUT,
@@ -55,6 +56,13 @@ class _Context:
     conn: Pop3Connection
     session: Pop3Session
     maildrop: MaildirMaildrop | None = None
+    # Recorded once the replies are written (off the reply path): tracking events of RETRs
+    # and of the QUIT's deletions, and the session's RETR totals for the metrics.
+    tracked: list[tuple[str, str]] = field(default_factory=list)  # (kind, uid)
+    retrieved: int = 0
+    retrieved_octets: int = 0
+    mailbox: str | None = None  # the address, for tracking (kept after the lease is given back)
+    big: bool = False  # a snapshot of memory.BIG_SESSION messages or more: trim at the end
 
 
 class Pop3Server:
@@ -104,6 +112,7 @@ class Pop3Server:
         )
 
     async def start(self) -> None:
+        memory.tune_allocator()
         loop = asyncio.get_running_loop()
         s = self.settings
         plain = await loop.create_server(
@@ -201,6 +210,8 @@ class Pop3Server:
                     break
                 if conn.queued and (not conn.has_line() or conn.queued >= FLUSH_THRESHOLD):
                     await conn.flush(timeout)
+                if ctx.tracked and not conn.queued:  # their replies are written
+                    self._record_tracked(ctx)
                 try:
                     line = await conn.readline(timeout)
                 except TimeoutError:
@@ -226,6 +237,15 @@ class Pop3Server:
             metrics.connection_closed("pop3")
             if ctx.maildrop is not None:
                 await self._release(ctx.maildrop)
+                ctx.maildrop = None
+            self._record_tracked(ctx)
+            if ctx.retrieved:
+                metrics.pop3_retrieved(ctx.retrieved_octets, messages=ctx.retrieved)
+                hourly.add("retrieved", ctx.retrieved)
+            if ctx.big:
+                # Once this task has ended (its snapshot and replies are garbage by then).
+                loop = asyncio.get_running_loop()
+                loop.call_soon(loop.run_in_executor, None, memory.give_back)
 
     async def _release(self, maildrop: MaildirMaildrop) -> None:
         try:
@@ -241,11 +261,11 @@ class Pop3Server:
                 conn.queue(event.data)
             elif isinstance(event, SendMessage):
                 assert ctx.maildrop is not None
-                await send_message(conn, ctx.maildrop, event, timeout=timeout)
-                if event.body_lines is None:  # RETR, not TOP
-                    self._track(ctx, "retrieved", (event.uid,))
-                    metrics.pop3_retrieved(ctx.maildrop.messages[event.index].size)
-                    hourly.add("retrieved")
+                sent = await send_message(conn, ctx.maildrop, event, timeout=timeout)
+                if sent and event.body_lines is None:  # RETR, not TOP
+                    ctx.tracked.append(("retrieved", event.uid))
+                    ctx.retrieved += 1
+                    ctx.retrieved_octets += ctx.maildrop.messages.listing.wires[event.index]
             elif isinstance(event, Authenticate):
                 await conn.flush(timeout)
                 await self._dispatch(ctx, await self._login(ctx, event))
@@ -305,6 +325,8 @@ class Pop3Server:
             return session.auth_failed(AuthFailure.TEMPORARY)
         metrics.pop3_login("ok")
         ctx.maildrop = outcome  # from here on, _handle gives the lease back whatever happens
+        ctx.mailbox = f"{outcome.ref.local_part}@{outcome.ref.domain}"
+        ctx.big = len(outcome.messages) >= memory.BIG_SESSION
         # Counted only now that the session enters TRANSACTION: a login answered [IN-USE] or
         # [SYS/TEMP] is not a POP3 login for the portal's statistics.
         try:
@@ -319,24 +341,25 @@ class Pop3Server:
         assert ctx.maildrop is not None
         maildrop = ctx.maildrop
         try:
-            removed = await asyncio.to_thread(maildrop.expunge, event.uids)
+            removed = await asyncio.to_thread(maildrop.expunge, event.indexes)
         except (LeaseLost, OSError, MaildirError, SQLAlchemyError, TemporaryError):
             log.exception("POP3 expunge failed for mailbox %s", maildrop.mailbox_id)
             return ctx.session.expunge_failed()
-        self._track(ctx, "deleted", event.uids)
+        ctx.tracked += [("deleted", uid) for uid in event.uids]
         return ctx.session.expunge_succeeded(removed)
 
-    def _track(self, ctx: _Context, kind: str, uids: tuple[str, ...]) -> None:
-        assert ctx.maildrop is not None
-        ref = ctx.maildrop.ref
-        mailbox = f"{ref.local_part}@{ref.domain}"
-        for uid in uids:
+    def _record_tracked(self, ctx: _Context) -> None:
+        """Hand the events noted since the last write to the tracking writer."""
+        tracked, ctx.tracked = ctx.tracked, []
+        if not tracked or ctx.mailbox is None:
+            return
+        for kind, uid in tracked:
             self.tracking.record(
                 TrackedEvent(
                     kind=kind,
                     service="pop3",
                     client_ip=ctx.conn.peer_ip,
-                    mailbox=mailbox,
+                    mailbox=ctx.mailbox,
                     message_key=uid,
                     stage="RETR" if kind == "retrieved" else "QUIT",
                     reply="+OK",

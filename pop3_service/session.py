@@ -102,6 +102,10 @@ class Maildrop(Protocol):
     @property
     def messages(self) -> Sequence[SnapshotMessage]: ...
 
+    def total_octets(self) -> int:
+        """The sum of every message's size (the login reply and STAT answer from it)."""
+        ...
+
 
 # ------------------------------------------------------------------------------------ events
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,7 @@ class StartTls:
 @dataclass(frozen=True, slots=True)
 class Expunge:
     uids: tuple[str, ...]
+    indexes: tuple[int, ...] = ()  # 0-based positions in the snapshot, same order as uids
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,8 @@ def _parse_number(arg: bytes) -> int | None:
 
 
 ERR_AUTH = "-ERR [AUTH] Authentication failed"
+# LIST and UIDL without an argument build their reply this many messages at a time.
+_LISTING_SLICE = 2048
 
 
 class Pop3Session:
@@ -222,7 +229,7 @@ class Pop3Session:
         self.username = username
         self._maildrop = maildrop
         self._deleted.clear()
-        self._all_octets = sum(m.size for m in maildrop.messages)
+        self._all_octets = maildrop.total_octets()
         self._deleted_octets = 0
         count, octets = self._totals()
         return [Reply(_line(f"+OK Logged in, maildrop has {count} messages ({octets} octets)"))]
@@ -278,6 +285,7 @@ class Pop3Session:
 
     def connection_lost(self) -> None:
         self.state = State.CLOSED
+        self._maildrop = None  # the snapshot is not needed any more: let it go
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -429,7 +437,8 @@ class Pop3Session:
         # RFC 1939 section 6: QUIT from TRANSACTION enters UPDATE and removes marked messages.
         self.state = State.UPDATE
         messages = self._messages()
-        uids = tuple(messages[i].uid for i in sorted(self._deleted))
+        indexes = tuple(sorted(self._deleted))
+        uids = tuple(messages[i].uid for i in indexes)
         if not uids:
             self.state = State.CLOSED
             return [
@@ -437,7 +446,7 @@ class Pop3Session:
                 Close("quit"),
             ]
         self.waiting = Waiting.EXPUNGE_RESULT
-        return [Expunge(uids)]
+        return [Expunge(uids, indexes)]
 
     # ------------------------------------------------------------------ TRANSACTION commands
     def _cmd_stat(self, args: list[bytes], rest: bytes) -> list[Event]:
@@ -457,12 +466,20 @@ class Pop3Session:
             return [Reply(_line(f"+OK {index + 1} {getattr(messages[index], value)}"))]
         count, octets = self._totals()
         head = f"+OK {count} messages ({octets} octets)\r\n"
-        body = [
-            f"{i + 1} {getattr(m, value)}\r\n"
-            for i, m in enumerate(messages)
-            if i not in self._deleted
-        ]
-        return [Reply((head + "".join(body) + ".\r\n").encode("utf-8"))]
+        # Encoded a slice at a time: a few thousand short strings alive at once, not one per
+        # message (50,000 of them would leave the allocator's arenas fragmented).
+        chunks = [head.encode("ascii")]
+        deleted = self._deleted
+        for start in range(0, len(messages), _LISTING_SLICE):
+            stop = min(start + _LISTING_SLICE, len(messages))
+            lines = [
+                f"{i + 1} {getattr(messages[i], value)}\r\n"
+                for i in range(start, stop)
+                if i not in deleted
+            ]
+            chunks.append("".join(lines).encode("utf-8"))
+        chunks.append(b".\r\n")
+        return [Reply(b"".join(chunks))]
 
     def _cmd_list(self, args: list[bytes], rest: bytes) -> list[Event]:
         return self._listing(args, "size")

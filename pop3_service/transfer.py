@@ -24,27 +24,28 @@ SMALL_MESSAGE = 128 * 1024
 
 async def send_message(
     conn: Pop3Connection, maildrop: MaildirMaildrop, event: SendMessage, *, timeout: float
-) -> None:
-    """Carry out one SendMessage event: status line, message, terminating dot line."""
-    entry = maildrop.messages[event.index]
-    crlf_source = entry.crlf_source
-    if event.body_lines is None and entry.size <= SMALL_MESSAGE:
+) -> bool:
+    """Carry out one SendMessage event: status line, message, terminating dot line.  False
+    when the message could not be opened (``unavailable`` was sent instead)."""
+    listing = maildrop.messages.listing
+    index = event.index
+    crlf_source = listing.foreign(index)
+    if event.body_lines is None and listing.wires[index] <= SMALL_MESSAGE:
         try:
-            with maildrop.open(event.index) as reader:
-                data = reader.read()
+            data = maildrop.read_whole(index)
         except (OSError, MaildirError):
             conn.queue(event.unavailable)
-            return
+            return False
         conn.queue(event.status)
         conn.queue(encode_whole(data, crlf_source=crlf_source))
         if conn.queued >= FLUSH_THRESHOLD:
             await conn.flush(timeout)
-        return
+        return True
     try:
-        reader = await asyncio.to_thread(maildrop.open, event.index)
+        reader = await asyncio.to_thread(maildrop.open, index)
     except (OSError, MaildirError):
         conn.queue(event.unavailable)
-        return
+        return False
     loop = asyncio.get_running_loop()
     pending: asyncio.Future[bytes | None] | None = None
     try:
@@ -71,6 +72,7 @@ async def send_message(
             with contextlib.suppress(Exception):
                 await pending
         reader.close()
+    return True
 
 
 async def _stream_retr(

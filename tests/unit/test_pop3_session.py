@@ -42,6 +42,9 @@ class Drop:
         default_factory=lambda: [Msg("uid-1", 100), Msg("uid-2", 200), Msg("uid-3", 300)]
     )
 
+    def total_octets(self) -> int:
+        return sum(m.size for m in self.messages)
+
 
 @dataclass
 class Harness:
@@ -536,3 +539,25 @@ def test_encoder_matches_the_line_by_line_reference_for_any_block_split(
             out.append(encoder.feed(buffer if len(chunk) == len(buffer) else buffer[: len(chunk)]))
             buffer[:] = b"\xff" * len(buffer)  # refilled: what was returned must not change
         assert b"".join(out) + encoder.finish() == expected, stored
+
+
+def test_list_and_uidl_of_a_big_maildrop_span_the_reply_slices() -> None:
+    """LIST and UIDL are built a slice of messages at a time: every line once, in order,
+    the deleted ones left out, also across slice boundaries."""
+    messages = [Msg(f"uid-{n}", 100 + n) for n in range(5001)]
+    session = Pop3Session(hostname=HOST)
+    session.receive_line(b"USER alice@a.example\r\n")
+    session.receive_line(b"PASS s3cret pw\r\n")
+    session.auth_succeeded(Drop(messages=messages), username="alice@a.example")
+    deleted = (1, 2048, 2049, 4096, 5001)
+    for number in deleted:
+        session.receive_line(b"DELE %d\r\n" % number)
+    kept = [n for n in range(1, 5002) if n not in deleted]
+    octets = sum(100 + n - 1 for n in kept)
+    for command, value in ((b"LIST", lambda n: 100 + n - 1), (b"UIDL", lambda n: f"uid-{n - 1}")):
+        [reply] = session.receive_line(command + b"\r\n")
+        assert isinstance(reply, Reply)
+        lines = reply.data.decode().split("\r\n")
+        assert lines[0] == f"+OK {len(kept)} messages ({octets} octets)"
+        assert lines[1:-2] == [f"{n} {value(n)}" for n in kept]
+        assert lines[-2:] == [".", ""]
