@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,6 +50,7 @@ def test_of_two_candidates_only_the_lock_holder_ticks_and_the_other_takes_over(
         two_lock.release()
 
 
+@pytest.mark.postgres
 def test_a_holder_whose_session_the_server_ended_gives_the_jobs_up(
     settings: Settings, session_factory: sessionmaker[Session]
 ) -> None:
