@@ -30,7 +30,7 @@ BLOCK_SIZE = 256 * 1024
 
 
 class Readable(Protocol):
-    """What the encoders read from: a binary file or ``app.maildir.MessageReader``."""
+    """What the encoders read from: a binary file or ``app.maildir_files.MessageReader``."""
 
     def read(self, size: int = -1, /) -> bytes: ...
 

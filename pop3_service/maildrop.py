@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.errors import MailhostError, TemporaryError
-from app.maildir import MailboxRef, MaildirStore, MessageInfo, MessageReader, uid_from_name
+from app.maildir import MailboxRef, MaildirStore, MessageInfo
+from app.maildir_files import MessageReader, uid_from_name
 from app.maildir_index import PackedListing
 from app.services import accounts, stats, throttle
 from pop3_service.locking import MaildropLocks

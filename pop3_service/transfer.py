@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from app.maildir import MaildirError, MessageReader
+from app.maildir import MaildirError
+from app.maildir_files import MessageReader
 from pop3_service.connection import FLUSH_THRESHOLD, Pop3Connection
 from pop3_service.encoding import BLOCK_SIZE, WireEncoder, encode_whole, iter_top
 from pop3_service.maildrop import MaildirMaildrop

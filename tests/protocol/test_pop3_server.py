@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import app.maildir as maildir_module
+import app.maildir_files as maildir_module
 from app.config import Settings
 from app.db import transaction
 from app.maildir import MaildirStore

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import transaction
-from app.maildir import MaildirStore, uid_from_name
+from app.maildir import MaildirStore
+from app.maildir_files import uid_from_name
 from app.models import MessageEvent
 from tests.factories import DEFAULT_PASSWORD, seed_mailbox
 from tests.protocol.pop3_helpers import RawClient, deliver, running_server

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.maildir import (
-    MailboxRef,
-    MaildirError,
-    MaildirStore,
-    lf_to_wire_size,
-    uid_from_name,
-)
+from app.maildir import MailboxRef, MaildirError, MaildirStore
+from app.maildir_files import lf_to_wire_size, uid_from_name
 from tests.fs_helpers import undeletable
 
 ALICE = MailboxRef("hosted.example", "alice")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from app import maildir_index
-from app.maildir import MailboxRef, MaildirError, MaildirStore, Usage, lf_to_wire_size
+from app.maildir import MailboxRef, MaildirError, MaildirStore, Usage
+from app.maildir_files import lf_to_wire_size
 from app.maildir_stream import SpooledBody, deliver_spooled, spool_body
 
 ALICE = MailboxRef("hosted.example", "alice")
