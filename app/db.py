@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 
 from app.config import Settings
 from app.errors import ValidationError
@@ -94,3 +96,31 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# ----------------------------------------------------------------------- the driver's cursor
+# For a query run once per delivered message: SQLAlchemy's execution layer costs 0.06-0.1 ms
+# of CPU per call against 0.012 ms on the driver's cursor (SQLite, measured), so such a
+# statement is compiled by SQLAlchemy once per dialect (the right paramstyle on both backends)
+# and run on the cursor.
+DriverSql = tuple[str, tuple[str, ...] | None]
+
+
+def compile_for_driver(statement: ClauseElement, dialect: Dialect) -> DriverSql:
+    """The driver-level SQL of ``statement`` and, for a positional paramstyle, the order of
+    its named parameters."""
+    compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+    positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+    return compiled.string, positions
+
+
+def driver_ids(connection: Connection, sql: DriverSql, named: dict[str, int]) -> set[int]:
+    """Run a compiled ``SELECT <integer id> ...`` on the driver's cursor: the ids found."""
+    text, positions = sql
+    params: Any = named if positions is None else tuple(named[p] for p in positions)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(text, params)
+        return {int(row[0]) for row in cursor.fetchall()}
+    finally:
+        cursor.close()

@@ -30,13 +30,12 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Connection, Dialect, Engine, bindparam, or_, select, union
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db import transaction
+from app.db import DriverSql, compile_for_driver, driver_ids, transaction
 from app.models import (
     ORIGIN_AUTOREPLY,
     ORIGIN_FORWARD,
@@ -89,28 +88,19 @@ def mailboxes_with_rules(connection: Connection, *, ids: Sequence[int]) -> set[i
     number of ids and run on the driver's cursor."""
     if not ids:
         return set()
-    sql, positions = _with_rules_sql(connection.dialect, len(ids))
     named = {f"{side}{n}": mailbox_id for n, mailbox_id in enumerate(ids) for side in "ab"}
-    params: Any = named if positions is None else tuple(named[p] for p in positions)
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(sql, params)
-        return {int(row[0]) for row in cursor.fetchall()}
-    finally:
-        cursor.close()
+    return driver_ids(connection, _with_rules_sql(connection.dialect, len(ids)), named)
 
 
 @functools.lru_cache(maxsize=64)
-def _with_rules_sql(dialect: Dialect, count: int) -> tuple[str, tuple[str, ...] | None]:
+def _with_rules_sql(dialect: Dialect, count: int) -> DriverSql:
     forwards = select(MailboxForward.mailbox_id).where(
         MailboxForward.mailbox_id.in_([bindparam(f"a{n}") for n in range(count)])
     )
     replies = select(AutoReply.mailbox_id).where(
         AutoReply.mailbox_id.in_([bindparam(f"b{n}") for n in range(count)])
     )
-    compiled = union(forwards, replies).compile(dialect=dialect)
-    positions = tuple(compiled.positiontup or ()) if compiled.positional else None
-    return compiled.string, positions
+    return compile_for_driver(union(forwards, replies), dialect)
 
 
 @dataclass(frozen=True, slots=True)

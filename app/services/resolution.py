@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Dialect, Select, and_, bindparam, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from app.db import DriverSql, compile_for_driver, driver_ids
 from app.errors import ValidationError
 from app.maildir import MailboxRef, MaildirStore
 from app.models import (
@@ -390,25 +391,16 @@ def existing_mailbox_ids(session: Session | Connection, *, ids: Iterable[int]) -
     # driver's cursor (SQLite, measured); under load the Session version took a quarter of
     # bench/smtp_ingest.py's 4 KiB throughput. So the statement is compiled by SQLAlchemy
     # once per dialect (right paramstyle on both backends) and run on the driver's cursor.
-    sql, positions = _existing_sql(connection.dialect, len(wanted))
     named = {f"i{n}": mailbox_id for n, mailbox_id in enumerate(wanted)}
-    params: Any = named if positions is None else tuple(named[p] for p in positions)
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(sql, params)
-        return {int(row[0]) for row in cursor.fetchall()}
-    finally:
-        cursor.close()
+    return driver_ids(connection, _existing_sql(connection.dialect, len(wanted)), named)
 
 
 @functools.lru_cache(maxsize=64)
-def _existing_sql(dialect: Dialect, count: int) -> tuple[str, tuple[str, ...] | None]:
+def _existing_sql(dialect: Dialect, count: int) -> DriverSql:
     """The driver-level SQL of ``SELECT id FROM mailboxes WHERE id IN (...count...)`` and,
     for a positional paramstyle, the order of its parameters."""
     statement = select(Mailbox.id).where(Mailbox.id.in_([bindparam(f"i{n}") for n in range(count)]))
-    compiled = statement.compile(dialect=dialect)
-    positions = tuple(compiled.positiontup or ()) if compiled.positional else None
-    return compiled.string, positions
+    return compile_for_driver(statement, dialect)
 
 
 def _over_quota(store: MaildirStore, target: Target) -> bool:
