@@ -8,40 +8,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics
 from app.config import Settings
 from app.maildir import MaildirStore
-from app.models import MessageEvent
-from app.services import tracking
 from tests.protocol.smtp_helpers import ADDRESSES, IngressThread, RawClient, new_messages
+from tests.protocol.tracking_helpers import events as _events
+from tests.protocol.tracking_helpers import refusal_counts
+from tests.protocol.tracking_helpers import refused as _refused
 from tests.web.api_helpers import bearer, build_app, make_token
 
 USER = ADDRESSES["user"]
-
-
-def _counts(name: str) -> dict[tuple[str, ...], float]:
-    """Samples of one counter by their labels (service, stage, reply_class)."""
-    text = metrics.render(metrics.Exposition()).decode()
-    found: dict[tuple[str, ...], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                labels = sample.labels
-                key = (labels["service"], labels["stage"], labels["reply_class"])
-                found[key] = sample.value
-    return found
-
-
-def _events(factory: sessionmaker[Session], **query: str) -> list[MessageEvent]:
-    with factory() as session:
-        return list(tracking.search(session, query=tracking.normalise_query(**query), limit=200))
-
-
-def _refused(events: list[MessageEvent]) -> list[tuple[str | None, str]]:
-    return [(e.stage, (e.reply or "")[:3]) for e in events if e.kind == "refused"]
 
 
 def test_protocol_refusals_are_tracked_with_reply_and_stage_and_counted_by_class(
@@ -52,7 +29,7 @@ def test_protocol_refusals_are_tracked_with_reply_and_stage_and_counted_by_class
     store: MaildirStore,
 ) -> None:
     name = "mailhost_protocol_refusals_total"
-    before = _counts(name)
+    before = refusal_counts(name)
     server = smtp_start(
         smtp_max_message_size=2000, smtp_max_connections_per_ip=2, smtp_max_junk_commands=12
     )
@@ -131,7 +108,7 @@ def test_protocol_refusals_are_tracked_with_reply_and_stage_and_counted_by_class
         ("refused", "DATA", "552")
     ]
 
-    after = _counts(name)
+    after = refusal_counts(name)
 
     def grew(stage: str, cls: str) -> float:
         key = ("smtp", stage, cls)

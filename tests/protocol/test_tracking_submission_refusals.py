@@ -14,14 +14,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import metrics
 from app.config import Settings
 from app.maildir import MaildirStore
-from app.models import MessageEvent
-from app.services import tracking
 from tests.protocol.smtp_helpers import ADDRESSES
 from tests.protocol.submission_helpers import (
     PASSWORD,
@@ -29,30 +25,12 @@ from tests.protocol.submission_helpers import (
     SubmissionThread,
     client_tls,
 )
+from tests.protocol.tracking_helpers import events as _events
+from tests.protocol.tracking_helpers import refusal_counts
+from tests.protocol.tracking_helpers import refused as _refused
 from tests.web.api_helpers import bearer, build_app, make_token
 
 USER, OTHER = ADDRESSES["user"], ADDRESSES["other"]
-NAME = "mailhost_protocol_refusals_total"
-
-
-def _counts() -> dict[tuple[str, str, str], float]:
-    text = metrics.render(metrics.Exposition()).decode()
-    found: dict[tuple[str, str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == NAME:
-                labels = sample.labels
-                found[(labels["service"], labels["stage"], labels["reply_class"])] = sample.value
-    return found
-
-
-def _events(factory: sessionmaker[Session], **query: str) -> list[MessageEvent]:
-    with factory() as session:
-        return list(tracking.search(session, query=tracking.normalise_query(**query), limit=200))
-
-
-def _refused(events: list[MessageEvent]) -> list[tuple[str | None, str]]:
-    return [(e.stage, (e.reply or "")[:3]) for e in events if e.kind == "refused"]
 
 
 def _plain(password: str) -> str:
@@ -72,7 +50,7 @@ def test_submission_protocol_refusals_are_tracked_and_counted(
     store: MaildirStore,
     tls_files: tuple[Path, Path],
 ) -> None:
-    before = _counts()
+    before = refusal_counts()
     server = submission_start(smtp_max_message_size=2000, submission_max_connections_per_ip=2)
 
     client = smtplib.SMTP("127.0.0.1", server.port, timeout=TIMEOUT)
@@ -150,7 +128,7 @@ def test_submission_protocol_refusals_are_tracked_and_counted(
         ("refused", "DATA", "552")
     ]
 
-    after = _counts()
+    after = refusal_counts()
 
     def grew(stage: str, cls: str) -> float:
         key = ("submission", stage, cls)
