@@ -13,7 +13,6 @@ Usage: .venv/bin/python bench/profile_ingress.py [--messages 3000] [--size 4096]
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.config import Settings  # noqa: E402
+from bench import pyspy_raw  # noqa: E402
 from bench.anchors import SMTP_SOURCE, ensure_package, free_port  # noqa: E402
 from bench.smtp_ingest import seed  # noqa: E402
 
@@ -136,22 +136,14 @@ def main() -> None:
         server.wait(30)
         if args.raw is not None:
             shutil.copyfile(raw, args.raw)
-        inclusive: collections.Counter[str] = collections.Counter()
-        own: collections.Counter[str] = collections.Counter()
-        total = 0
-        for line in raw.read_text().splitlines():
-            stack, _, count_text = line.rpartition(" ")
-            count = int(count_text)
-            frames = [
-                f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                for f in stack.split(";")
-            ]
-            if args.threads == "loop" and any("_bootstrap (threading.py)" in f for f in frames):
-                continue  # only the event loop (main) thread: it bounds throughput (one loop)
-            total += count
-            for frame in set(frames):
-                inclusive[frame] += count
-            own[frames[-1]] += count
+
+        def keep(frames: list[str]) -> bool:
+            # Only the event loop (main) thread: it bounds throughput (one loop).
+            return args.threads != "loop" or not any(
+                "_bootstrap (threading.py)" in f for f in frames
+            )
+
+        inclusive, own, total = pyspy_raw.tally(raw, keep)
         print(
             f"{args.messages} messages of {args.size} B, C={args.c}, new connection per message:"
             f" {args.messages / elapsed:.0f} msg/s (1 worker on {args.event_loop}, profiled);"
@@ -162,12 +154,7 @@ def main() -> None:
             f"worker CPU over the run: user {user:.2f} s, system {system:.2f} s"
             f" ({1000 * (user + system) / args.messages:.2f} ms per message)"
         )
-        print("inclusive:")
-        for frame, count in inclusive.most_common(args.top):
-            print(f"  {100 * count / total:5.1f} %  {frame}")
-        print("self:")
-        for frame, count in own.most_common(args.top):
-            print(f"  {100 * count / total:5.1f} %  {frame}")
+        pyspy_raw.print_shares(inclusive, own, total, args.top)
 
 
 if __name__ == "__main__":

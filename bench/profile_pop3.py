@@ -12,7 +12,6 @@ Usage: .venv/bin/python bench/profile_pop3.py [--cell raw|pipelined|poplib] [--f
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import signal
 import sys
@@ -26,37 +25,21 @@ sys.path.insert(0, str(BENCH.parent))
 
 import anchor_pop3 as anchor  # noqa: E402
 import pop3_download as pd  # noqa: E402
+import pyspy_raw  # noqa: E402
 
 
 def summarise(raw: Path, top: int) -> None:
     """Shares of samples: every thread, and the event loop thread alone (it bounds a worker)."""
     for only_loop in (False, True):
-        inclusive: collections.Counter[str] = collections.Counter()
-        own: collections.Counter[str] = collections.Counter()
-        total = 0
-        for line in raw.read_text().splitlines():
-            stack, _, count_text = line.rpartition(" ")
-            count = int(count_text)
-            frames = [
-                f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                for f in stack.split(";")
-            ]
-            if only_loop and not any("run_forever" in f for f in frames):
-                continue
-            total += count
-            for frame in set(frames):
-                inclusive[frame] += count
-            own[frames[-1]] += count
+
+        def keep(frames: list[str], only_loop: bool = only_loop) -> bool:
+            return not only_loop or any("run_forever" in f for f in frames)
+
+        inclusive, own, total = pyspy_raw.tally(raw, keep)
         what = "event loop thread" if only_loop else "all threads"
         print(f"{what}: {total} samples")
-        if not total:
-            continue
-        print(" inclusive:")
-        for frame, count in inclusive.most_common(top):
-            print(f"  {100 * count / total:5.1f} %  {frame}")
-        print(" self:")
-        for frame, count in own.most_common(top):
-            print(f"  {100 * count / total:5.1f} %  {frame}")
+        if total:
+            pyspy_raw.print_shares(inclusive, own, total, top, indent=" ")
 
 
 def main() -> None:
